@@ -1,0 +1,8 @@
+// Each command family registers its subcommands on the one CLI11 app (src/cli/main.cpp calls these).
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace dsv4::cli {
+void add_model_commands(CLI::App& app);      // score, generate, inspect (model_commands.cpp)
+void add_tokenizer_commands(CLI::App& app);  // tokenize, detokenize, encode-chat (tokenizer_commands.cpp)
+}  // namespace dsv4::cli
