@@ -162,7 +162,8 @@ InspectReport inspect_checkpoint(const ModelConfig& c, const Checkpoint& ck) {
     r.total_bytes += t->nbytes;
     r.n_tensors += 1;
     bool is_scale = name.size() > 6 && name.compare(name.size() - 6, 6, ".scale") == 0;
-    if (is_scale) continue;
+    // Scales and integer tables (tid2eid) are not parameters, as in the official counts.
+    if (is_scale || t->dtype == DType::I64 || t->dtype == DType::I32) continue;
     uint64_t p = uint64_t(t->numel()) * ((t->dtype == DType::I8 || t->dtype == DType::U8) ? 2 : 1);
     r.n_params += p;
     if (name.rfind("mtp.", 0) == 0) r.n_params_mtp += p;
