@@ -125,6 +125,8 @@ Checkpoint::Checkpoint(const std::string& path) {
       for (auto& s : shards) shard_paths.push_back((fs::path(path) / s).string());
       for (auto& s : shard_paths)
         if (!fs::exists(s)) fail("{}: shard '{}' listed in the index does not exist", index.string(), s);
+    } else if (fs::exists(fs::path(path) / "model.safetensors")) {
+      shard_paths.push_back((fs::path(path) / "model.safetensors").string());  // other files may be data
     } else {
       for (auto& e : fs::directory_iterator(path))
         if (e.path().extension() == ".safetensors") shard_paths.push_back(e.path().string());

@@ -1,0 +1,110 @@
+// CPU forward benchmark: prefill and decode tokens/s on a checkpoint (tiny-a by default), with the compute
+// floor measured in the same run (FLOPs per token / measured fp32 FMA throughput of this machine).
+// usage: cpu_forward_bench [MODEL_DIR] [--numerics exact|reference]
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstring>
+#include <vector>
+
+#include "core/parallel.h"
+#include "model/dsv4_model.h"
+#include "model/safetensors.h"
+
+using namespace dsv4;
+using clk = std::chrono::steady_clock;
+
+static double secs(clk::time_point a) { return std::chrono::duration<double>(clk::now() - a).count(); }
+
+// Peak fp32 FMA throughput of this machine: 8 independent 8-wide accumulators per thread (register-resident,
+// so this is the compute roof, not a memory figure).
+typedef float v8 __attribute__((vector_size(32)));
+static double measure_peak_gflops() {
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const int64_t iters = 20000000;
+    std::vector<float> sink(size_t(num_threads()) * 16, 0.f);
+    auto t0 = clk::now();
+    int nt = num_threads();
+#pragma omp parallel num_threads(nt)
+    {
+      v8 a[8], m = {1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f},
+               c = {1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f};
+      for (int i = 0; i < 8; ++i) a[i] = c * float(i + omp_get_thread_num());
+      for (int64_t it = 0; it < iters / nt; ++it)
+        for (int i = 0; i < 8; ++i) a[i] = a[i] * m + c;
+      float s = 0;
+      for (int i = 0; i < 8; ++i)
+        for (int j = 0; j < 8; ++j) s += a[i][j];
+      sink[size_t(omp_get_thread_num()) * 16] = s;
+    }
+    double t = secs(t0);
+    best = std::max(best, 2.0 * 64 * double(iters) / t / 1e9);
+  }
+  return best;
+}
+
+int main(int argc, char** argv) {
+  std::string dir = std::string(DSV4_SHARED_DIR) + "/fixtures/tiny-a", num = "exact";
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--numerics") && i + 1 < argc) num = argv[++i];
+    else dir = argv[i];
+  }
+  Dsv4Model model(dir, parse_numerics(num));
+  const auto& c = model.config();
+  // FLOPs per token: 2 x activated weights (dense + k routed experts + shared) + head; attention extra ignored.
+  Checkpoint ck(dir);
+  double dense = 0, expert = 0;
+  for (auto& [name, t] : ck.all()) {
+    if (name.find(".scale") != std::string::npos || t->dtype == DType::I64) continue;
+    double n = double(t->numel()) * ((t->dtype == DType::I8) ? 2 : 1);
+    if (name.find(".experts.") != std::string::npos) expert += n;
+    else if (name != "embed.weight") dense += n;
+  }
+  double active = dense + expert * c.n_experts_per_tok / c.n_routed_experts;
+  double flops_tok = 2 * active;
+  double gflops = measure_peak_gflops();
+  fmt::print("model {} ({} layers, dim {}), numerics {}, threads {}\n", dir, c.n_layers, c.dim, num, num_threads());
+  fmt::print("activated params/token {:.3f} M -> {:.2f} MFLOP/token; measured peak fp32 FMA {:.1f} GFLOP/s\n",
+             active / 1e6, flops_tok / 1e6, gflops);
+  fmt::print("floor: {:.0f} tok/s (compute-bound; weights fit in cache)\n", gflops * 1e9 / flops_tok);
+
+  std::vector<int32_t> prompt(512);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 7919 + 13) % size_t(c.vocab_size));
+  // prefill
+  double best_pf = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    auto seq = model.new_sequence();
+    std::vector<float> lg;
+    ForwardItem it{seq.get(), prompt, false};
+    auto t0 = clk::now();
+    model.forward(std::span<const ForwardItem>(&it, 1), lg);
+    best_pf = std::max(best_pf, double(prompt.size()) / secs(t0));
+  }
+  fmt::print("prefill 512 tokens: {:.0f} tok/s ({:.1f}% of floor)\n", best_pf, 100 * best_pf * flops_tok / (gflops * 1e9));
+  // decode, batch 1 and 16
+  for (int batch : {1, 4, 16}) {
+    std::vector<std::unique_ptr<SequenceState>> seqs;
+    std::vector<std::vector<int32_t>> toks(static_cast<size_t>(batch));
+    std::vector<ForwardItem> items;
+    for (int b = 0; b < batch; ++b) {
+      seqs.push_back(model.new_sequence());
+      std::vector<float> lg;
+      ForwardItem it{seqs.back().get(), std::span<const int32_t>(prompt).subspan(0, 128), false};
+      model.forward(std::span<const ForwardItem>(&it, 1), lg);
+      toks[size_t(b)] = {int32_t(b + 1)};
+    }
+    const int steps = 64;
+    auto t0 = clk::now();
+    for (int s = 0; s < steps; ++s) {
+      items.clear();
+      for (int b = 0; b < batch; ++b) items.push_back({seqs[size_t(b)].get(), toks[size_t(b)], false});
+      std::vector<float> lg;
+      model.forward(items, lg);
+    }
+    double tps = double(steps * batch) / secs(t0);
+    fmt::print("decode batch {:2d}: {:.0f} tok/s ({:.2f} ms/step, {:.1f}% of floor)\n", batch, tps,
+               1000.0 * secs(t0) / steps * 0 + 1000.0 / (tps / batch), 100 * tps * flops_tok / (gflops * 1e9));
+  }
+  return 0;
+}
