@@ -50,6 +50,8 @@ void Dsv4Model::forward(std::span<const ForwardItem> items, std::vector<float>& 
   Batch b;
   for (auto& it : items) {
     DSV4_CHECK(it.seq && !it.tokens.empty(), "forward: empty item");
+    if (!it.seq->ensure_blocks(it.seq->pos + int64_t(it.tokens.size())))
+      fail("KV cache is full: no free block for {} more tokens", it.tokens.size());
     b.items.push_back({it.seq, b.M, int64_t(it.tokens.size()), it.seq->pos});
     for (size_t t = 0; t < it.tokens.size(); ++t) {
       int32_t tok = it.tokens[t];
@@ -112,6 +114,7 @@ void Dsv4Model::forward(std::span<const ForwardItem> items, std::vector<float>& 
   std::vector<int64_t> rows;
   for (size_t i = 0; i < b.items.size(); ++i) {
     const auto& it = b.items[i];
+    if (items[i].skip_logits) continue;
     if (items[i].all_logits)
       for (int64_t t = 0; t < it.T; ++t) rows.push_back(it.row0 + t);
     else
@@ -135,26 +138,45 @@ void Dsv4Model::compressor(int l, bool indexer, const Batch& b, const float* x) 
   const LayerWeights& L = w_.layers[size_t(l)];
   const CompressorWeights& cw = indexer ? L.idx_compressor : L.compressor;
   const int64_t M = b.M, w = int64_t(cw.coff) * cw.d, d = cw.d;
-  std::vector<float> u(size_t(M * w)), g(size_t(M * w));
+  std::vector<float> u(static_cast<size_t>(M * w)), g(static_cast<size_t>(M * w));
   be_->linear(x, M, cw.wkv, u.data(), {});  // fp32 weights and math, as the reference
   be_->linear(x, M, cw.wgate, g.data(), {});
   for (const auto& it : b.items) {
-    LayerState& S = it.seq->layers[size_t(l)];
+    SequenceState& seq = *it.seq;
+    LayerState& S = seq.layers[size_t(l)];
     CompressorState& st = indexer ? S.idx_state : S.comp_state;
-    std::vector<float> pooled(size_t((it.T / cw.ratio + 1) * d));
-    CompressArgs a;
-    a.ratio = cw.ratio;
-    a.coff = cw.coff;
-    a.d = cw.d;
-    a.u = u.data() + it.row0 * w;
-    a.g = g.data() + it.row0 * w;
-    a.ape = cw.ape.data();
-    a.start = it.start;
-    a.T = it.T;
-    a.state_kv = st.kv.data();
-    a.state_score = st.score.data();
-    a.out = pooled.data();
-    const int64_t n = be_->compress(a);
+    const KvLayout& lay = seq.layout();
+    const KvCodec& codec = indexer ? lay.index : lay.main;
+    std::vector<float> pooled(static_cast<size_t>((it.T / cw.ratio + 1) * d));
+    // Feed the tokens in pieces that end on block boundaries, so a prefix-cached block can record the
+    // compressor slots exactly as they stand at its end.
+    int64_t n = 0;
+    for (int64_t t0 = 0; t0 < it.T;) {
+      const int64_t p0 = it.start + t0, bt = lay.block_tokens;
+      const int64_t t1 = lay.with_tail ? std::min(it.T, (p0 / bt + 1) * bt - it.start) : it.T;
+      CompressArgs a;
+      a.ratio = cw.ratio;
+      a.coff = cw.coff;
+      a.d = cw.d;
+      a.u = u.data() + (it.row0 + t0) * w;
+      a.g = g.data() + (it.row0 + t0) * w;
+      a.ape = cw.ape.data();
+      a.start = p0;
+      a.T = t1 - t0;
+      a.state_kv = st.kv.data();
+      a.state_score = st.score.data();
+      a.out = pooled.data() + n * d;
+      n += be_->compress(a);
+      const int64_t end = it.start + t1;
+      if (lay.with_tail && end % bt == 0 && cw.ratio == 4) {
+        const auto& ly = lay.layers[size_t(l)];
+        const int64_t floats = indexer ? lay.istate_floats : lay.cstate_floats;
+        float* dst = reinterpret_cast<float*>(seq.block_region(end / bt - 1, indexer ? ly.istate_off : ly.cstate_off));
+        std::memcpy(dst, st.kv.data(), size_t(floats / 2) * 4);
+        std::memcpy(dst + floats / 2, st.score.data(), size_t(floats / 2) * 4);
+      }
+      t0 = t1;
+    }
     if (n == 0) continue;
     // Entry j covers tokens [j*r, (j+1)*r): normalized, then rotated at the window's first position.
     const int64_t first = it.start / cw.ratio;  // entry j completes at token (j+1)*r - 1 >= start
@@ -176,10 +198,10 @@ void Dsv4Model::compressor(int l, bool indexer, const Batch& b, const float* x) 
         }
       }
     }
-    std::vector<float>& dst = indexer ? S.idx_keys : S.comp;
-    DSV4_CHECK(first == (indexer ? int64_t(S.idx_keys.size()) / d : S.n_comp),
-               "layer {}: compressed entries out of step", l);
-    dst.insert(dst.end(), pooled.begin(), pooled.begin() + n * d);
+    DSV4_CHECK(first == S.n_comp, "layer {}: compressed entries out of step ({} vs {})", l, first, S.n_comp);
+    for (int64_t j = 0; j < n; ++j)
+      codec.encode(pooled.data() + j * d, indexer ? seq.idx_entry(l, first + j) : seq.comp_entry(l, first + j));
+    // The main compressor runs last on a layer and advances the count for both.
     if (!indexer) S.n_comp += n;
   }
 }
@@ -209,13 +231,46 @@ void Dsv4Model::attention(int l, const Batch& b, const float* x, float* out) {
   round(kv.data(), int64_t(kv.size()));
   if (ref)
     for (int64_t m = 0; m < M; ++m) fp8_roundtrip(kv.data() + m * hd, cfg_.nope_dim(), 64);
+  // Window keys go through the cache's storage format like everything cached, so a value read back from
+  // the cache (a later chunk, a prefix-cache hit) is the value this chunk used.
+  for (const auto& it : b.items) {
+    const KvCodec& c = it.seq->layout().main;
+    if (c.dtype == KvDtype::F32) continue;
+    std::vector<uint8_t> tmp(static_cast<size_t>(c.bytes()));
+    for (int64_t r = it.row0; r < it.row0 + it.T; ++r) {
+      c.encode(kv.data() + r * hd, tmp.data());
+      c.decode(tmp.data(), kv.data() + r * hd);
+    }
+  }
+
+  // Cached entries of each item as fp32 rows (pointers straight into f32 blocks, else decoded copies).
+  struct Rows {
+    std::vector<float> buf;
+    std::vector<const float*> row;
+  };
+  auto gather = [&](SequenceState& seq, bool index, int64_t n, int64_t dim) {
+    Rows r;
+    const KvCodec& c = index ? seq.layout().index : seq.layout().main;
+    r.row.resize(size_t(n));
+    if (c.dtype != KvDtype::F32) r.buf.resize(size_t(n * dim));
+    for (int64_t j = 0; j < n; ++j) {
+      const uint8_t* src = index ? seq.idx_entry(l, j) : seq.comp_entry(l, j);
+      if (c.dtype == KvDtype::F32) {
+        r.row[size_t(j)] = reinterpret_cast<const float*>(src);
+      } else {
+        c.decode(src, r.buf.data() + j * dim);
+        r.row[size_t(j)] = r.buf.data() + j * dim;
+      }
+    }
+    return r;
+  };
 
   // Indexer selection (ratio 4) needs its compressor's keys first, as in the reference.
   std::vector<std::vector<int32_t>> selected(static_cast<size_t>(M));
   if (ratio == 4) {
     compressor(l, true, b, x);
     const int64_t IH = cfg_.index_n_heads, ID = cfg_.index_head_dim;
-    std::vector<float> iq(size_t(M * IH * ID)), iw(size_t(M * IH));
+    std::vector<float> iq(static_cast<size_t>(M * IH * ID)), iw(static_cast<size_t>(M * IH));
     be_->linear(qr.data(), M, L.idx_wq_b, iq.data(), q8);
     be_->rope(iq.data(), M, IH, ID, b.pos.data(), rope, false);
     round(iq.data(), int64_t(iq.size()));
@@ -227,18 +282,23 @@ void Dsv4Model::attention(int l, const Batch& b, const float* x, float* out) {
     be_->linear(x, M, L.idx_weights_proj, iw.data(), {false, ref});
     const float wscale = float(1.0 / std::sqrt(double(ID)) / std::sqrt(double(IH)));
     for (auto& v : iw) v *= wscale;
-    std::vector<float> scores;
-    for (int64_t m = 0; m < M; ++m) {
-      const auto& it = b.items[size_t(b.item_of[size_t(m)])];
-      const LayerState& S = it.seq->layers[size_t(l)];
-      const int64_t n_elig = (b.pos[size_t(m)] + 1) / 4;
-      if (n_elig == 0) continue;
-      scores.resize(size_t(n_elig));
-      be_->index_scores(iq.data() + m * IH * ID, iw.data() + m * IH, IH, ID, S.idx_keys.data(), n_elig,
-                        scores.data(), ref);
-      const int64_t k = std::min<int64_t>(cfg_.index_topk, n_elig);
-      selected[size_t(m)].resize(size_t(k));
-      be_->topk(scores.data(), n_elig, k, selected[size_t(m)].data());
+    std::vector<float> scores, keys;
+    for (const auto& it : b.items) {
+      SequenceState& seq = *it.seq;
+      const int64_t n_all = (it.start + it.T) / 4;  // the indexer compressor already ran on this chunk
+      if (n_all == 0) continue;
+      Rows ik = gather(seq, true, n_all, ID);
+      keys.resize(size_t(n_all * ID));
+      for (int64_t j = 0; j < n_all; ++j) std::memcpy(keys.data() + j * ID, ik.row[size_t(j)], size_t(ID) * 4);
+      for (int64_t m = it.row0; m < it.row0 + it.T; ++m) {
+        const int64_t n_elig = (b.pos[size_t(m)] + 1) / 4;
+        if (n_elig == 0) continue;
+        scores.resize(size_t(n_elig));
+        be_->index_scores(iq.data() + m * IH * ID, iw.data() + m * IH, IH, ID, keys.data(), n_elig, scores.data(), ref);
+        const int64_t k = std::min<int64_t>(cfg_.index_topk, n_elig);
+        selected[size_t(m)].resize(size_t(k));
+        be_->topk(scores.data(), n_elig, k, selected[size_t(m)].data());
+      }
     }
   }
   if (ratio) compressor(l, false, b, x);
@@ -246,17 +306,22 @@ void Dsv4Model::attention(int l, const Batch& b, const float* x, float* out) {
   // Key lists: the window (ring for positions before this chunk, the chunk's own kv after), then the
   // compressed entries this query may see.
   std::vector<std::vector<const float*>> keys(static_cast<size_t>(M));
-  for (int64_t m = 0; m < M; ++m) {
-    const auto& it = b.items[size_t(b.item_of[size_t(m)])];
-    const LayerState& S = it.seq->layers[size_t(l)];
-    const int64_t p = b.pos[size_t(m)];
-    auto& ks = keys[size_t(m)];
-    for (int64_t s = std::max<int64_t>(0, p - win + 1); s <= p; ++s)
-      ks.push_back(s >= it.start ? kv.data() + (it.row0 + s - it.start) * hd : S.window.data() + (s % win) * hd);
-    if (ratio == 128) {
-      for (int64_t j = 0; j < (p + 1) / 128; ++j) ks.push_back(S.comp.data() + j * hd);
-    } else if (ratio == 4) {
-      for (int32_t j : selected[size_t(m)]) ks.push_back(S.comp.data() + int64_t(j) * hd);
+  std::vector<Rows> comp_rows;
+  for (const auto& it : b.items) {
+    SequenceState& seq = *it.seq;
+    const LayerState& S = seq.layers[size_t(l)];
+    comp_rows.push_back(ratio ? gather(seq, false, S.n_comp, hd) : Rows{});
+    const Rows& cr = comp_rows.back();
+    for (int64_t m = it.row0; m < it.row0 + it.T; ++m) {
+      const int64_t p = b.pos[size_t(m)];
+      auto& ks = keys[size_t(m)];
+      for (int64_t s = std::max<int64_t>(0, p - win + 1); s <= p; ++s)
+        ks.push_back(s >= it.start ? kv.data() + (it.row0 + s - it.start) * hd : S.window.data() + (s % win) * hd);
+      if (ratio == 128) {
+        for (int64_t j = 0; j < (p + 1) / 128; ++j) ks.push_back(cr.row[size_t(j)]);
+      } else if (ratio == 4) {
+        for (int32_t j : selected[size_t(m)]) ks.push_back(cr.row[size_t(j)]);
+      }
     }
   }
   std::vector<float> o(size_t(M * H * hd));
@@ -273,6 +338,21 @@ void Dsv4Model::attention(int l, const Batch& b, const float* x, float* out) {
   be_->attention(aa);
   round(o.data(), int64_t(o.size()));
 
+  // Prefix caching: a block that just filled records the window as it stands at its end.
+  for (const auto& it : b.items) {
+    SequenceState& seq = *it.seq;
+    const KvLayout& lay = seq.layout();
+    if (!lay.with_tail) continue;
+    const int64_t bt = lay.block_tokens;
+    const LayerState& S = seq.layers[size_t(l)];
+    for (int64_t B = (it.start / bt + 1) * bt; B <= it.start + it.T; B += bt) {
+      uint8_t* tail = seq.block_region(B / bt - 1, lay.layers[size_t(l)].tail_off);
+      for (int64_t s = B - win; s < B; ++s) {
+        const float* src = s >= it.start ? kv.data() + (it.row0 + s - it.start) * hd : S.window.data() + (s % win) * hd;
+        lay.main.encode(src, tail + (s - (B - win)) * lay.main.bytes());
+      }
+    }
+  }
   // The window ring keeps the last `win` positions of each sequence.
   for (const auto& it : b.items) {
     LayerState& S = it.seq->layers[size_t(l)];

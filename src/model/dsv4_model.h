@@ -7,6 +7,7 @@
 
 #include "kernels/backend.h"
 #include "model/config.h"
+#include "model/kv_cache.h"
 #include "model/sequence_state.h"
 #include "model/weights.h"
 
@@ -23,15 +24,22 @@ struct ForwardItem {
   SequenceState* seq = nullptr;
   std::span<const int32_t> tokens;  // processed at positions seq->pos, seq->pos + 1, ...
   bool all_logits = false;          // logits for every token (scoring) or only the last one
+  bool skip_logits = false;         // no logits at all (a prefill chunk that does not end the prompt)
 };
 
 class Dsv4Model {
  public:
   Dsv4Model(const std::string& dir, Numerics numerics, std::unique_ptr<Backend> backend = nullptr);
+  // KV storage dtype of sequences made by new_sequence(): f32 under exact numerics (lossless), bf16 under
+  // reference numerics (lossless there too: the reference keeps KV in bf16 with FP8-rounded nope dims).
+  KvDtype default_kv_dtype() const { return numerics_ == Numerics::Exact ? KvDtype::F32 : KvDtype::BF16; }
 
   const ModelConfig& config() const { return cfg_; }
   Numerics numerics() const { return numerics_; }
-  std::unique_ptr<SequenceState> new_sequence() const { return std::make_unique<SequenceState>(cfg_); }
+  // A standalone sequence with its own growing KV pool (scoring, tests).
+  std::unique_ptr<SequenceState> new_sequence() const {
+    return std::make_unique<SequenceState>(cfg_, nullptr, default_kv_dtype());
+  }
 
   // Advances every item's sequence by its tokens. Logits rows ([rows, vocab] fp32) are appended to `logits`
   // in item order: T rows for all_logits items, one row otherwise.
