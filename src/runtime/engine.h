@@ -1,0 +1,89 @@
+// The serving engine: the server's only entry point. Requests go in as token ids + sampling parameters;
+// each step() runs one continuous-batching iteration and returns what every request produced.
+// Single-threaded by design; EngineLoop (engine_loop.h) runs it on its own thread for the server.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "model/dsv4_model.h"
+#include "runtime/sampler.h"
+
+namespace dsv4 {
+
+class Tokenizer;  // src/tokenizer: used for stop strings and text output when given
+
+struct EngineConfig {
+  std::string model_dir;
+  Numerics numerics = Numerics::Reference;
+  int max_num_seqs = 64;                 // running sequences at once
+  int max_num_batched_tokens = 2048;     // tokens per step (decodes + prefill chunks)
+  int64_t max_model_len = 0;             // prompt + output limit; 0 = min(max_position_embeddings, what fits)
+  int block_size = 256;                  // KV block, in tokens (multiple of 128)
+  std::string kv_cache_dtype = "bf16";   // bf16 | fp8
+  bool enable_prefix_caching = false;
+  uint64_t kv_cache_memory = 1ull << 30;  // bytes for KV blocks + per-sequence state
+};
+
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0;
+};
+struct TokenLogprobs {
+  int32_t token = 0;  // the sampled token
+  float logprob = 0;
+  int rank = 1;       // rank of the sampled token (1 = most likely)
+  std::vector<TokenLogprob> top;  // top_logprobs, descending
+};
+
+enum class FinishReason { None, Stop, Length, Abort, Error };
+const char* finish_reason_name(FinishReason r);  // "stop", "length", "abort", "error"
+
+struct RequestOutput {
+  uint64_t id = 0;
+  std::vector<int32_t> new_tokens;        // generated since the previous output of this request
+  std::vector<TokenLogprobs> logprobs;    // one per new token when requested
+  std::string text;                       // detokenized delta (stop-string aware) when a tokenizer is set
+  FinishReason finish = FinishReason::None;
+  std::string stop_reason;                // the matched stop string, or the stop token id as text
+  std::string error;                      // FinishReason::Error
+  int64_t prompt_tokens = 0, cached_tokens = 0, generated_tokens = 0;
+  bool finished() const { return finish != FinishReason::None; }
+};
+
+struct EngineStats {
+  int running = 0, waiting = 0;
+  uint64_t kv_bytes_used = 0, kv_bytes_total = 0;
+  int64_t kv_blocks_used = 0, kv_blocks_total = 0;
+  uint64_t prefix_queries = 0, prefix_hits = 0;  // in tokens
+  uint64_t preemptions = 0;
+  uint64_t prompt_tokens = 0, generation_tokens = 0;  // totals
+};
+
+class Engine {
+ public:
+  explicit Engine(EngineConfig cfg, const Tokenizer* tokenizer = nullptr);
+  ~Engine();
+
+  const ModelConfig& model_config() const;
+  const EngineConfig& config() const;
+  int64_t max_model_len() const;
+
+  // Validates (prompt not empty, ids in range, prompt + max_tokens <= max_model_len, sampling values) and
+  // throws dsv4::Error with a user-facing message; otherwise queues the request and returns its id.
+  uint64_t add_request(std::vector<int32_t> prompt, SamplingParams params);
+  // Finishes the request with FinishReason::Abort and frees its KV at once (its last output says so).
+  void abort(uint64_t id);
+  // One scheduler iteration; returns an output for every request that produced tokens or finished.
+  std::vector<RequestOutput> step();
+  bool has_work() const;
+  EngineStats stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dsv4

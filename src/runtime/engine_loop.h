@@ -1,0 +1,54 @@
+// Runs an Engine on a background thread and hands each request's outputs to whoever waits on them (HTTP
+// handler threads). Thread-safe.
+#pragma once
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "runtime/engine.h"
+
+namespace dsv4 {
+
+class RequestStream {
+ public:
+  uint64_t id() const { return id_; }
+  // Next output, waiting up to `timeout`; nullopt on timeout. After a finished output, returns nullopt.
+  std::optional<RequestOutput> next(std::chrono::milliseconds timeout);
+
+ private:
+  friend class EngineLoop;
+  uint64_t id_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<RequestOutput> q_;
+  bool done_ = false;
+};
+
+class EngineLoop {
+ public:
+  explicit EngineLoop(std::unique_ptr<Engine> engine);
+  ~EngineLoop();  // stops the thread, aborts what is left
+
+  // Throws dsv4::Error (validation) like Engine::add_request.
+  std::shared_ptr<RequestStream> submit(std::vector<int32_t> prompt, SamplingParams params);
+  void abort(uint64_t id);  // safe to call for finished ids
+  EngineStats stats() const;
+  const Engine& engine() const { return *engine_; }
+
+ private:
+  void run();
+  std::unique_ptr<Engine> engine_;
+  mutable std::mutex mu_;  // guards engine_ calls and the maps
+  std::condition_variable cv_;
+  std::map<uint64_t, std::weak_ptr<RequestStream>> streams_;
+  std::vector<uint64_t> to_abort_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace dsv4

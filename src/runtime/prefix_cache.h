@@ -1,0 +1,45 @@
+// Prefix caching: full KV blocks keyed by the chained hash of every token up to their end. A cached block
+// holds its compressed entries plus the window/compressor snapshot at its end (KvLayout::with_tail), so a
+// hit resumes exactly where the cached sequence stood. The cache keeps one reference on each block;
+// blocks nobody else references are evicted least-recently-used first when the pool runs short.
+#pragma once
+#include <cstdint>
+#include <list>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "model/kv_cache.h"
+
+namespace dsv4 {
+
+class PrefixCache {
+ public:
+  explicit PrefixCache(KvPool& pool) : pool_(pool) {}
+  ~PrefixCache();
+
+  static uint64_t chain_hash(uint64_t parent, std::span<const int32_t> block_tokens);
+
+  // Longest run of cached full blocks that prefixes `tokens` (at most max_blocks); refreshes their LRU rank.
+  std::vector<int32_t> lookup(std::span<const int32_t> tokens, int64_t max_blocks);
+  // Registers block `index` of a sequence whose tokens are `tokens` (at least (index+1)*block_tokens long);
+  // no-op if an identical block is already cached.
+  void insert(std::span<const int32_t> tokens, int64_t index, int32_t block);
+  // Frees up to n blocks that only the cache references; returns how many it freed.
+  int64_t evict(int64_t n);
+  int64_t size() const { return int64_t(entries_.size()); }
+
+ private:
+  struct Entry {
+    int32_t block;
+    std::vector<int32_t> tokens;  // the block's own tokens, to rule out hash collisions
+    uint64_t parent;
+    std::list<uint64_t>::iterator lru;
+  };
+  uint64_t hash_upto(std::span<const int32_t> tokens, int64_t blocks) const;
+  KvPool& pool_;
+  std::unordered_map<uint64_t, Entry> entries_;
+  std::list<uint64_t> lru_;  // front = least recently used
+};
+
+}  // namespace dsv4
