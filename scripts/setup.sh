@@ -31,4 +31,8 @@ if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
   cmake -S . -B "$BUILD_DIR" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release
 fi
 cmake --build "$BUILD_DIR" -j"$(nproc)"
+# The embedded demo model `dsv4 serve` runs without --model (deterministic; ~140 MB, about a second).
+if [ ! -f "$BUILD_DIR/tiny-model/model.safetensors" ]; then
+  "$BUILD_DIR/dsv4" make-tiny --out "$BUILD_DIR/tiny-model" --tokenizer assets/tokenizer/tokenizer.json
+fi
 echo "setup: built $BUILD_DIR/dsv4"

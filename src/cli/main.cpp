@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   CLI::App app{"dsv4 — DeepSeek-V4 inference engine"};
   app.require_subcommand(1);
   dsv4::cli::add_model_commands(app);
+  dsv4::cli::add_make_tiny_command(app);
   // dsv4::cli::add_tokenizer_commands(app);  (enabled once src/cli/tokenizer_commands.cpp exists)
   try {
     app.parse(argc, argv);

@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "model/dsv4_model.h"
+#include "model/kv_cache.h"
 #include "model/weight_schema.h"
 
 namespace dsv4::cli {
@@ -141,6 +142,11 @@ void add_model_commands(CLI::App& app) {
         for (size_t i = 0; i < v.size() && i < 50; ++i) std::printf("  %s\n", v[i].c_str());
         if (v.size() > 50) std::printf("  ... %zu more\n", v.size() - 50);
       };
+      for (KvDtype dt : {KvDtype::BF16, KvDtype::FP8}) {
+        auto lay = KvLayout::make(cfg, 256, dt, false);
+        std::printf("KV cache %s: %.2f bytes/token (blocks of 256 tokens: %lld B)\n", kv_dtype_name(dt),
+                    double(lay.block_bytes) / 256, (long long)lay.block_bytes);
+      }
       list("missing tensors", r.missing);
       list("unexpected tensors", r.unexpected);
       list("wrong dtype/shape", r.mismatched);

@@ -1,0 +1,33 @@
+// A tiny random DeepSeek-V4 model in the OFFICIAL checkpoint format (FP8 e4m3 + E8M0 128x128 block scales,
+// packed FP4 experts + per-32 E8M0 scales, BF16 norms/embedding/head, F32 hc params/ape/sinks/bias, I64
+// tid2eid), with the real tokenizer's vocabulary (129280). It is the demo model `dsv4 serve` runs when no
+// --model is given, and `dsv4 make-tiny` writes it. Deterministic: the same seed gives byte-identical files.
+#pragma once
+#include <nlohmann/json_fwd.hpp>
+
+#include <cstdint>
+#include <string>
+
+#include "model/config.h"
+
+namespace dsv4 {
+
+inline constexpr uint64_t kTinyDemoSeed = 4;  // the seed of the embedded demo model
+
+// The demo model's config.json (every key of the real V4-Flash root config), and the same parsed.
+// 4 layers (ratios 0, 4, 128, 4; + the MTP slot entry 0 with num_nextn_predict_layers 0), hidden 256,
+// 4 heads x 128, 8 experts top-2 (FP4), 2 hash-routed layers, window 128, index top-k 64.
+nlohmann::json tiny_demo_config_json();
+ModelConfig tiny_demo_config();
+
+// Creates `out_dir` (and parents) and writes config.json, generation_config.json, tokenizer_config.json,
+// tokenizer.json (a copy of `tokenizer_json`, skipped when that is empty; an error when it does not exist)
+// and model.safetensors (one file, ~140 MB). model.safetensors is written last and atomically, so a directory
+// holding it is complete. Weights: normal(0, 1/sqrt(fan_in)) linears, unit norms, N(0, 1) embedding, small
+// hc/gate parameters; activations stay O(1) and the logits have a standard deviation around 1.
+void make_tiny_checkpoint(const std::string& out_dir, uint64_t seed, const std::string& tokenizer_json);
+
+// <directory of the running executable>/../assets/tokenizer/tokenizer.json when that file exists, else "".
+std::string default_tokenizer_json();
+
+}  // namespace dsv4
