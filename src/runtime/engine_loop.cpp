@@ -28,10 +28,17 @@ EngineLoop::~EngineLoop() {
   thread_.join();
 }
 
+std::unique_lock<std::mutex> EngineLoop::lock_as_caller() const {
+  ++pending_;
+  std::unique_lock lk(mu_);
+  --pending_;
+  return lk;
+}
+
 std::shared_ptr<RequestStream> EngineLoop::submit(std::vector<int32_t> prompt, SamplingParams params) {
   auto s = std::make_shared<RequestStream>();
   {
-    std::lock_guard lk(mu_);
+    auto lk = lock_as_caller();
     s->id_ = engine_->add_request(std::move(prompt), std::move(params));  // throws on invalid input
     streams_[s->id_] = s;
   }
@@ -41,14 +48,14 @@ std::shared_ptr<RequestStream> EngineLoop::submit(std::vector<int32_t> prompt, S
 
 void EngineLoop::abort(uint64_t id) {
   {
-    std::lock_guard lk(mu_);
+    auto lk = lock_as_caller();
     to_abort_.push_back(id);
   }
   cv_.notify_all();
 }
 
 EngineStats EngineLoop::stats() const {
-  std::lock_guard lk(mu_);
+  auto lk = lock_as_caller();
   return engine_->stats();
 }
 
@@ -86,6 +93,11 @@ void EngineLoop::run() {
         engine_->abort(o.id);  // nobody listens any more
       }
       if (done) streams_.erase(it);
+    }
+    if (pending_.load() > 0) {
+      lk.unlock();
+      while (pending_.load() > 0) std::this_thread::yield();
+      lk.lock();
     }
   }
   for (auto& [id, w] : streams_) engine_->abort(id);

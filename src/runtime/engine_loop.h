@@ -1,6 +1,7 @@
 // Runs an Engine on a background thread and hands each request's outputs to whoever waits on them (HTTP
 // handler threads). Thread-safe.
 #pragma once
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -44,6 +45,10 @@ class EngineLoop {
   void run();
   std::unique_ptr<Engine> engine_;
   mutable std::mutex mu_;  // guards engine_ calls and the maps
+  // Callers announce themselves before locking; the loop lets them through between steps (std::mutex is
+  // not fair, so without this a busy loop could starve submit/abort).
+  mutable std::atomic<int> pending_{0};
+  std::unique_lock<std::mutex> lock_as_caller() const;
   std::condition_variable cv_;
   std::map<uint64_t, std::weak_ptr<RequestStream>> streams_;
   std::vector<uint64_t> to_abort_;
