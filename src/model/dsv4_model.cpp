@@ -46,7 +46,6 @@ void Dsv4Model::round(float* x, int64_t n) const {
 
 void Dsv4Model::forward(std::span<const ForwardItem> items, std::vector<float>& logits) {
   const int64_t D = cfg_.dim, hc = cfg_.hc_mult, V = cfg_.vocab_size;
-  const bool ref = numerics_ == Numerics::Reference;
   Batch b;
   for (auto& it : items) {
     DSV4_CHECK(it.seq && !it.tokens.empty(), "forward: empty item");
@@ -74,7 +73,7 @@ void Dsv4Model::forward(std::span<const ForwardItem> items, std::vector<float>& 
     }
 
   std::vector<float> y(size_t(M * D)), sub(size_t(M * D)), post(size_t(M * hc)), comb(size_t(M * hc * hc));
-  auto hc_params = [&](const HcWeights& h, int rows) {
+  auto hc_params = [&](const HcWeights& h) {
     HcParams p;
     p.fn = h.fn.data();
     p.base = h.base.data();
@@ -84,13 +83,12 @@ void Dsv4Model::forward(std::span<const ForwardItem> items, std::vector<float>& 
     p.sinkhorn_iters = cfg_.hc_sinkhorn_iters;
     p.norm_eps = float(cfg_.rms_norm_eps);
     p.hc_eps = float(cfg_.hc_eps);
-    (void)rows;
     return p;
   };
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& L = w_.layers[size_t(l)];
     // attention sub-layer
-    be_->hc_pre(X.data(), M, hc_params(L.hc_attn, cfg_.hc_mix()), y.data(), post.data(), comb.data());
+    be_->hc_pre(X.data(), M, hc_params(L.hc_attn), y.data(), post.data(), comb.data());
     round(y.data(), M * D);
     be_->rms_norm(y.data(), M, D, L.attn_norm.data(), float(cfg_.rms_norm_eps), y.data());
     round(y.data(), M * D);
@@ -99,7 +97,7 @@ void Dsv4Model::forward(std::span<const ForwardItem> items, std::vector<float>& 
     round(X2.data(), int64_t(X2.size()));
     std::swap(X, X2);
     // MoE sub-layer
-    be_->hc_pre(X.data(), M, hc_params(L.hc_ffn, cfg_.hc_mix()), y.data(), post.data(), comb.data());
+    be_->hc_pre(X.data(), M, hc_params(L.hc_ffn), y.data(), post.data(), comb.data());
     round(y.data(), M * D);
     be_->rms_norm(y.data(), M, D, L.ffn_norm.data(), float(cfg_.rms_norm_eps), y.data());
     round(y.data(), M * D);
@@ -124,14 +122,13 @@ void Dsv4Model::forward(std::span<const ForwardItem> items, std::vector<float>& 
   std::vector<float> Xr(size_t(R * hc * D)), yr(size_t(R * D));
   for (int64_t r = 0; r < R; ++r)
     std::memcpy(Xr.data() + r * hc * D, X.data() + rows[size_t(r)] * hc * D, sizeof(float) * size_t(hc * D));
-  be_->hc_head(Xr.data(), R, hc_params(w_.hc_head, int(hc)), yr.data());
+  be_->hc_head(Xr.data(), R, hc_params(w_.hc_head), yr.data());
   round(yr.data(), R * D);
   be_->rms_norm(yr.data(), R, D, w_.norm.data(), float(cfg_.rms_norm_eps), yr.data());
   round(yr.data(), R * D);
   const size_t off = logits.size();
   logits.resize(off + size_t(R * V));
   be_->linear(yr.data(), R, w_.head, logits.data() + off, {});  // fp32 head, as the reference
-  (void)ref;
 }
 
 void Dsv4Model::compressor(int l, bool indexer, const Batch& b, const float* x) {
@@ -210,7 +207,7 @@ void Dsv4Model::attention(int l, const Batch& b, const float* x, float* out) {
   const LayerWeights& L = w_.layers[size_t(l)];
   const bool ref = numerics_ == Numerics::Reference;
   const LinearOpts q8{ref, ref};
-  const int64_t M = b.M, D = cfg_.dim, H = cfg_.n_heads, hd = cfg_.head_dim, win = cfg_.window;
+  const int64_t M = b.M, H = cfg_.n_heads, hd = cfg_.head_dim, win = cfg_.window;
   const float eps = float(cfg_.rms_norm_eps);
   const int ratio = L.ratio;
   const RopeTable& rope = rope_for(l);
@@ -371,7 +368,6 @@ void Dsv4Model::attention(int l, const Batch& b, const float* x, float* out) {
     for (int64_t m = 0; m < M; ++m) std::memcpy(z.data() + m * G * R + g * R, zg.data() + m * R, sizeof(float) * size_t(R));
   }
   be_->linear(z.data(), M, L.wo_b, out, q8);
-  (void)D;
 }
 
 void Dsv4Model::moe(int l, const Batch& b, const float* x, float* out) {

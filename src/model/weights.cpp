@@ -128,8 +128,6 @@ ModelWeights ModelWeights::load(const ModelConfig& c, const std::string& dir) {
   mw.norm = L.vec("norm.weight", {D});
   const int64_t flat = int64_t(c.hc_mult) * D;
   mw.hc_head = L.hc("hc_head", c.hc_mult, flat, 1);
-  const ExpertFormat ef = detect_expert_format(c, *mw.ckpt);
-  (void)ef;
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = fmt::format("layers.{}.", l);
     LayerWeights lw;
