@@ -113,8 +113,8 @@ class SamplerState {
   std::unordered_map<int32_t, int32_t> counts_;  // output token -> count, for frequency/presence
 };
 
-// Log-softmax helpers used for logprobs (raw logits; NaN counts as -inf).
-// Fills result.logprob/rank/top for `token`.
-void compute_logprobs(std::span<const float> logits, int32_t token, int top_n, SampleResult& result);
+// Fills result.logprob/rank/top for `token` from the log-softmax of `logits` (NaN counts as -inf); the top
+// list has min(top_count, vocab) entries.
+void compute_logprobs(std::span<const float> logits, int32_t token, int top_count, SampleResult& result);
 
 }  // namespace dsv4

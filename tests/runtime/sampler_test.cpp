@@ -11,6 +11,8 @@
 #include <random>
 #include <thread>
 
+#include <fmt/format.h>
+
 #include "core/error.h"
 
 using namespace dsv4;
@@ -121,7 +123,9 @@ TEST(Sampler, GreedyPicksArgmaxAndLowestIdOnTies) {
 }
 
 TEST(Sampler, AllMaskedLogitsThrow) {
-  SamplerState g(SamplingParams{.temperature = 0});
+  SamplingParams gp;
+  gp.temperature = 0;
+  SamplerState g(gp);
   EXPECT_THROW(g.sample(std::vector<float>{-INFINITY, NAN}), Error);
   SamplerState r(with_seed(1));
   EXPECT_THROW(r.sample(std::vector<float>{-INFINITY, -INFINITY}), Error);
@@ -179,7 +183,8 @@ TEST(Sampler, TopPKeepsSmallestSetReachingMass) {
     double mass;
   };
   for (const Case& c : {Case{0.8f, {1, 3, 4}, 0.85}, Case{0.69f, {1, 3}, 0.7}, Case{0.3f, {1}, 0.5},
-                        Case{0.01f, {1}, 0.5}, Case{0.9f, {1, 2, 3, 4}, 0.95}, Case{1.0f, {0, 1, 2, 3, 4}, 1.0}}) {
+                        Case{0.01f, {1}, 0.5}, Case{0.9f, {1, 2, 3, 4}, 0.95},
+                        Case{1.0f, {0, 1, 2, 3, 4}, 1.0}}) {
     SamplingParams p;
     p.top_p = c.top_p;
     auto m = as_map(SamplerState(p).distribution(l));
@@ -209,36 +214,81 @@ TEST(Sampler, TopPAppliesToTopKSurvivorsAndTemperature) {
   EXPECT_EQ(SamplerState(p).distribution(l).size(), 1u);
 }
 
-TEST(Sampler, TopPMatchesBruteForceOnFullVocab) {
-  // Vocab-sized rows exercise the growing nth_element prefix (several rounds for a flat distribution).
-  const size_t V = 129280;
+// Reference for the whole filter chain in double with a full sort: top_k, then top_p over the top_k
+// survivors, then min_p.
+static std::vector<int32_t> reference_kept(const std::vector<float>& l, float T, int k, float top_p,
+                                           float min_p) {
+  auto pr = softmax(l, T);
+  std::vector<int32_t> ord(l.size());
+  std::iota(ord.begin(), ord.end(), 0);
+  std::sort(ord.begin(), ord.end(),
+            [&](int32_t a, int32_t b) { return pr[a] > pr[b] || (pr[a] == pr[b] && a < b); });
+  if (k > 0 && size_t(k) < ord.size()) ord.resize(size_t(k));
+  double mass = 0;
+  for (int32_t t : ord) mass += pr[size_t(t)];
+  double cum = 0;
+  size_t keep = 0;
+  while (keep < ord.size() && cum < top_p * mass) cum += pr[size_t(ord[keep++])];
+  ord.resize(keep);
+  const double thr = min_p * pr[size_t(ord[0])];
+  std::erase_if(ord, [&](int32_t t) { return pr[size_t(t)] < thr; });
+  return ord;
+}
+
+TEST(Sampler, FilterChainMatchesBruteForceOnFullVocab) {
+  // Vocab-sized rows (one not a multiple of 8) through every selection path: heap top_k, threshold
+  // candidates, the large-k nth_element path, the top_p weighted quickselect over flat and peaked rows.
+  struct Case {
+    int k;
+    float top_p, min_p, T;
+  };
+  const std::vector<Case> cases{{50, 1, 0, 1},      {-1, 0.5f, 0, 1},   {-1, 0.9f, 0, 1},
+                                {-1, 0.95f, 0, 0.7f}, {4000, 1, 0, 1},   {4000, 0.8f, 0, 1.3f},
+                                {40, 0.95f, 0.05f, 1}, {-1, 1, 0.01f, 1}, {2000, 0.99f, 0.001f, 2}};
   std::mt19937 g(7);
-  for (float spread : {1.0f, 8.0f}) {
-    std::normal_distribution<float> nd(0, spread);
-    std::vector<float> l(V);
-    for (auto& x : l) x = nd(g);
-    for (float top_p : {0.5f, 0.9f, 0.95f}) {
-      SamplingParams p;
-      p.top_p = top_p;
-      auto d = SamplerState(p).distribution(l);
-      // Reference: full sort, descending, ties by id.
-      auto ref = softmax(l);
-      std::vector<int32_t> ord(V);
-      std::iota(ord.begin(), ord.end(), 0);
-      std::sort(ord.begin(), ord.end(), [&](int32_t a, int32_t b) {
-        return l[a] > l[b] || (l[a] == l[b] && a < b);
-      });
-      double cum = 0;
-      size_t k = 0;
-      while (k < V && cum < top_p - 1e-9) cum += ref[size_t(ord[k++])];
-      ASSERT_NEAR(double(d.size()), double(k), 1.0) << spread << " " << top_p;  // float vs double sums
-      std::vector<int32_t> got;
-      for (auto& tp : d) got.push_back(tp.token);
-      std::sort(got.begin(), got.end());
-      std::vector<int32_t> want(ord.begin(), ord.begin() + std::min(k, d.size()));
-      std::sort(want.begin(), want.end());
-      EXPECT_TRUE(std::includes(got.begin(), got.end(), want.begin(), want.end()));
+  for (size_t V : {size_t(129280), size_t(129283)}) {
+    for (float spread : {1.0f, 3.0f}) {
+      for (bool peaked : {false, true}) {
+        std::normal_distribution<float> nd(0, spread);
+        std::vector<float> l(V);
+        for (auto& x : l) x = nd(g);
+        if (peaked)
+          for (int j = 0; j < 30; ++j) l[g() % V] += 6 + 0.3f * float(j);
+        for (const Case& c : cases) {
+          SamplingParams p;
+          p.top_k = c.k;
+          p.top_p = c.top_p;
+          p.min_p = c.min_p;
+          p.temperature = c.T;
+          auto d = SamplerState(p).distribution(l);
+          auto want = reference_kept(l, c.T, c.k, c.top_p, c.min_p);
+          std::vector<int32_t> got;
+          double total = 0;
+          for (auto& tp : d) got.push_back(tp.token), total += tp.prob;
+          EXPECT_NEAR(total, 1.0, 1e-4);
+          // Float vs double sums may move the top_p cut by a token at an exact boundary, no more.
+          const std::string what = fmt::format("V {} spread {} peaked {} k {} top_p {} min_p {} T {}", V,
+                                               spread, peaked, c.k, c.top_p, c.min_p, c.T);
+          ASSERT_LE(std::abs(double(got.size()) - double(want.size())), 1.0) << what;
+          std::sort(got.begin(), got.end());
+          want.resize(std::min(want.size(), got.size()));
+          std::sort(want.begin(), want.end());
+          EXPECT_TRUE(std::includes(got.begin(), got.end(), want.begin(), want.end())) << what;
+        }
+      }
     }
+  }
+}
+
+TEST(Sampler, ProbabilitiesAccurateOverWideRange) {
+  // exp is a vectorized polynomial: check it against double precision across the useful range.
+  std::vector<float> l;
+  for (int i = 0; i < 203; ++i) l.push_back(-0.4f * float(i) + 0.01f * float(i % 7));
+  auto d = as_map(SamplerState(SamplingParams{}).distribution(l));
+  auto ref = softmax(l);
+  for (size_t i = 0; i < l.size(); ++i) {
+    if (ref[i] < 1e-37) continue;  // beyond float range: reported as 0
+    EXPECT_NEAR(d[int32_t(i)] / ref[i], 1.0, 2e-6) << i;
   }
 }
 
@@ -484,17 +534,22 @@ TEST(Sampler, FullVocabCost) {
   for (auto& x : l) x = nd(g);
   std::vector<int32_t> prompt(2000);
   for (auto& t : prompt) t = int32_t(g() % V);
+  auto mk = [](float T, int k, float top_p, float min_p, float rep, float freq, int lp) {
+    SamplingParams p;
+    p.temperature = T, p.top_k = k, p.top_p = top_p, p.min_p = min_p;
+    p.repetition_penalty = rep, p.frequency_penalty = freq, p.logprobs = lp, p.seed = 1;
+    return p;
+  };
   struct Cfg {
     const char* name;
     SamplingParams p;
   };
-  std::vector<Cfg> cfgs{{"greedy", {.temperature = 0}},
-                        {"T=1", {.seed = 1}},
-                        {"top_k=50", {.top_k = 50, .seed = 1}},
-                        {"top_p=0.9", {.top_p = 0.9f, .seed = 1}},
-                        {"top_k+top_p+min_p", {.top_p = 0.95f, .top_k = 40, .min_p = 0.05f, .seed = 1}},
-                        {"penalties+logprobs5", {.repetition_penalty = 1.1f, .frequency_penalty = 0.5f,
-                                                 .seed = 1, .logprobs = 5}}};
+  std::vector<Cfg> cfgs{{"greedy", mk(0, -1, 1, 0, 1, 0, -1)},
+                        {"T=1", mk(1, -1, 1, 0, 1, 0, -1)},
+                        {"top_k=50", mk(1, 50, 1, 0, 1, 0, -1)},
+                        {"top_p=0.9", mk(1, -1, 0.9f, 0, 1, 0, -1)},
+                        {"top_k+top_p+min_p", mk(1, 40, 0.95f, 0.05f, 1, 0, -1)},
+                        {"penalties+logprobs5", mk(1, -1, 1, 0, 1.1f, 0.5f, 5)}};
   for (auto& c : cfgs) {
     SamplerState s(c.p, prompt);
     s.sample(l);  // warm the scratch

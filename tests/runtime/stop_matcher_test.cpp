@@ -16,12 +16,6 @@ std::vector<std::string> run(StopMatcher& m, const std::vector<std::string>& pie
   return out;
 }
 
-std::string joined(const std::vector<std::string>& v) {
-  std::string s;
-  for (auto& x : v) s += x;
-  return s;
-}
-
 using Strs = std::vector<std::string>;
 
 }  // namespace
@@ -154,7 +148,8 @@ TEST(StopMatcher, SplitIndependentAgainstBruteForce) {
       size_t pos = text.find(s);
       if (pos == std::string::npos) continue;
       size_t end = pos + s.size();
-      if (end < best_end || (end == best_end && s.size() > best_len)) best_end = end, best_len = s.size(), cut = pos;
+      if (end < best_end || (end == best_end && s.size() > best_len))
+        best_end = end, best_len = s.size(), cut = pos;
     }
     std::string want = cut == std::string::npos ? text : text.substr(0, cut);
 
