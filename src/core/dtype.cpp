@@ -60,6 +60,21 @@ const float kE4M3Table[256] = {
 
 uint8_t f32_to_e4m3(float f) {
   if (std::isnan(f)) return 0x7f;
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
+  const float a = std::fabs(f);
+  if (a >= 448.f) return sign | 0x7e;
+  if (a < std::ldexp(1.f, -6)) {  // subnormal range: multiples of 2^-9, nearest even
+    return sign | uint8_t(std::nearbyint(a * 512.f));  // 8 -> 0x08 = 2^-6, the first normal
+  }
+  // Normal: round the fp32 mantissa to 3 bits, nearest even, by integer arithmetic on the bits.
+  uint32_t u = std::bit_cast<uint32_t>(a);
+  u += 0x7ffffu + ((u >> 20) & 1u);
+  const int e = int(u >> 23) - 127;
+  return sign | uint8_t(((e + 7) << 3) | ((u >> 20) & 7u));
+}
+
+uint8_t f32_to_e4m3_reference(float f) {
+  if (std::isnan(f)) return 0x7f;
   uint8_t sign = std::signbit(f) ? 0x80 : 0;
   float a = std::fabs(f);
   if (a >= 448.f) return sign | 0x7e;  // saturate (0x7e = 448)

@@ -31,6 +31,7 @@ extern const float kE4M3Table[256];
 inline float e4m3_to_f32(uint8_t b) { return kE4M3Table[b]; }
 // Round to nearest even, saturating to +-448 (the reference clamps before casting). NaN -> 0x7f.
 uint8_t f32_to_e4m3(float f);
+uint8_t f32_to_e4m3_reference(float f);  // plain nearest-code search: the reference the fast path is tested on
 
 // ---- e8m0: 2^(b-127); 255 is NaN.
 inline float e8m0_to_f32(uint8_t b) {

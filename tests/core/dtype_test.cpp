@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <vector>
 
 #include "core/dtype.h"
 
@@ -39,6 +40,24 @@ TEST(DType, E4M3Rounding) {
   EXPECT_EQ(e4m3_to_f32(f32_to_e4m3(1.07f)), 1.125f);
   EXPECT_EQ(e4m3_to_f32(f32_to_e4m3(300.f)), 288.f);    // 256 + 32 steps: 288 is nearest
   EXPECT_EQ(e4m3_to_f32(f32_to_e4m3(std::ldexp(1.f, -10))), 0.f);  // half the smallest subnormal: tie -> 0
+}
+
+TEST(DType, E4M3FastEncoderEqualsReferenceSearch) {
+  // Every code's value, the midpoints between neighbours (ties), and a dense sweep of random floats.
+  std::vector<float> xs;
+  for (int b = 0; b < 0x7f; ++b) {
+    xs.push_back(e4m3_to_f32(uint8_t(b)));
+    if (b + 1 < 0x7f) xs.push_back(0.5f * (e4m3_to_f32(uint8_t(b)) + e4m3_to_f32(uint8_t(b + 1))));
+  }
+  uint32_t s = 7;
+  for (int i = 0; i < 200000; ++i) {
+    s = s * 1664525u + 1013904223u;
+    xs.push_back(std::ldexp(float(s >> 8) / float(1 << 24), int(s % 30) - 15));
+  }
+  xs.push_back(447.99f);
+  xs.push_back(1e-30f);
+  for (float x : xs)
+    for (float v : {x, -x}) ASSERT_EQ(f32_to_e4m3(v), f32_to_e4m3_reference(v)) << v;
 }
 
 TEST(DType, E8M0) {
