@@ -13,7 +13,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   dsv4::cli::add_model_commands(app);
   dsv4::cli::add_make_tiny_command(app);
-  // dsv4::cli::add_tokenizer_commands(app);  (enabled once src/cli/tokenizer_commands.cpp exists)
+  dsv4::cli::add_serve_command(app);
+  dsv4::cli::add_tokenizer_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

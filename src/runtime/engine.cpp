@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "runtime/prefix_cache.h"
+#include "runtime/request_text.h"
 #include "runtime/stop_matcher.h"
 
 namespace dsv4 {
@@ -32,6 +33,7 @@ struct Request {
   SamplingParams params;
   std::unique_ptr<SequenceState> seq;  // null while waiting (or after preemption)
   std::unique_ptr<SamplerState> sampler;
+  std::unique_ptr<RequestText> text;  // when the engine has a tokenizer
   int64_t cached_tokens = 0;
   int64_t registered_blocks = 0;  // full blocks already offered to the prefix cache
   RequestOutput pending;          // accumulates this step's output
@@ -174,6 +176,7 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, SamplingParams params)
   r->tokens = std::move(prompt);
   r->sampler = std::make_unique<SamplerState>(params, r->tokens);
   r->params = std::move(params);
+  if (I.tok) r->text = std::make_unique<RequestText>(*I.tok, r->params);
   r->pending.id = r->id;
   const uint64_t id = r->id;
   I.waiting.push_back(std::move(r));
@@ -322,18 +325,20 @@ std::vector<RequestOutput> Engine::step() {
     r.tokens.push_back(tok);
     ++I.st.generation_tokens;
     r.pending.new_tokens.push_back(tok);
-    if (sr.has_logprobs) {
-      TokenLogprobs lp;
-      lp.token = tok;
-      lp.logprob = sr.logprob;
-      lp.rank = sr.rank;
-      for (auto& e : sr.top) lp.top.push_back({e.token, e.logprob});
-      r.pending.logprobs.push_back(std::move(lp));
-    }
+    if (sr.has_logprobs) r.pending.logprobs.push_back(sr);
     r.has_output = true;
     const int32_t eos = I.model->config().eos_token_id;
     TokenStop ts = check_token_stop(r.params, tok, r.generated(), std::span<const int32_t>(&eos, 1));
     if (ts == TokenStop::None && int64_t(r.tokens.size()) >= I.max_len) ts = TokenStop::Length;
+    const bool stop_token = ts == TokenStop::Eos || ts == TokenStop::StopToken;
+    if (r.text) {
+      r.pending.text += r.text->add(tok, stop_token);
+      if (r.text->stopped()) {
+        I.finish(r, FinishReason::Stop, r.text->stop_string());
+        continue;
+      }
+      if (ts != TokenStop::None) r.pending.text += r.text->finish();
+    }
     if (ts != TokenStop::None)
       I.finish(r, ts == TokenStop::Length ? FinishReason::Length : FinishReason::Stop,
                ts == TokenStop::StopToken ? std::to_string(tok) : std::string());

@@ -27,16 +27,9 @@ struct EngineConfig {
   uint64_t kv_cache_memory = 1ull << 30;  // bytes for KV blocks + per-sequence state
 };
 
-struct TokenLogprob {
-  int32_t token = 0;
-  float logprob = 0;
-};
-struct TokenLogprobs {
-  int32_t token = 0;  // the sampled token
-  float logprob = 0;
-  int rank = 1;       // rank of the sampled token (1 = most likely)
-  std::vector<TokenLogprob> top;  // top_logprobs, descending
-};
+// Per generated token: its logprob, rank and the top alternatives (the sampler's result).
+using TokenLogprobs = SampleResult;
+using TokenLogprob = LogprobEntry;
 
 enum class FinishReason { None, Stop, Length, Abort, Error };
 const char* finish_reason_name(FinishReason r);  // "stop", "length", "abort", "error"

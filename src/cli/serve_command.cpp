@@ -1,0 +1,330 @@
+// dsv4 serve: the OpenAI- and Anthropic-compatible server, with vLLM's flag names where they exist.
+#include <fmt/format.h>
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "model/tiny_checkpoint.h"
+#include "runtime/engine.h"
+#include "server/http_server.h"
+#include "server/scripted_backend.h"
+#include "server/weight_preload.h"
+#include "tokenizer/tokenizer.h"
+
+namespace dsv4::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct ServeOpts {
+  std::string model, tokenizer;
+  std::vector<std::string> served_model_name;
+  std::string host = "0.0.0.0";
+  int port = 8000;
+  int64_t max_model_len = 0;
+  int max_num_seqs = 64, max_num_batched_tokens = 2048, block_size = 256;
+  std::string kv_cache_dtype = "auto", kv_cache_memory = "1GiB";
+  bool enable_prefix_caching = true;
+  std::string api_key, numerics = "reference";
+  std::string generation_config = "auto", override_generation_config, default_chat_template_kwargs;
+  std::string default_thinking = "off", default_reasoning_effort = "none";
+  std::string max_request_body_bytes = "32MiB";
+  int http_threads = 0;
+  std::string scripted_output;
+  // vLLM flags accepted for drop-in command lines; they change nothing here.
+  bool trust_remote_code = false, enable_auto_tool_choice = false;
+  std::string tool_call_parser, reasoning_parser;
+};
+
+constexpr int64_t kDemoMaxModelLen = 8192;
+constexpr int64_t kDemoMaxNewTokens = 256;
+
+uint64_t parse_size(const std::string& s, const char* flag) {
+  size_t pos = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &pos);
+  } catch (const std::exception&) {
+    fail("{}: '{}' is not a size (e.g. 4GiB, 512MiB, 1000000)", flag, s);
+  }
+  std::string unit = s.substr(pos);
+  double mul = 1;
+  if (unit == "" || unit == "B")
+    mul = 1;
+  else if (unit == "K" || unit == "KB")
+    mul = 1e3;
+  else if (unit == "KiB")
+    mul = 1024.0;
+  else if (unit == "M" || unit == "MB")
+    mul = 1e6;
+  else if (unit == "MiB")
+    mul = 1024.0 * 1024;
+  else if (unit == "G" || unit == "GB")
+    mul = 1e9;
+  else if (unit == "GiB")
+    mul = 1024.0 * 1024 * 1024;
+  else
+    fail("{}: unknown unit '{}' in '{}' (B, KB, KiB, MB, MiB, GB, GiB)", flag, unit, s);
+  if (!(v > 0)) fail("{}: '{}' must be positive", flag, s);
+  return uint64_t(v * mul);
+}
+
+std::string exe_dir() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string(".") : p.parent_path().string();
+}
+
+json read_json_file(const fs::path& p) {
+  std::ifstream f(p);
+  if (!f) fail("cannot open {}", p.string());
+  try {
+    return json::parse(f);
+  } catch (const json::exception& e) {
+    fail("{}: {}", p.string(), e.what());
+  }
+}
+
+// vLLM's generation-config keys that become request defaults.
+void apply_generation_config(const json& j, server::SamplingDefaults& d, const std::string& origin) {
+  if (!j.is_object()) fail("{}: expected a JSON object", origin);
+  for (const auto& [k, v] : j.items()) {
+    if (v.is_null()) continue;
+    const bool num = v.is_number();
+    if (k == "temperature" && num)
+      d.temperature = v.get<float>();
+    else if (k == "top_p" && num)
+      d.top_p = v.get<float>();
+    else if (k == "top_k" && v.is_number_integer())
+      d.top_k = v.get<int>();
+    else if (k == "min_p" && num)
+      d.min_p = v.get<float>();
+    else if (k == "repetition_penalty" && num)
+      d.repetition_penalty = v.get<float>();
+    else if (k == "max_new_tokens" && v.is_number_integer())
+      d.max_new_tokens = v.get<int64_t>();
+    else if (k == "temperature" || k == "top_p" || k == "top_k" || k == "min_p" || k == "repetition_penalty" ||
+             k == "max_new_tokens")
+      fail("{}: '{}' has the wrong type", origin, k);
+  }
+}
+
+void run_serve(const ServeOpts& o) {
+  // Signals go to one waiting thread (below), never to engine or HTTP threads; a closed client socket must
+  // not kill the process.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  const bool demo = o.model.empty();
+  std::string model_dir = o.model;
+  if (demo) {
+    model_dir = (fs::path(exe_dir()) / "tiny-model").string();
+    if (!fs::exists(fs::path(model_dir) / "model.safetensors")) {
+      const std::string tok = default_tokenizer_json();
+      if (tok.empty())
+        fail(
+            "no --model given and the demo model {} does not exist; it needs the tokenizer "
+            "(run scripts/fetch_tokenizer.sh, or `dsv4 make-tiny --out DIR --tokenizer FILE`)",
+            model_dir);
+      spdlog::info("creating the demo model in {} (tiny DeepSeek-V4, random weights: its text is meaningless)",
+                   model_dir);
+      make_tiny_checkpoint(model_dir, kTinyDemoSeed, tok);
+    }
+    spdlog::info(
+        "serving the embedded demo model (random weights: output text is meaningless); pass --model DIR "
+        "to serve a real checkpoint");
+  }
+  if (!fs::exists(fs::path(model_dir) / "config.json")) fail("model directory '{}' has no config.json", model_dir);
+
+  server::ServerOptions so;
+  so.model_dir = fs::absolute(model_dir).lexically_normal().string();
+  if (!o.served_model_name.empty())
+    so.model_names = o.served_model_name;
+  else if (demo)
+    so.model_names = {"dsv4-tiny"};
+  else {
+    fs::path p(so.model_dir);
+    so.model_names = {(p.has_filename() ? p : p.parent_path()).filename().string()};  // ".../X/" -> X
+  }
+  if (so.model_names[0].empty()) so.model_names[0] = "dsv4";
+  so.api_key = o.api_key;
+  if (so.api_key.empty())
+    for (const char* env : {"DSV4_API_KEY", "VLLM_API_KEY"})
+      if (const char* v = std::getenv(env); v && *v) {
+        so.api_key = v;
+        break;
+      }
+  so.max_body_bytes = parse_size(o.max_request_body_bytes, "--max-request-body-bytes");
+  so.max_choices = std::max(1, o.max_num_seqs);
+
+  // Sampling defaults: generation_config.json (auto) or a given directory's, then the overrides.
+  if (o.generation_config != "vllm") {
+    const fs::path gdir = o.generation_config == "auto" ? fs::path(model_dir) : fs::path(o.generation_config);
+    if (fs::exists(gdir / "generation_config.json"))
+      apply_generation_config(read_json_file(gdir / "generation_config.json"), so.sampling, "generation_config.json");
+    else if (o.generation_config != "auto")
+      fail("--generation-config: {} has no generation_config.json", gdir.string());
+  }
+  if (demo && !so.sampling.max_new_tokens) so.sampling.max_new_tokens = kDemoMaxNewTokens;
+  if (!o.override_generation_config.empty()) {
+    json j;
+    try {
+      j = json::parse(o.override_generation_config);
+    } catch (const json::exception& e) {
+      fail("--override-generation-config: {}", e.what());
+    }
+    apply_generation_config(j, so.sampling, "--override-generation-config");
+  }
+  so.chat.thinking_mode = o.default_thinking == "on" ? ThinkingMode::Thinking : ThinkingMode::Chat;
+  so.chat.reasoning_effort = parse_reasoning_effort(o.default_reasoning_effort);
+  if (!o.default_chat_template_kwargs.empty()) {
+    try {
+      const json kw = json::parse(o.default_chat_template_kwargs);
+      if (kw.contains("thinking"))
+        so.chat.thinking_mode = kw["thinking"].get<bool>() ? ThinkingMode::Thinking : ThinkingMode::Chat;
+      if (kw.contains("reasoning_effort"))
+        so.chat.reasoning_effort = kw["reasoning_effort"].is_null()
+                                       ? ReasoningEffort::None
+                                       : parse_reasoning_effort(kw["reasoning_effort"].get<std::string>());
+    } catch (const json::exception& e) {
+      fail("--default-chat-template-kwargs: {}", e.what());
+    }
+  }
+
+  const std::string tok_path = o.tokenizer.empty() ? (fs::path(model_dir) / "tokenizer.json").string() : o.tokenizer;
+  if (!fs::exists(tok_path)) fail("tokenizer {} does not exist (pass --tokenizer)", tok_path);
+  const Tokenizer tok = Tokenizer::from_file(tok_path);
+  if (fs::exists(fs::path(model_dir) / "tokenizer_config.json")) {
+    const json tc = read_json_file(fs::path(model_dir) / "tokenizer_config.json");
+    so.completions_add_bos = tc.value("add_bos_token", false);
+  }
+
+  const int64_t max_len = o.max_model_len > 0 ? o.max_model_len : (demo ? kDemoMaxModelLen : 0);
+  std::unique_ptr<server::Backend> backend;
+  if (!o.scripted_output.empty()) {
+    spdlog::warn("--scripted-output: replaying {} instead of running the model (testing aid)", o.scripted_output);
+    backend = server::ScriptedBackend::from_file(o.scripted_output, tok, max_len > 0 ? max_len : kDemoMaxModelLen);
+  } else {
+    server::preload_weights(model_dir);
+    EngineConfig ec;
+    ec.model_dir = model_dir;
+    ec.numerics = parse_numerics(o.numerics);
+    ec.max_num_seqs = o.max_num_seqs;
+    ec.max_num_batched_tokens = o.max_num_batched_tokens;
+    ec.max_model_len = max_len;
+    ec.block_size = o.block_size;
+    ec.kv_cache_dtype = o.kv_cache_dtype;
+    ec.enable_prefix_caching = o.enable_prefix_caching;
+    ec.kv_cache_memory = parse_size(o.kv_cache_memory, "--kv-cache-memory");
+    backend = std::make_unique<server::EngineBackend>(std::make_unique<Engine>(ec));
+  }
+
+  server::ServerContext ctx(std::move(so), tok, *backend);
+  const int threads = o.http_threads > 0 ? o.http_threads : std::max(32, 2 * o.max_num_seqs + 8);
+  server::HttpServer http(ctx, threads);
+  const int port = http.bind(o.host, o.port);
+  std::thread waiter([&http, sigs] {
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    spdlog::info("signal {}: shutting down", sig);
+    http.stop();
+  });
+  spdlog::info("model {} ({}), max model len {}, serving as {}", ctx.opt.model_dir,
+               o.scripted_output.empty() ? "engine" : "scripted", backend->max_model_len(),
+               fmt::join(ctx.opt.model_names, ", "));
+  spdlog::info("listening on http://{}:{}", o.host, port);
+  http.run();
+  pthread_kill(waiter.native_handle(), SIGTERM);  // wakes the waiter when run() ended otherwise
+  waiter.join();
+  spdlog::info("server stopped");
+}
+
+}  // namespace
+
+void add_serve_command(CLI::App& app) {
+  auto o = std::make_shared<ServeOpts>();
+  auto* cmd =
+      app.add_subcommand("serve",
+                         "OpenAI- and Anthropic-compatible HTTP server (vLLM's flags where they exist). Without "
+                         "--model it serves the embedded tiny demo model (random weights: meaningless text)");
+  cmd->add_option("--model", o->model,
+                  "checkpoint directory (config.json, *.safetensors, tokenizer.json). Default: the demo model "
+                  "<dsv4 dir>/tiny-model, created on the fly if missing");
+  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: <model>/tokenizer.json)");
+  cmd->add_option("--served-model-name", o->served_model_name,
+                  "name(s) clients use in \"model\"; the first is reported (default: the model directory's name, "
+                  "dsv4-tiny for the demo)")
+      ->expected(1, 16);
+  cmd->add_option("--host", o->host, "address to listen on")->capture_default_str();
+  cmd->add_option("--port", o->port, "port to listen on (0: any free port, printed at start)")->capture_default_str();
+  cmd->add_option("--max-model-len", o->max_model_len,
+                  "prompt + output limit in tokens (default: what the model and KV cache allow; 8192 for the demo)");
+  cmd->add_option("--max-num-seqs", o->max_num_seqs, "sequences running at once")->capture_default_str();
+  cmd->add_option("--max-num-batched-tokens", o->max_num_batched_tokens, "tokens per engine step")
+      ->capture_default_str();
+  cmd->add_option("--block-size", o->block_size, "KV block size in tokens (multiple of 128)")->capture_default_str();
+  cmd->add_option("--kv-cache-dtype", o->kv_cache_dtype,
+                  "auto (bf16; f32 under exact numerics) | bf16 | fp8 (also fp8_e4m3, fp8_ds_mla) | f32")
+      ->capture_default_str();
+  cmd->add_option("--kv-cache-memory", o->kv_cache_memory, "memory for KV blocks + per-sequence state (e.g. 8GiB)")
+      ->capture_default_str();
+  cmd->add_flag("--enable-prefix-caching", o->enable_prefix_caching,
+                "reuse the KV of shared prompt prefixes (the default, as in vLLM v1)");
+  cmd->add_flag_callback(
+      "--no-enable-prefix-caching", [o] { o->enable_prefix_caching = false; }, "turn prefix caching off");
+  cmd->add_option("--api-key", o->api_key,
+                  "require this key on /v1/* (Authorization: Bearer KEY or x-api-key: KEY); default: $DSV4_API_KEY "
+                  "or $VLLM_API_KEY, else no auth");
+  cmd->add_option("--numerics", o->numerics, "exact | reference (the rounding the model was trained with)")
+      ->check(CLI::IsMember({"exact", "reference"}))
+      ->capture_default_str();
+  cmd->add_option("--generation-config", o->generation_config,
+                  "sampling defaults: auto (the model's generation_config.json), vllm (none), or a directory "
+                  "holding generation_config.json")
+      ->capture_default_str();
+  cmd->add_option("--override-generation-config", o->override_generation_config,
+                  "JSON over the generation config: temperature, top_p, top_k, min_p, repetition_penalty, "
+                  "max_new_tokens (default max_tokens), e.g. '{\"temperature\":0.6,\"top_p\":0.95}'");
+  cmd->add_option("--default-thinking", o->default_thinking,
+                  "thinking mode when a request does not say (chat_template_kwargs.thinking): on | off")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  cmd->add_option("--default-reasoning-effort", o->default_reasoning_effort,
+                  "reasoning effort when a request does not say: none | high | max")
+      ->check(CLI::IsMember({"none", "high", "max"}))
+      ->capture_default_str();
+  cmd->add_option("--default-chat-template-kwargs", o->default_chat_template_kwargs,
+                  "vLLM's form of the two above, e.g. '{\"thinking\": true, \"reasoning_effort\": \"max\"}'");
+  cmd->add_option("--max-request-body-bytes", o->max_request_body_bytes, "larger request bodies get HTTP 413")
+      ->capture_default_str();
+  cmd->add_option("--http-threads", o->http_threads,
+                  "connection threads (each open stream holds one; default max(32, 2 x max-num-seqs + 8))");
+  cmd->add_option("--scripted-output", o->scripted_output,
+                  "testing aid: no model; answer every request with texts from this JSON file "
+                  "({\"replies\": [{\"when\": \"prompt substring\", \"text\": \"...\"}], \"token_delay_ms\": 2})");
+  auto* compat = "vLLM compatibility (accepted, no effect)";
+  cmd->add_flag("--trust-remote-code", o->trust_remote_code, "no effect: nothing remote runs")->group(compat);
+  cmd->add_flag("--enable-auto-tool-choice", o->enable_auto_tool_choice, "no effect: tool calls are always parsed")
+      ->group(compat);
+  cmd->add_option("--tool-call-parser", o->tool_call_parser, "no effect: the DeepSeek-V4 DSML parser is built in")
+      ->group(compat);
+  cmd->add_option("--reasoning-parser", o->reasoning_parser, "no effect: the DeepSeek-V4 reasoning parser is built in")
+      ->group(compat);
+  cmd->callback([o] { run_serve(*o); });
+}
+
+}  // namespace dsv4::cli

@@ -1,0 +1,36 @@
+#include "server/backend.h"
+
+#include "runtime/engine_loop.h"
+
+namespace dsv4::server {
+
+namespace {
+class EngineStream final : public OutputStream {
+ public:
+  explicit EngineStream(std::shared_ptr<RequestStream> s) : s_(std::move(s)) {}
+  uint64_t id() const override { return s_->id(); }
+  std::optional<RequestOutput> next(std::chrono::milliseconds timeout) override { return s_->next(timeout); }
+
+ private:
+  std::shared_ptr<RequestStream> s_;
+};
+}  // namespace
+
+EngineBackend::EngineBackend(std::unique_ptr<Engine> engine) {
+  max_len_ = engine->max_model_len();
+  vocab_ = engine->model_config().vocab_size;
+  eos_ = int32_t(engine->model_config().eos_token_id);
+  loop_ = std::make_unique<EngineLoop>(std::move(engine));
+}
+
+EngineBackend::~EngineBackend() = default;
+
+std::unique_ptr<OutputStream> EngineBackend::submit(std::vector<int32_t> prompt, SamplingParams params) {
+  return std::make_unique<EngineStream>(loop_->submit(std::move(prompt), std::move(params)));
+}
+
+void EngineBackend::abort(uint64_t id) { loop_->abort(id); }
+
+EngineStats EngineBackend::stats() const { return loop_->stats(); }
+
+}  // namespace dsv4::server

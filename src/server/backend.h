@@ -1,0 +1,57 @@
+// What the HTTP layer needs from a generator: submit token ids, read each request's outputs, abort, stats.
+// EngineBackend is the real one (an EngineLoop); ScriptedBackend (scripted_backend.h) replays fixed texts for
+// tests of output shapes a random demo model never produces (tool calls, reasoning).
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "runtime/engine.h"
+
+namespace dsv4 {
+class EngineLoop;
+class RequestStream;
+}  // namespace dsv4
+
+namespace dsv4::server {
+
+class OutputStream {
+ public:
+  virtual ~OutputStream() = default;
+  virtual uint64_t id() const = 0;
+  // Next output, waiting up to `timeout`; nullopt on timeout and after the finished output.
+  virtual std::optional<RequestOutput> next(std::chrono::milliseconds timeout) = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  // Throws dsv4::Error with a user-facing message for invalid requests.
+  virtual std::unique_ptr<OutputStream> submit(std::vector<int32_t> prompt, SamplingParams params) = 0;
+  virtual void abort(uint64_t id) = 0;  // frees the request's KV at once; fine for finished ids
+  virtual EngineStats stats() const = 0;
+  virtual int64_t max_model_len() const = 0;
+  virtual int64_t vocab_size() const = 0;
+  virtual int32_t eos_token_id() const = 0;
+};
+
+class EngineBackend final : public Backend {
+ public:
+  explicit EngineBackend(std::unique_ptr<Engine> engine);
+  ~EngineBackend() override;
+  std::unique_ptr<OutputStream> submit(std::vector<int32_t> prompt, SamplingParams params) override;
+  void abort(uint64_t id) override;
+  EngineStats stats() const override;
+  int64_t max_model_len() const override { return max_len_; }
+  int64_t vocab_size() const override { return vocab_; }
+  int32_t eos_token_id() const override { return eos_; }
+
+ private:
+  std::unique_ptr<EngineLoop> loop_;
+  int64_t max_len_ = 0, vocab_ = 0;
+  int32_t eos_ = 1;
+};
+
+}  // namespace dsv4::server

@@ -1,0 +1,309 @@
+#include "server/chat_prompt.h"
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "server/json_fields.h"
+
+namespace dsv4::server {
+
+namespace {
+
+[[noreturn]] void bad(const std::string& param, const std::string& msg) { throw ApiError(400, msg, param); }
+
+// Content: a string, null, or an array of parts (objects with a "type"; text parts need a string "text").
+Json check_content(const Json& c, const std::string& where) {
+  if (c.is_null() || c.is_string()) return c;
+  if (!c.is_array()) bad(where, fmt::format("'{}' must be a string, null or an array of content parts", where));
+  for (const auto& part : c) {
+    if (!part.is_object() || !part.contains("type") || !part["type"].is_string())
+      bad(where, fmt::format("'{}': each content part must be an object with a string 'type'", where));
+    if (part["type"] == "text" && !(part.contains("text") && part["text"].is_string()))
+      bad(where, fmt::format("'{}': a text part needs a string 'text'", where));
+  }
+  return c;
+}
+
+Json check_tool_calls(const Json& tcs, const std::string& where) {
+  if (!tcs.is_array()) bad(where, fmt::format("'{}' must be an array", where));
+  Json out = Json::array();
+  for (size_t i = 0; i < tcs.size(); ++i) {
+    const Json& tc = tcs[i];
+    const std::string w = fmt::format("{}[{}]", where, i);
+    const Json* fn = tc.is_object() ? find_field(tc, "function") : nullptr;
+    if (!fn || !fn->is_object() || !fn->contains("name") || !(*fn)["name"].is_string())
+      bad(w, fmt::format("'{}' needs a function with a string name", w));
+    Json args = fn->contains("arguments") ? (*fn)["arguments"] : Json("{}");
+    if (!args.is_string() && !args.is_object()) bad(w, fmt::format("'{}.function.arguments' must be a string", w));
+    Json call = {{"type", "function"}, {"function", {{"name", (*fn)["name"]}, {"arguments", std::move(args)}}}};
+    if (tc.contains("id") && tc["id"].is_string()) call["id"] = tc["id"];
+    out.push_back(std::move(call));
+  }
+  return out;
+}
+
+Json check_tools(const Json& tools) {
+  Json out = Json::array();
+  for (size_t i = 0; i < tools.size(); ++i) {
+    const Json& t = tools[i];
+    const std::string w = fmt::format("tools[{}]", i);
+    if (!t.is_object() || t.value("type", "function") != "function")
+      bad(w, fmt::format("'{}' must be an object with type \"function\"", w));
+    const Json* fn = find_field(t, "function");
+    if (!fn || !fn->is_object() || !fn->contains("name") || !(*fn)["name"].is_string())
+      bad(w, fmt::format("'{}.function' needs a string name", w));
+    out.push_back(Json{{"type", "function"}, {"function", *fn}});
+  }
+  return out;
+}
+
+// Applies tool_choice: "none" drops the tools; a named function keeps only that one. "required" renders
+// the tools like "auto": there is no constrained decoding to force a call.
+Json apply_tool_choice(Json tools, const Json* choice, bool anthropic) {
+  if (!choice || tools.empty()) return tools;
+  std::string type, name;
+  if (choice->is_string()) {
+    type = choice->get<std::string>();
+  } else if (choice->is_object()) {
+    type = choice->value("type", "");
+    if (anthropic)
+      name = choice->value("name", "");
+    else if (const Json* f = find_field(*choice, "function"); f && f->is_object())
+      name = f->value("name", "");
+  } else {
+    bad("tool_choice", "'tool_choice' must be a string or an object");
+  }
+  if (type == "none") return Json::array();
+  if (type == "auto" || type == "required" || type == "any") return tools;
+  if (type == "function" || type == "tool") {
+    Json kept = Json::array();
+    for (const auto& t : tools)
+      if (t["function"]["name"] == name) kept.push_back(t);
+    if (kept.empty()) bad("tool_choice", fmt::format("tool_choice names '{}', which is not among the tools", name));
+    return kept;
+  }
+  bad("tool_choice", fmt::format("unknown tool_choice '{}'", type));
+}
+
+ChatPrompt render(Json messages, Json tools, const Json* response_format, const ChatEncodeOptions& opts) {
+  Json req = {{"messages", std::move(messages)}};
+  if (!tools.empty()) req["tools"] = tools;
+  if (response_format) req["response_format"] = *response_format;
+  ChatPrompt p;
+  try {
+    const ChatRequest r = parse_chat_request(req, opts);
+    p.text = encode_chat_messages(r.messages, r.options);
+    p.thinking = r.options.thinking_mode;
+  } catch (const Error& e) {
+    bad("messages", e.what());
+  }
+  p.tools = !tools.empty();
+  return p;
+}
+
+bool parse_thinking_switch(const Json& v, const char* field) {
+  if (v.is_boolean()) return v.get<bool>();
+  if (v.is_object() && v.contains("type") && v["type"].is_string()) {
+    const std::string t = v["type"];
+    if (t == "enabled" || t == "adaptive") return true;
+    if (t == "disabled") return false;
+  }
+  if (v.is_string() && (v == "thinking" || v == "chat")) return v == "thinking";
+  bad(field, fmt::format("'{}' must be a boolean or {{\"type\": \"enabled\" | \"disabled\"}}", field));
+}
+
+}  // namespace
+
+ReasoningEffort parse_effort_field(const Json& v, const char* field) {
+  if (v.is_null()) return ReasoningEffort::None;
+  if (v.is_string()) {
+    const std::string s = v;
+    if (s == "none" || s.empty()) return ReasoningEffort::None;
+    // DeepSeek's API maps low and medium to high, and xhigh to max.
+    if (s == "minimal" || s == "low" || s == "medium" || s == "high") return ReasoningEffort::High;
+    if (s == "max" || s == "xhigh") return ReasoningEffort::Max;
+  }
+  bad(field, fmt::format("'{}' must be one of none, low, medium, high, max", field));
+}
+
+ChatPrompt openai_chat_prompt(const Json& body, const ChatEncodeOptions& defaults) {
+  const Json* msgs = get_array(body, "messages");
+  if (!msgs || msgs->empty()) bad("messages", "'messages' must be a non-empty array");
+  Json messages = Json::array();
+  for (size_t i = 0; i < msgs->size(); ++i) {
+    const Json& m = (*msgs)[i];
+    const std::string w = fmt::format("messages[{}]", i);
+    if (!m.is_object()) bad(w, fmt::format("'{}' must be an object", w));
+    auto role = get_string(m, "role");
+    if (!role) bad(w, fmt::format("'{}.role' is required", w));
+    if (*role == "developer") *role = "system";
+    if (*role != "system" && *role != "user" && *role != "assistant" && *role != "tool")
+      bad(w, fmt::format("'{}.role' must be system, developer, user, assistant or tool, got '{}'", w, *role));
+    Json out = {{"role", *role},
+                {"content", check_content(m.contains("content") ? m["content"] : Json(nullptr), w + ".content")}};
+    if (*role == "assistant") {
+      for (const char* k : {"reasoning_content", "reasoning"})
+        if (auto r = get_string(m, k)) {
+          out["reasoning_content"] = *r;
+          break;
+        }
+      if (const Json* tc = find_field(m, "tool_calls"); tc && !tc->empty())
+        out["tool_calls"] = check_tool_calls(*tc, w + ".tool_calls");
+    } else if (*role == "tool") {
+      if (auto id = get_string(m, "tool_call_id")) out["tool_call_id"] = *id;
+    }
+    messages.push_back(std::move(out));
+  }
+
+  ChatEncodeOptions opts = defaults;
+  const Json* kw = get_object(body, "chat_template_kwargs");
+  static const Json kEmpty = Json::object();
+  if (!kw) kw = &kEmpty;
+  for (const auto& [src, key] :
+       {std::pair{&body, "thinking"}, {kw, "thinking"}, {kw, "enable_thinking"}, {kw, "thinking_mode"}})
+    if (const Json* v = find_field(*src, key))
+      opts.thinking_mode = parse_thinking_switch(*v, key) ? ThinkingMode::Thinking : ThinkingMode::Chat;
+  for (const Json* src : {&body, kw})
+    if (src->contains("reasoning_effort"))
+      opts.reasoning_effort = parse_effort_field((*src)["reasoning_effort"], "reasoning_effort");
+
+  Json tools = Json::array();
+  if (const Json* t = get_array(body, "tools")) tools = check_tools(*t);
+  tools = apply_tool_choice(std::move(tools), find_field(body, "tool_choice"), false);
+
+  const Json* rf = get_object(body, "response_format");
+  if (rf) {
+    const std::string type = rf->value("type", "");
+    if (type != "text" && type != "json_object" && type != "json_schema")
+      bad("response_format", "'response_format.type' must be text, json_object or json_schema");
+    if (type == "text") rf = nullptr;
+  }
+  return render(std::move(messages), std::move(tools), rf, opts);
+}
+
+Json anthropic_to_openai(const Json& body) {
+  Json messages = Json::array();
+  if (const Json* sys = find_field(body, "system")) {
+    std::string text;
+    if (sys->is_string()) {
+      text = sys->get<std::string>();
+    } else if (sys->is_array()) {
+      for (const auto& b : *sys) {
+        if (!b.is_object() || b.value("type", "") != "text" || !b.contains("text") || !b["text"].is_string())
+          bad("system", "'system' must be a string or an array of text blocks");
+        if (!text.empty()) text += "\n\n";
+        text += b["text"].get<std::string>();
+      }
+    } else {
+      bad("system", "'system' must be a string or an array of text blocks");
+    }
+    messages.push_back(Json{{"role", "system"}, {"content", text}});
+  }
+  const Json* msgs = get_array(body, "messages");
+  if (!msgs || msgs->empty()) bad("messages", "'messages' must be a non-empty array");
+  for (size_t i = 0; i < msgs->size(); ++i) {
+    const Json& m = (*msgs)[i];
+    const std::string w = fmt::format("messages[{}]", i);
+    if (!m.is_object()) bad(w, fmt::format("'{}' must be an object", w));
+    auto role = get_string(m, "role");
+    if (!role || (*role != "user" && *role != "assistant"))
+      bad(w, fmt::format("'{}.role' must be \"user\" or \"assistant\"", w));
+    const Json* content = find_field(m, "content");
+    if (!content) bad(w, fmt::format("'{}.content' is required", w));
+    if (content->is_string()) {
+      messages.push_back(Json{{"role", *role}, {"content", *content}});
+      continue;
+    }
+    if (!content->is_array()) bad(w, fmt::format("'{}.content' must be a string or an array of blocks", w));
+    if (*role == "assistant") {
+      std::string reasoning, text;
+      Json calls = Json::array();
+      for (const auto& b : *content) {
+        const std::string type = b.is_object() ? b.value("type", "") : "";
+        if (type == "text") {
+          text += b.value("text", "");
+        } else if (type == "thinking") {
+          reasoning += b.value("thinking", "");
+        } else if (type == "redacted_thinking") {
+        } else if (type == "tool_use") {
+          if (!b.contains("name") || !b["name"].is_string()) bad(w, fmt::format("'{}': tool_use needs a name", w));
+          Json input = b.contains("input") ? b["input"] : Json::object();
+          calls.push_back(
+              Json{{"id", b.value("id", "")},
+                   {"type", "function"},
+                   {"function", {{"name", b["name"]}, {"arguments", input.is_object() ? input : Json::object()}}}});
+        } else {
+          bad(w, fmt::format("'{}': unsupported assistant content block type '{}'", w, type));
+        }
+      }
+      Json out = {{"role", "assistant"}, {"content", text}};
+      if (!reasoning.empty()) out["reasoning_content"] = reasoning;
+      if (!calls.empty()) out["tool_calls"] = std::move(calls);
+      messages.push_back(std::move(out));
+      continue;
+    }
+    // User blocks, in order: tool results become tool messages; runs of other blocks become user messages.
+    Json parts = Json::array();
+    auto flush = [&] {
+      if (!parts.empty()) messages.push_back(Json{{"role", "user"}, {"content", std::move(parts)}});
+      parts = Json::array();
+    };
+    for (const auto& b : *content) {
+      const std::string type = b.is_object() ? b.value("type", "") : "";
+      if (type == "tool_result") {
+        flush();
+        Json c = b.contains("content") ? b["content"] : Json("");
+        if (c.is_array()) {
+          Json tparts = Json::array();
+          for (const auto& tb : c)
+            if (tb.is_object())
+              tparts.push_back(tb.value("type", "") == "text" ? Json{{"type", "text"}, {"text", tb.value("text", "")}}
+                                                              : Json{{"type", tb.value("type", "")}});
+          c = std::move(tparts);
+        } else if (!c.is_string()) {
+          c = "";
+        }
+        messages.push_back(Json{{"role", "tool"}, {"tool_call_id", b.value("tool_use_id", "")}, {"content", c}});
+      } else if (type == "text") {
+        if (!b.contains("text") || !b["text"].is_string())
+          bad(w, fmt::format("'{}': a text block needs a string text", w));
+        parts.push_back(Json{{"type", "text"}, {"text", b["text"]}});
+      } else if (!type.empty()) {
+        parts.push_back(Json{{"type", type}});  // images, documents: rendered as "[Unsupported TYPE]"
+      } else {
+        bad(w, fmt::format("'{}': each content block needs a type", w));
+      }
+    }
+    flush();
+  }
+  Json out = {{"messages", std::move(messages)}};
+  if (const Json* tools = get_array(body, "tools")) {
+    Json converted = Json::array();
+    for (size_t i = 0; i < tools->size(); ++i) {
+      const Json& t = (*tools)[i];
+      const std::string w = fmt::format("tools[{}]", i);
+      if (!t.is_object() || !t.contains("name") || !t["name"].is_string())
+        bad(w, fmt::format("'{}' needs a string name", w));
+      const std::string type = t.value("type", "custom");
+      if (type != "custom") bad(w, fmt::format("'{}': tool type '{}' is not supported", w, type));
+      Json fn = {{"name", t["name"]}};
+      if (t.contains("description")) fn["description"] = t["description"];
+      fn["parameters"] = t.contains("input_schema") ? t["input_schema"] : Json::object();
+      converted.push_back(Json{{"type", "function"}, {"function", std::move(fn)}});
+    }
+    out["tools"] = std::move(converted);
+  }
+  return out;
+}
+
+ChatPrompt anthropic_chat_prompt(const Json& body, const ChatEncodeOptions& defaults) {
+  Json conv = anthropic_to_openai(body);
+  ChatEncodeOptions opts = defaults;
+  if (const Json* t = find_field(body, "thinking"))
+    opts.thinking_mode = parse_thinking_switch(*t, "thinking") ? ThinkingMode::Thinking : ThinkingMode::Chat;
+  Json tools = conv.contains("tools") ? conv["tools"] : Json::array();
+  tools = apply_tool_choice(std::move(tools), find_field(body, "tool_choice"), true);
+  return render(std::move(conv["messages"]), std::move(tools), nullptr, opts);
+}
+
+}  // namespace dsv4::server

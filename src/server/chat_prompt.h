@@ -1,0 +1,30 @@
+// Renders OpenAI and Anthropic chat requests into DeepSeek-V4 prompt text with the tokenizer's chat encoder.
+// Messages are rebuilt field by field (role, content, reasoning_content, tool_calls, tool_call_id) so a
+// client cannot reach encoder-internal fields (task, wo_eos, content_blocks). Errors are 400 ApiErrors.
+#pragma once
+#include <string>
+
+#include "server/api_error.h"
+#include "tokenizer/chat_encoding.h"
+
+namespace dsv4::server {
+
+struct ChatPrompt {
+  std::string text;
+  ThinkingMode thinking = ThinkingMode::Chat;
+  bool tools = false;  // tools were rendered: parse tool calls out of the output
+};
+
+// OpenAI chat request: messages (developer counts as system), tools, tool_choice, response_format, and the
+// thinking switches: chat_template_kwargs {thinking | enable_thinking | thinking_mode, reasoning_effort},
+// top-level thinking ({"type": "enabled"} or a bool) and reasoning_effort.
+ChatPrompt openai_chat_prompt(const Json& body, const ChatEncodeOptions& defaults);
+
+// Anthropic Messages request converted to OpenAI-shaped messages (system first, tool_result blocks as tool
+// messages, thinking blocks as reasoning_content, tool_use blocks as tool_calls) plus tools and thinking.
+Json anthropic_to_openai(const Json& body);
+ChatPrompt anthropic_chat_prompt(const Json& body, const ChatEncodeOptions& defaults);
+
+ReasoningEffort parse_effort_field(const Json& v, const char* field);  // none | low..high -> High | max/xhigh
+
+}  // namespace dsv4::server

@@ -1,0 +1,161 @@
+#include "server/metrics.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+
+namespace dsv4::server {
+
+namespace {
+
+// Shortest round-trip text; Prometheus spells infinities +Inf / -Inf and NaN as NaN.
+std::string num(double v) {
+  if (std::isnan(v)) return "NaN";
+  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+  return fmt::format("{}", v);
+}
+
+void header(std::string& out, const std::string& name, const char* type, const std::string& help) {
+  out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+}
+
+void single(std::string& out, const std::string& name, const char* type, const std::string& help, double v) {
+  header(out, name, type, help);
+  out += fmt::format("{} {}\n", name, num(v));
+}
+
+// Label values escape backslash, double quote and newline.
+std::string label_value(const std::string& s) {
+  std::string r;
+  for (char c : s) {
+    if (c == '\\' || c == '"') r += '\\';
+    if (c == '\n') {
+      r += "\\n";
+      continue;
+    }
+    r += c;
+  }
+  return r;
+}
+
+}  // namespace
+
+void Histogram::observe(double v) {
+  size_t i = size_t(std::lower_bound(bounds_.begin(), bounds_.end(), v) - bounds_.begin());
+  ++counts_[i];
+  sum_ += v;
+  ++count_;
+}
+
+void Histogram::render(const std::string& name, const std::string& help, std::string& out) const {
+  header(out, name, "histogram", help);
+  uint64_t cum = 0;
+  for (size_t i = 0; i < bounds_.size(); ++i) {
+    cum += counts_[i];
+    out += fmt::format("{}_bucket{{le=\"{}\"}} {}\n", name, num(bounds_[i]), cum);
+  }
+  out +=
+      fmt::format("{}_bucket{{le=\"+Inf\"}} {}\n{}_sum {}\n{}_count {}\n", name, count_, name, num(sum_), name, count_);
+}
+
+// vLLM's bucket boundaries, so dashboards built for it read the same.
+Metrics::Metrics()
+    : ttft_({0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25,  0.5,   0.75,
+             1.0,   2.5,   5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0}),
+      itl_({0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0}),
+      e2e_({0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,   5.0,   10.0,   15.0,  20.0,
+            30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0}) {}
+
+void Metrics::record_http(const std::string& method, const std::string& endpoint, int status) {
+  std::lock_guard lk(mu_);
+  ++http_[{method, endpoint, status}];
+}
+
+void Metrics::record_finished(const std::string& reason) {
+  std::lock_guard lk(mu_);
+  ++finished_[reason];
+}
+
+void Metrics::add_prompt_tokens(int64_t n) {
+  std::lock_guard lk(mu_);
+  prompt_tokens_ += uint64_t(std::max<int64_t>(n, 0));
+}
+
+void Metrics::add_generation_tokens(int64_t n) {
+  std::lock_guard lk(mu_);
+  generation_tokens_ += uint64_t(std::max<int64_t>(n, 0));
+}
+
+void Metrics::observe_ttft(double s) {
+  std::lock_guard lk(mu_);
+  ttft_.observe(s);
+}
+
+void Metrics::observe_inter_token(double s) {
+  std::lock_guard lk(mu_);
+  itl_.observe(s);
+}
+
+void Metrics::observe_e2e(double s) {
+  std::lock_guard lk(mu_);
+  e2e_.observe(s);
+}
+
+std::string Metrics::render(const EngineStats& e) const {
+  std::string out;
+  std::lock_guard lk(mu_);
+  header(out, "dsv4_http_requests_total", "counter", "HTTP requests by method, endpoint and status code.");
+  for (const auto& [k, v] : http_)
+    out += fmt::format("dsv4_http_requests_total{{method=\"{}\",endpoint=\"{}\",status=\"{}\"}} {}\n",
+                       label_value(std::get<0>(k)), label_value(std::get<1>(k)), std::get<2>(k), v);
+  header(out, "dsv4_requests_finished_total", "counter",
+         "Generation requests (each choice of n) finished, by finish reason.");
+  // Every reason is always present, so rates work from the first scrape.
+  std::map<std::string, uint64_t> fin = {{"stop", 0}, {"length", 0}, {"tool_calls", 0}, {"abort", 0}, {"error", 0}};
+  for (const auto& [k, v] : finished_) fin[k] = v;
+  for (const auto& [k, v] : fin)
+    out += fmt::format("dsv4_requests_finished_total{{finished_reason=\"{}\"}} {}\n", label_value(k), v);
+  single(out, "dsv4_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", double(prompt_tokens_));
+  single(out, "dsv4_generation_tokens_total", "counter", "Generated tokens streamed to clients.",
+         double(generation_tokens_));
+  ttft_.render("dsv4_time_to_first_token_seconds", "Time from request arrival to its first generated token.", out);
+  itl_.render("dsv4_inter_token_latency_seconds", "Time between successive outputs of a request.", out);
+  e2e_.render("dsv4_e2e_request_latency_seconds", "Time from request arrival to its last token.", out);
+
+  single(out, "dsv4_num_requests_running", "gauge", "Sequences in the running batch.", e.running);
+  single(out, "dsv4_num_requests_waiting", "gauge", "Sequences waiting to be scheduled.", e.waiting);
+  single(out, "dsv4_kv_cache_usage_ratio", "gauge", "Fraction of KV cache blocks in use (0 to 1).",
+         e.kv_blocks_total > 0 ? double(e.kv_blocks_used) / double(e.kv_blocks_total) : 0.0);
+  single(out, "dsv4_kv_cache_blocks_used", "gauge", "KV cache blocks in use.", double(e.kv_blocks_used));
+  single(out, "dsv4_kv_cache_blocks_capacity", "gauge", "KV cache blocks in the pool.", double(e.kv_blocks_total));
+  single(out, "dsv4_prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.",
+         double(e.prefix_queries));
+  single(out, "dsv4_prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.",
+         double(e.prefix_hits));
+  single(out, "dsv4_prefix_cache_hit_ratio", "gauge", "Prefix cache hits / queries since start (tokens).",
+         e.prefix_queries > 0 ? double(e.prefix_hits) / double(e.prefix_queries) : 0.0);
+  single(out, "dsv4_num_preemptions_total", "counter", "Sequences preempted (recomputed later) for KV space.",
+         double(e.preemptions));
+  return out;
+}
+
+std::string endpoint_label(const std::string& path) {
+  static const std::array<const char*, 11> known = {"/v1/chat/completions",
+                                                    "/v1/completions",
+                                                    "/v1/models",
+                                                    "/v1/messages",
+                                                    "/v1/messages/count_tokens",
+                                                    "/tokenize",
+                                                    "/detokenize",
+                                                    "/health",
+                                                    "/metrics",
+                                                    "/version",
+                                                    "/ping"};
+  for (const char* k : known)
+    if (path == k) return k;
+  return "other";
+}
+
+}  // namespace dsv4::server

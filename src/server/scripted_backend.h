@@ -1,0 +1,56 @@
+// A Backend that answers every request with a fixed text instead of running a model: the first reply whose
+// `when` occurs in the (detokenized) prompt, tokenized with the real tokenizer and streamed one token per
+// `token_delay`, then EOS. It exists to test what a random demo model never outputs (reasoning, DSML tool
+// calls) through the real HTTP stack and official clients. Script file (`dsv4 serve --scripted-output`):
+//   {"token_delay_ms": 2, "replies": [{"when": "<tool_result>", "text": "It is sunny."}, {"text": "..."}]}
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "server/backend.h"
+
+namespace dsv4 {
+class Tokenizer;
+}
+
+namespace dsv4::server {
+
+struct ScriptedReply {
+  std::string when;  // empty: matches every prompt
+  std::string text;
+};
+
+class ScriptedBackend final : public Backend {
+ public:
+  ScriptedBackend(const Tokenizer& tok, std::vector<ScriptedReply> replies, int64_t max_model_len,
+                  std::chrono::milliseconds token_delay);
+  static std::unique_ptr<ScriptedBackend> from_file(const std::string& path, const Tokenizer& tok,
+                                                    int64_t max_model_len);
+
+  std::unique_ptr<OutputStream> submit(std::vector<int32_t> prompt, SamplingParams params) override;
+  void abort(uint64_t id) override;
+  EngineStats stats() const override;
+  int64_t max_model_len() const override { return max_len_; }
+  int64_t vocab_size() const override;
+  int32_t eos_token_id() const override { return 1; }
+
+  struct State;  // one request's shared state (the stream reads it, abort() flags it)
+
+ private:
+  const Tokenizer& tok_;
+  std::vector<ScriptedReply> replies_;
+  int64_t max_len_;
+  std::chrono::milliseconds delay_;
+  mutable std::mutex mu_;
+  std::map<uint64_t, std::shared_ptr<State>> live_;
+  uint64_t next_id_ = 1;
+  uint64_t prompt_total_ = 0;
+  std::atomic<uint64_t> generated_total_{0};
+  friend class ScriptedStream;
+};
+
+}  // namespace dsv4::server
