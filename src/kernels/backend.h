@@ -1,75 +1,152 @@
-// The compute interface the DeepSeek-V4 graph is written against. One implementation per device
-// (kernels/cpu now, kernels/cuda next); the graph in model/ never does arithmetic on activations itself.
-// Buffers are row-major float32 in the backend's memory.
+// The compute interface the DeepSeek-V4 graph is written against: memory (buffers, upload, download,
+// synchronize) and ops over tensors in the backend's memory. One implementation per device (kernels/cpu,
+// kernels/cuda). Ops are asynchronous with respect to the host unless stated; nothing here returns a value
+// computed on the device, so a forward pass never waits on the device until its logits are downloaded.
+// Every op has a plain reference implementation in the CPU backend; tests/kernels/backend_ops_test.cpp runs
+// every backend against it.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "kernels/kv_format.h"
 #include "kernels/linear_weight.h"
+#include "kernels/tensor.h"
 
 namespace dsv4 {
 
-// Per-pair angular frequencies of one RoPE regime (plain, or YaRN-scaled), rotating the LAST 2*freqs dims.
-struct RopeTable {
-  std::vector<double> freqs;
-  static RopeTable make(int rope_dim, double base, int original_max_pos, double factor, double beta_fast,
-                        double beta_slow);
-};
-
 struct LinearOpts {
-  bool act_fp8 = false;   // reference numerics: FP8 e4m3 per-128 quantization of the input rows
+  bool act_fp8 = false;   // reference numerics: FP8 e4m3 per-128 quantization of the input rows (quantized W)
   bool out_bf16 = false;  // reference numerics: round the output to bf16
+  // groups > 1: x [M, groups * in] -> y [M, out]; group g multiplies x's g-th slice of `in` columns by
+  // rows [g * out/groups, (g+1) * out/groups) of W (the grouped low-rank output projection).
+  int groups = 1;
 };
 
 // Manifold-constrained hyper-connection parameters of one site (spec §2.3).
 struct HcParams {
-  const float* fn = nullptr;     // [rows, hc * D]
-  const float* base = nullptr;   // [rows]
-  const float* scale = nullptr;  // [3] (block sites) or [1] (head)
+  Tensor fn;     // f32 [rows, hc * D]
+  Tensor base;   // f32 [rows]
+  Tensor scale;  // f32 [3] (block sites) or [1] (head)
   int hc = 4, D = 0, sinkhorn_iters = 20;
   float norm_eps = 1e-6f, hc_eps = 1e-6f;
 };
 
-struct AttentionArgs {
-  int64_t M = 0, H = 0, hd = 0;
-  const float* q = nullptr;                               // [M, H, hd]
-  const float* sink = nullptr;                            // [H] per-head sink logit
-  const std::vector<std::vector<const float*>>* keys = nullptr;  // per query row: K=V vectors (hd floats)
-  float scale = 1.f;
-  bool probs_bf16 = false;  // reference numerics: probabilities rounded to bf16 before P.V
-  float* out = nullptr;     // [M, H, hd]
+// Per-step tables of a batch of chunks (from the step plan), uploaded once per step. Row m of the batch is
+// token pos[m] of item row_item[m]; item i's rows are [row0, row0 + len), at positions [start, start + len).
+struct BatchMeta {
+  enum ItemField { kStart = 0, kRow0 = 1, kLen = 2, kSlot = 3, kItemFields = 4 };
+  int64_t M = 0, n_items = 0, max_blocks = 0;
+  Tensor pos;          // I32 [M]
+  Tensor row_item;     // I32 [M]
+  Tensor items;        // I32 [n_items, kItemFields]; kSlot = the sequence's slot (window ring, compressor rings)
+  Tensor block_table;  // I32 [n_items, max_blocks]: KV block ids of each item's sequence, from position 0
 };
 
-// One compressor (spec §2.6) fed T consecutive tokens of one sequence, starting at position `start`.
-// State slots: [0, ratio) = previous window (overlap only), then the current window; each slot holds the
-// token's values and its gate logits (+ ape) for all coff*d channels.
+// Entries (compressed KV vectors) completed by this step for one compression ratio, host-computed from
+// positions: entry e is entry number index[e] of item item[e], completed by the token in batch row row[e], and
+// rotated at position pos[e] = index[e] * ratio.
+struct EntryList {
+  int64_t n = 0;
+  Tensor row, item, index, pos;  // I32 [n] each
+};
+
+// Block ends reached in this step (prefix caching): item[s] has just filled the block ending at position end[s].
+struct SnapshotList {
+  int64_t n = 0;
+  Tensor item, end;  // I32 [n] each
+};
+
+struct AttentionArgs {
+  Tensor q;         // f32 [M, H, hd]
+  Tensor kv;        // f32 [M, hd]: this step's K=V rows (already through the cache codec)
+  Tensor sink;      // f32 [H] per-head sink logit
+  Tensor selected;  // ratio 4: I32 [M, k] compressed-entry indices per row, -1 = none (unused otherwise)
+  const BatchMeta* meta = nullptr;
+  KvLayerView view;  // window ring (positions before this step) and compressed entries
+  int64_t H = 0;
+  float scale = 1.f;
+  bool probs_bf16 = false;  // reference numerics: probabilities rounded to bf16 before P.V
+  Tensor out;               // f32 [M, H, hd]
+};
+
+// Lightning indexer of a whole batch (spec §2.7): score[m, j] = sum_h w[m, h] * relu(q[m, h] . key_j) over the
+// entries j < (pos[m] + 1) / 4 of row m's sequence, then the top k (fewer when fewer are eligible, padded with
+// -1), highest first, exact ties to the LOWEST index.
+struct IndexTopkArgs {
+  Tensor q;        // f32 [M, IH, ID]
+  Tensor w;        // f32 [M, IH]
+  const BatchMeta* meta = nullptr;
+  KvLayerView view;  // indexer keys
+  int64_t heads = 0, dim = 0, k = 0;
+  bool bf16 = false;  // reference numerics: per-head dots and the sum rounded to bf16
+  Tensor scratch;     // f32 [M, max_entries]; max_entries >= (max position + 1) / 4
+  Tensor out;         // I32 [M, k]
+};
+
+// A compressor over a whole batch (spec §2.6): pools the entries in `entries` from this step's (u, g) rows and
+// the sequences' token rings, records ring contents at block ends (prefix caching, ratio 4), then stores this
+// step's last coff * ratio tokens into the rings.
 struct CompressArgs {
   int ratio = 4, coff = 2, d = 0;
-  const float* u = nullptr;    // [T, coff*d] values  (wkv . x)
-  const float* g = nullptr;    // [T, coff*d] gate logits (wgate . x), ape not yet added
-  const float* ape = nullptr;  // [ratio, coff*d]
-  int64_t start = 0, T = 0;
-  float* state_kv = nullptr;     // [coff*ratio, coff*d]
-  float* state_score = nullptr;  // [coff*ratio, coff*d]
-  float* out = nullptr;          // room for T/ratio + 1 pooled entries of d floats
+  bool indexer = false;  // the indexer's compressor (its own rings and block snapshots)
+  Tensor u;              // f32 [M, coff*d] values  (wkv . x)
+  Tensor g;              // f32 [M, coff*d] gate logits (wgate . x), ape not yet added
+  Tensor ape;            // f32 [ratio, coff*d]
+  const BatchMeta* meta = nullptr;
+  const EntryList* entries = nullptr;
+  const SnapshotList* snapshots = nullptr;
+  KvLayerView view;
+  Tensor out;  // f32 [entries->n, d]
 };
 
 // MoE routing of M tokens (spec §2.8): experts by bias-corrected top-k or by the token-id hash table,
 // weights = unbiased scores at those experts, normalized, times route_scale.
 struct RouteArgs {
-  const float* logits = nullptr;   // [M, E]
-  int64_t M = 0;
-  int E = 0, k = 0;
-  int score_func = 0;              // 0 sqrtsoftplus, 1 sigmoid, 2 softmax
-  const float* bias = nullptr;     // [E] (score routing) or null
-  const int32_t* tid2eid = nullptr;  // [vocab, k] (hash routing) or null
-  const int32_t* tokens = nullptr;   // [M] for hash routing
+  Tensor logits;   // f32 [M, E]
+  int k = 0;
+  int score_func = 0;  // 0 sqrtsoftplus, 1 sigmoid, 2 softmax
+  Tensor bias;         // f32 [E] (score routing) or invalid
+  Tensor tid2eid;      // I32 [vocab, k] (hash routing) or invalid
+  Tensor tokens;       // I32 [M] for hash routing
   bool normalize = true;
   float route_scale = 1.f;
-  int32_t* experts = nullptr;      // out [M, k]
-  float* weights = nullptr;        // out [M, k]
+  Tensor experts;  // out I32 [M, k]
+  Tensor weights;  // out f32 [M, k]
+};
+
+struct ExpertWeights {
+  LinearWeight w1, w2, w3;  // gate [I, D], down [D, I], up [I, D]
+};
+
+// A whole MoE layer in one op: every routed expert on the rows routed to it, weighted by the routing weight
+// (applied inside the SwiGLU, as the reference), plus the shared expert on every row.
+// out = sum_j w[m, j] * expert[e[m, j]](x[m]) + shared(x[m]).
+struct MoeArgs {
+  Tensor x;                                      // f32 [M, D]
+  Tensor experts;                                // I32 [M, K]
+  Tensor weights;                                // f32 [M, K]
+  const std::vector<ExpertWeights>* routed = nullptr;
+  const ExpertWeights* shared = nullptr;
+  int64_t inter = 0;
+  float swiglu_limit = 0;
+  LinearOpts lin;        // every expert linear
+  bool round_hidden = false;  // reference numerics: SwiGLU output rounded to bf16
+  bool round_out = false;     // reference numerics: final sum rounded to bf16
+  Tensor scratch;             // U8, moe_scratch_bytes(M, K, D, inter) bytes
+  Tensor out;                 // f32 [M, D]
+};
+int64_t moe_scratch_bytes(int64_t M, int64_t K, int64_t D, int64_t inter);
+
+struct BackendCounters {
+  uint64_t ops = 0;              // op calls (not memory calls)
+  uint64_t downloads = 0, download_bytes = 0;
+  uint64_t uploads = 0, upload_bytes = 0;
+};
+
+struct MemoryInfo {
+  uint64_t free = 0, total = 0;
 };
 
 class Backend {
@@ -77,35 +154,104 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
 
+  // ---- memory
+  virtual std::unique_ptr<Buffer> alloc(size_t bytes, BufferUsage usage) = 0;
+  // Wraps host memory that outlives the buffer (the checkpoint mapping) without copying; null when the
+  // backend cannot address host memory (then the caller uploads into alloc()ed memory).
+  virtual std::unique_ptr<Buffer> import_host(const void* p, size_t bytes, BufferUsage usage) = 0;
+  // Host -> backend. `src` may be reused once upload returns.
+  virtual void upload(const Tensor& dst, const void* src, size_t bytes, int64_t dst_offset = 0) = 0;
+  // Backend -> host; waits for the data (and for every op queued before it).
+  virtual void download(void* dst, const Tensor& src, size_t bytes, int64_t src_offset = 0) = 0;
+  virtual void fill(const Tensor& dst, uint8_t byte) = 0;  // every byte of dst
+  virtual void synchronize() = 0;
+  // What the KV budget can still take (device memory, or host memory for host backends).
+  virtual MemoryInfo memory_info() const = 0;
+  const BackendCounters& counters() const { return counters_; }
+
+  // ---- ops. Shapes are checked; f32 unless stated.
+  // X[m, h, :] = table[tokens[m]] for h < hc (table bf16 or f32 [V, D]).
+  virtual void embed(const Tensor& tokens, const Tensor& table, int hc, const Tensor& X) = 0;
   // y[M, w.out] = x[M, w.in] . W^T in the weight's own format.
-  virtual void linear(const float* x, int64_t M, const LinearWeight& w, float* y, LinearOpts o) = 0;
-  // y = x / sqrt(mean(x^2) + eps) * w per row (w may be null). x == y allowed.
-  virtual void rms_norm(const float* x, int64_t M, int64_t D, const float* w, float eps, float* y) = 0;
-  // Rotates the last 2*freqs dims of each of the H vectors (stride hd) of row m at position pos[m].
-  virtual void rope(float* x, int64_t M, int64_t H, int64_t hd, const int64_t* pos, const RopeTable& t,
+  virtual void linear(const Tensor& x, const LinearWeight& w, const Tensor& y, LinearOpts o) = 0;
+  // Per row of D values: y = x / sqrt(mean(x^2) + eps) * w (w may be invalid). x == y allowed.
+  virtual void rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps, const Tensor& y) = 0;
+  // Rotates the last 2 * freqs dims of each of the H vectors (hd each) of row m at position pos[m].
+  virtual void rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos, const Tensor& freqs,
                     bool inverse) = 0;
+  // Rounding simulations of the reference numerics (kernels/quant.h has the scalar definitions).
+  virtual void round_bf16(const Tensor& x) = 0;
+  // FP8 round trip of the first `prefix` values of every row of `row` values, in blocks of `block`.
+  virtual void fp8_roundtrip(const Tensor& x, int64_t row, int64_t prefix, int64_t block) = 0;
+  // Per vector of `dim` values: normalized Walsh-Hadamard transform, then FP4 round trip in blocks of 32.
+  virtual void hadamard_fp4(const Tensor& x, int64_t dim) = 0;
+  // Every row of codec.dim values through the cache codec (encode, decode).
+  virtual void kv_roundtrip(const Tensor& x, const KvCodec& codec) = 0;
+  virtual void scale(const Tensor& x, float alpha) = 0;
+  // out[r] = x[rows[r]] (rows of x.row_elems() values).
+  virtual void gather_rows(const Tensor& x, const Tensor& rows, const Tensor& out) = 0;
+
   // HC_pre: X [M, hc, D] -> y [M, D], post [M, hc], comb [M, hc, hc] (Sinkhorn-normalized).
-  virtual void hc_pre(const float* X, int64_t M, const HcParams& p, float* y, float* post, float* comb) = 0;
+  virtual void hc_pre(const Tensor& X, const HcParams& p, const Tensor& y, const Tensor& post,
+                      const Tensor& comb) = 0;
   // HC_post: Xout[m, k] = post[m, k] * y[m] + sum_j comb[m, j, k] * X[m, j]. Xout != X.
-  virtual void hc_post(const float* y, const float* X, const float* post, const float* comb, int64_t M, int hc,
-                       int64_t D, float* Xout) = 0;
+  virtual void hc_post(const Tensor& y, const Tensor& X, const Tensor& post, const Tensor& comb, int hc,
+                       const Tensor& Xout) = 0;
   // HyperHead: y[m] = sum_h (sigmoid(mix_h * scale + base_h) + eps) * X[m, h].
-  virtual void hc_head(const float* X, int64_t M, const HcParams& p, float* y) = 0;
-  // Sparse attention with a per-head sink: each query row attends to its own list of K=V vectors.
+  virtual void hc_head(const Tensor& X, const HcParams& p, const Tensor& y) = 0;
+
+  // ---- KV cache. Item i of `meta` has slot S = items[i][kSlot], rows [row0, row0 + len) at positions
+  // [start, start + len), blocks block_table[i][*]. Main entries use view.shape.main, indexer keys .index.
+  //
+  // window_store: first, for every snapshot s (item i, block end B, a multiple of block_tokens, start < B <=
+  // start + len): for t in [B - window, B) the window entry of t -- main.encode(kv[row0 + t - start]) when
+  // t >= start, else the bytes of ring entry t % window of slot S -- is written to block block_table[i][B/bt - 1]
+  // at tail_off + (t - (B - window)) * main.bytes(). Then the ring: for t in [max(start, start + len - window),
+  // start + len), ring entry t % window of slot S (at ring_off) = main.encode(kv[row0 + t - start]).
+  virtual void window_store(const Tensor& kv, const BatchMeta& meta, const SnapshotList& snaps,
+                            const KvLayerView& view) = 0;
+  // store_entries: entry e (item i, index j) = codec.encode(src[e]) at block block_table[i][j / per] (per =
+  // block_tokens / ratio), offset (indexer ? idx_off : comp_off) + (j % per) * codec.bytes().
+  virtual void store_entries(const Tensor& src, const EntryList& entries, const BatchMeta& meta,
+                             const KvLayerView& view, bool indexer) = 0;
+  // Byte copies inside the arena: copies is I64 [n, 3] of (src offset, dst offset, bytes); regions disjoint.
+  virtual void arena_copy(const Tensor& arena, const Tensor& copies, int64_t n) = 0;
+
+  // attention: row m (item i, position p) attends to, in one softmax with the per-head sink logit:
+  //  - the window t in [max(0, p - window + 1), p]: kv[row0 + t - start] when t >= start, else
+  //    main.decode(ring entry t % window of slot S);
+  //  - ratio 128: every compressed entry j < (p + 1) / 128; ratio 4: selected[m][c] for each c with a value >= 0;
+  //    entry j = main.decode(block block_table[i][j / per] at comp_off + (j % per) * main.bytes()).
+  // Scores (q_h . k) * scale; softmax denominator includes exp(sink[h] - max); out_h = sum_k p_k * k (K = V).
   virtual void attention(const AttentionArgs& a) = 0;
-  // Lightning-indexer scores of one query: score[j] = sum_h w[h] * relu(q[h] . keys[j]).
-  virtual void index_scores(const float* q, const float* w, int64_t heads, int64_t dim, const float* keys,
-                            int64_t n_keys, float* scores, bool bf16) = 0;
-  // Returns the number of entries pooled into a.out.
-  virtual int64_t compress(const CompressArgs& a) = 0;
+  // index_topk: see IndexTopkArgs. Keys are index.decode(block block_table[i][j / per] at idx_off +
+  // (j % per) * index.bytes()), per = block_tokens / 4; this step's keys must be stored first.
+  virtual void index_topk(const IndexTopkArgs& a) = 0;
+  // compress: three phases, in this order.
+  //  1. Pool: entry e (row r, item i, index j) takes the tokens t in [(j + 1) * ratio - coff * ratio,
+  //     (j + 1) * ratio), slot q = t - ((j + 1) * ratio - coff * ratio). Columns: coff = 2: q < ratio -> the A half
+  //     [0, d), else the B half [d, 2d); coff = 1: [0, d). Token t's value u_t and logit g_t + ape[t % ratio]
+  //     come from row row0 + t - start when t >= start, else from the token ring of slot S (indexer ? iring_off :
+  //     cring_off; ring token t % (coff * ratio), laid out [u (coff*d) | g + ape (coff*d)] fp32); t < 0 is
+  //     absent (logit -inf). out[e][ch] = sum_q softmax_q(logit[q][ch]) * value[q][ch], per channel.
+  //  2. Snapshots (ratio 4, view.shape.with_tail): for each (item i, end B) and t in [B - 4, B), token t's ring
+  //     record [u | g + ape] is written to block block_table[i][B/bt - 1] at (indexer ? istate_off : cstate_off)
+  //     + (t - (B - 4)) * ring_token_floats * 4.
+  //  3. Ring update: for t in [max(start, start + len - coff * ratio), start + len), ring token t % (coff*ratio)
+  //     of slot S = [u_t | g_t + ape[t % ratio]].
+  virtual void compress(const CompressArgs& a) = 0;
   virtual void route(const RouteArgs& a) = 0;
-  // Indices of the k largest of scores[0, n), highest first; exact ties go to the LOWEST index.
-  virtual void topk(const float* scores, int64_t n, int64_t k, int32_t* out) = 0;
-  // SwiGLU with the checkpoint's clamp: h = silu(min(g, limit)) * clamp(u, -limit, limit) * weight[m].
-  virtual void swiglu(const float* gate, const float* up, int64_t M, int64_t N, float limit, const float* weight,
-                      float* h) = 0;
+  virtual void moe(const MoeArgs& a) = 0;
+
+ protected:
+  BackendCounters counters_;
 };
 
+// Plain host implementation (OpenMP); the reference every other backend is tested against.
 std::unique_ptr<Backend> make_cpu_backend();
+// The CUDA backend on device `device`, or null (with *why set) when CUDA is not built in or no device exists.
+std::unique_ptr<Backend> make_cuda_backend(int device, std::string* why);
+// "cpu", "cuda" or "auto" (cuda when a device is present).
+std::unique_ptr<Backend> make_backend(const std::string& device);
 
 }  // namespace dsv4
