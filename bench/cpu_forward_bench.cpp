@@ -1,5 +1,7 @@
 // CPU forward benchmark: prefill and decode tokens/s on a checkpoint (tiny-a by default), with the compute
 // floor measured in the same run (FLOPs per token / measured fp32 FMA throughput of this machine).
+// Per decode step it also prints the backend calls per layer and the device->host reads inside the layers
+// (the host-free graph: equal calls per layer at every batch size, no reads until the logits).
 // usage: cpu_forward_bench [MODEL_DIR] [--numerics exact|reference]
 #include <fmt/format.h>
 
@@ -8,8 +10,8 @@
 #include <vector>
 
 #include "core/parallel.h"
-#include "model/dsv4_model.h"
 #include "model/safetensors.h"
+#include "runtime/session.h"
 
 using namespace dsv4;
 using clk = std::chrono::steady_clock;
@@ -44,13 +46,38 @@ static double measure_peak_gflops() {
   return best;
 }
 
+static int usage(const char* why) {
+  if (why) fmt::print(stderr, "cpu_forward_bench: {}\n", why);
+  fmt::print(why ? stderr : stdout,
+             "usage: cpu_forward_bench [MODEL_DIR] [--numerics exact|reference]\n"
+             "  Prefill (512 tokens) and decode (batch 1, 4, 16) tokens/s on the CPU backend, with the compute\n"
+             "  floor measured in the same run. MODEL_DIR defaults to ../shared/fixtures/tiny-a.\n");
+  return why ? 2 : 0;
+}
+
 int main(int argc, char** argv) {
   std::string dir = std::string(DSV4_SHARED_DIR) + "/fixtures/tiny-a", num = "exact";
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--numerics") && i + 1 < argc) num = argv[++i];
-    else dir = argv[i];
+    if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) return usage(nullptr);
+    if (!std::strcmp(argv[i], "--numerics")) {
+      if (i + 1 >= argc) return usage("--numerics needs a value");
+      num = argv[++i];
+      if (num != "exact" && num != "reference") return usage("--numerics must be exact or reference");
+    } else if (argv[i][0] == '-') {
+      return usage(fmt::format("unknown option {}", argv[i]).c_str());
+    } else {
+      dir = argv[i];
+    }
   }
-  Dsv4Model model(dir, parse_numerics(num));
+  try {
+  SessionOptions so;
+  so.model_dir = dir;
+  so.device = "cpu";
+  so.numerics = parse_numerics(num);
+  so.n_sequences = 16;
+  so.max_tokens = 1024;
+  so.max_step_tokens = 512;
+  Session model(so);
   const auto& c = model.config();
   // FLOPs per token: 2 x activated weights (dense + k routed experts + shared) + head; attention extra ignored.
   Checkpoint ck(dir);
@@ -74,37 +101,49 @@ int main(int argc, char** argv) {
   // prefill
   double best_pf = 0;
   for (int rep = 0; rep < 3; ++rep) {
-    auto seq = model.new_sequence();
+    const int seq = model.new_sequence();
     std::vector<float> lg;
-    ForwardItem it{seq.get(), prompt, false};
+    Session::Chunk it{seq, prompt, LogitRows::Last};
     auto t0 = clk::now();
-    model.forward(std::span<const ForwardItem>(&it, 1), lg);
+    model.forward(std::span<const Session::Chunk>(&it, 1), lg);
     best_pf = std::max(best_pf, double(prompt.size()) / secs(t0));
+    model.release(seq);
   }
   fmt::print("prefill 512 tokens: {:.0f} tok/s ({:.1f}% of floor)\n", best_pf, 100 * best_pf * flops_tok / (gflops * 1e9));
   // decode, batch 1 and 16
   for (int batch : {1, 4, 16}) {
-    std::vector<std::unique_ptr<SequenceState>> seqs;
+    std::vector<int> seqs;
     std::vector<std::vector<int32_t>> toks(static_cast<size_t>(batch));
-    std::vector<ForwardItem> items;
+    std::vector<Session::Chunk> items;
     for (int b = 0; b < batch; ++b) {
       seqs.push_back(model.new_sequence());
       std::vector<float> lg;
-      ForwardItem it{seqs.back().get(), std::span<const int32_t>(prompt).subspan(0, 128), false};
-      model.forward(std::span<const ForwardItem>(&it, 1), lg);
+      Session::Chunk it{seqs.back(), std::span<const int32_t>(prompt).subspan(0, 128), LogitRows::Last};
+      model.forward(std::span<const Session::Chunk>(&it, 1), lg);
       toks[size_t(b)] = {int32_t(b + 1)};
     }
     const int steps = 64;
+    ForwardStats fs;
+    const uint64_t dl0 = model.runner().backend().counters().downloads;
     auto t0 = clk::now();
     for (int s = 0; s < steps; ++s) {
       items.clear();
-      for (int b = 0; b < batch; ++b) items.push_back({seqs[size_t(b)].get(), toks[size_t(b)], false});
+      for (int b = 0; b < batch; ++b) items.push_back({seqs[size_t(b)], toks[size_t(b)], LogitRows::Last});
       std::vector<float> lg;
-      model.forward(items, lg);
+      model.forward(items, lg, &fs);
     }
-    double tps = double(steps * batch) / secs(t0);
-    fmt::print("decode batch {:2d}: {:.0f} tok/s ({:.2f} ms/step, {:.1f}% of floor)\n", batch, tps,
-               1000.0 * secs(t0) / steps * 0 + 1000.0 / (tps / batch), 100 * tps * flops_tok / (gflops * 1e9));
+    const double el = secs(t0);
+    const double dl_per_step = double(model.runner().backend().counters().downloads - dl0) / steps;
+    double tps = double(steps * batch) / el;
+    fmt::print("decode batch {:2d}: {:.0f} tok/s ({:.2f} ms/step, {:.1f}% of floor); per step: {} backend calls, "
+               "{}..{} per layer, {} reads inside layers, {:.0f} reads in all (the logits)\n",
+               batch, tps, 1000.0 * el / steps, 100 * tps * flops_tok / (gflops * 1e9), fs.ops_total,
+               fs.ops_per_layer_min, fs.ops_per_layer_max, fs.downloads_in_layers, dl_per_step);
+    for (int q : seqs) model.release(q);
+  }
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "cpu_forward_bench: {}\n", e.what());
+    return 1;
   }
   return 0;
 }

@@ -88,13 +88,20 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--tokenizer" && i + 1 < argc) tok_path = argv[++i];
-    else if (a == "--mb" && i + 1 < argc) mb = std::stod(argv[++i]);
+    else if (a == "--mb" && i + 1 < argc) mb = std::atof(argv[++i]);
     else if (a == "--npm-script" && i + 1 < argc) npm_script = argv[++i];
     else if (a == "--no-npm") npm = false;
-    else {
+    else if (a == "--help" || a == "-h") {
+      std::printf("usage: tokenizer_bench [--tokenizer PATH] [--mb N] [--npm-script PATH] [--no-npm]\n");
+      return 0;
+    } else {
       std::fprintf(stderr, "usage: tokenizer_bench [--tokenizer PATH] [--mb N] [--npm-script PATH] [--no-npm]\n");
       return 2;
     }
+  }
+  if (!(mb > 0)) {
+    std::fprintf(stderr, "tokenizer_bench: --mb must be a positive number\n");
+    return 2;
   }
   try {
     auto t0 = Clock::now();

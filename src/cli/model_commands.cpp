@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "model/dsv4_model.h"
+#include "runtime/session.h"
 #include "model/kv_cache.h"
 #include "model/weight_schema.h"
 
@@ -41,7 +42,7 @@ void check_model_dir(const std::string& dir) {
 }
 
 struct ModelOpts {
-  std::string model, numerics = "auto";
+  std::string model, numerics = "auto", device = "auto";
 };
 
 // Real checkpoints default to the reference numerics they were trained for; `auto` keeps that default.
@@ -64,19 +65,28 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--chunk", *chunk, "feed the prompt N tokens at a time (1 = token by token); 0 = all at once");
     cmd->add_option("--numerics", o->numerics, "exact | reference (default: reference)")
         ->check(CLI::IsMember({"auto", "exact", "reference"}));
+    cmd->add_option("--device", o->device, "cpu | cuda | auto (cuda when a GPU is present)")
+        ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
     cmd->callback([=] {
       check_model_dir(o->model);
-      Dsv4Model model(o->model, pick_numerics(o->numerics));
-      auto ids = read_ids(*ids_path, model.config().vocab_size);
+      const auto cfg = ModelConfig::load((std::filesystem::path(o->model) / "config.json").string());
+      auto ids = read_ids(*ids_path, cfg.vocab_size);
       if (*chunk < 0) fail("--chunk must be >= 0");
       const size_t step = *chunk > 0 ? size_t(*chunk) : ids.size();
-      auto seq = model.new_sequence();
+      SessionOptions so;
+      so.model_dir = o->model;
+      so.device = o->device;
+      so.numerics = pick_numerics(o->numerics);
+      so.max_tokens = int64_t(ids.size());
+      so.max_step_tokens = int64_t(step);
+      Session sess(so);
+      const int seq = sess.new_sequence();
       std::vector<float> logits;
-      logits.reserve(ids.size() * size_t(model.config().vocab_size));
+      logits.reserve(ids.size() * size_t(cfg.vocab_size));
       auto t0 = std::chrono::steady_clock::now();
       for (size_t i = 0; i < ids.size(); i += step) {
-        ForwardItem it{seq.get(), std::span<const int32_t>(ids).subspan(i, std::min(step, ids.size() - i)), true};
-        model.forward(std::span<const ForwardItem>(&it, 1), logits);
+        Session::Chunk c{seq, std::span<const int32_t>(ids).subspan(i, std::min(step, ids.size() - i)), LogitRows::All};
+        sess.forward(std::span<const Session::Chunk>(&c, 1), logits);
       }
       double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       std::ofstream f(*out_path, std::ios::binary);
@@ -96,19 +106,28 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--max-new-tokens", *n_new, "tokens to generate");
     cmd->add_option("--numerics", o->numerics, "exact | reference (default: reference)")
         ->check(CLI::IsMember({"auto", "exact", "reference"}));
+    cmd->add_option("--device", o->device, "cpu | cuda | auto (cuda when a GPU is present)")
+        ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
     cmd->callback([=] {
       check_model_dir(o->model);
-      Dsv4Model model(o->model, pick_numerics(o->numerics));
-      auto ids = read_ids(*ids_path, model.config().vocab_size);
+      const auto cfg = ModelConfig::load((std::filesystem::path(o->model) / "config.json").string());
+      auto ids = read_ids(*ids_path, cfg.vocab_size);
       if (*n_new < 0) fail("--max-new-tokens must be >= 0");
-      auto seq = model.new_sequence();
+      SessionOptions so;
+      so.model_dir = o->model;
+      so.device = o->device;
+      so.numerics = pick_numerics(o->numerics);
+      so.max_tokens = int64_t(ids.size()) + *n_new;
+      so.max_step_tokens = int64_t(ids.size());
+      Session sess(so);
+      const int seq = sess.new_sequence();
       std::vector<float> logits;
       std::vector<int32_t> cur = ids, out;
-      const int64_t V = model.config().vocab_size;
+      const int64_t V = cfg.vocab_size;
       for (int i = 0; i < *n_new; ++i) {
         logits.clear();
-        ForwardItem it{seq.get(), cur, false};
-        model.forward(std::span<const ForwardItem>(&it, 1), logits);
+        Session::Chunk c{seq, cur, LogitRows::Last};
+        sess.forward(std::span<const Session::Chunk>(&c, 1), logits);
         int32_t next = int32_t(std::max_element(logits.begin(), logits.begin() + V) - logits.begin());
         out.push_back(next);
         cur.assign(1, next);
@@ -144,8 +163,10 @@ void add_model_commands(CLI::App& app) {
       };
       for (KvDtype dt : {KvDtype::BF16, KvDtype::FP8}) {
         auto lay = KvLayout::make(cfg, 256, dt, false);
-        std::printf("KV cache %s: %.2f bytes/token (blocks of 256 tokens: %lld B)\n", kv_dtype_name(dt),
-                    double(lay.block_bytes) / 256, (long long)lay.block_bytes);
+        std::printf("KV cache %s: %.2f bytes/token (blocks of 256 tokens: %lld B); %lld B fixed per sequence "
+                    "(window rings, compressor state)\n",
+                    kv_dtype_name(dt), double(lay.block_bytes()) / 256, (long long)lay.block_bytes(),
+                    (long long)lay.slot_bytes());
       }
       list("missing tensors", r.missing);
       list("unexpected tensors", r.unexpected);

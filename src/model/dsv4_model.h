@@ -1,15 +1,16 @@
-// The DeepSeek-V4 forward pass, written once against the Backend interface (spec §2).
+// The DeepSeek-V4 forward pass (spec §2), written once against the Backend interface. Host-free: the graph
+// only calls backend ops on tensors in backend memory; what it needs to know on the host (entries completed,
+// block ends reached) it computes from the step's positions, never by reading results back.
 #pragma once
 #include <memory>
-#include <span>
 #include <string>
-#include <vector>
 
 #include "kernels/backend.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
-#include "model/sequence_state.h"
+#include "model/step_batch.h"
 #include "model/weights.h"
+#include "model/workspace.h"
 
 namespace dsv4 {
 
@@ -18,46 +19,42 @@ namespace dsv4 {
 // round trip, Hadamard + FP4 indexer, bf16 attention probabilities).
 enum class Numerics { Exact, Reference };
 Numerics parse_numerics(const std::string& s);
+// KV dtype that is lossless under the numerics: f32 (exact), bf16 (reference keeps KV in bf16 with FP8-rounded
+// nope dims).
+KvDtype default_kv_dtype(Numerics n);
 
-// One sequence's chunk in a batched forward call.
-struct ForwardItem {
-  SequenceState* seq = nullptr;
-  std::span<const int32_t> tokens;  // processed at positions seq->pos, seq->pos + 1, ...
-  bool all_logits = false;          // logits for every token (scoring) or only the last one
-  bool skip_logits = false;         // no logits at all (a prefill chunk that does not end the prompt)
+// Backend calls made by one forward pass, for the benchmarks' per-step report.
+struct ForwardStats {
+  uint64_t ops_total = 0, ops_per_layer_max = 0, ops_per_layer_min = 0;
+  uint64_t downloads_in_layers = 0;
 };
 
 class Dsv4Model {
  public:
-  Dsv4Model(const std::string& dir, Numerics numerics, std::unique_ptr<Backend> backend = nullptr);
-  // KV storage dtype of sequences made by new_sequence(): f32 under exact numerics (lossless), bf16 under
-  // reference numerics (lossless there too: the reference keeps KV in bf16 with FP8-rounded nope dims).
-  KvDtype default_kv_dtype() const { return numerics_ == Numerics::Exact ? KvDtype::F32 : KvDtype::BF16; }
+  Dsv4Model(const ModelConfig& cfg, const ModelWeights& w, Backend& be, Numerics numerics);
 
   const ModelConfig& config() const { return cfg_; }
   Numerics numerics() const { return numerics_; }
-  // A standalone sequence with its own growing KV pool (scoring, tests).
-  std::unique_ptr<SequenceState> new_sequence() const {
-    return std::make_unique<SequenceState>(cfg_, nullptr, default_kv_dtype());
-  }
+  // Workspace bytes a step within `limits` needs (for a KV layout with `block_tokens`-token blocks).
+  uint64_t workspace_bytes(const StepLimits& limits, int block_tokens) const;
 
-  // Advances every item's sequence by its tokens. Logits rows ([rows, vocab] fp32) are appended to `logits`
-  // in item order: T rows for all_logits items, one row otherwise.
-  void forward(std::span<const ForwardItem> items, std::vector<float>& logits);
+  // Advances every item by its tokens. Returns the logits ([logit_rows, vocab] f32, in item order: every row
+  // of All items, the last of Last items) as a tensor in `ws`, valid until the next forward.
+  Tensor forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, ForwardStats* stats = nullptr);
 
  private:
-  struct Batch;
-  void attention(int l, const Batch& b, const float* x, float* out);
-  void compressor(int l, bool indexer, const Batch& b, const float* x);
-  void moe(int l, const Batch& b, const float* x, float* out);
-  void round(float* x, int64_t n) const;
-  const RopeTable& rope_for(int l) const { return cfg_.ratio(l) ? rope_compress_ : rope_main_; }
+  struct Step;
+  void attention(int l, Step& s, const Tensor& x, const Tensor& out);
+  void compressor(int l, bool indexer, Step& s, const Tensor& x);
+  void moe(int l, Step& s, const Tensor& x, const Tensor& out);
+  void round(const Tensor& x) const;
+  const Tensor& rope_for(int l) const { return cfg_.ratio(l) ? w_.rope_compress : w_.rope_main; }
+  HcParams hc_params(const HcWeights& h) const;
 
   ModelConfig cfg_;
+  const ModelWeights& w_;
+  Backend& be_;
   Numerics numerics_;
-  std::unique_ptr<Backend> be_;
-  ModelWeights w_;
-  RopeTable rope_main_, rope_compress_;
 };
 
 }  // namespace dsv4

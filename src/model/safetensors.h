@@ -33,6 +33,7 @@ class SafetensorsFile {
   const std::string& path() const { return path_; }
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   size_t file_size() const { return size_; }
+  const uint8_t* mapping() const { return static_cast<const uint8_t*>(map_); }  // file_size() bytes, page-aligned
 
  private:
   std::string path_;
@@ -51,6 +52,7 @@ class Checkpoint {
   const std::map<std::string, const TensorInfo*>& all() const { return by_name_; }
   const std::string& dir() const { return dir_; }
   size_t num_files() const { return files_.size(); }
+  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
 
  private:
   std::string dir_;

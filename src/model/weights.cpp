@@ -3,33 +3,113 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <map>
 
 #include "core/error.h"
-#include "model/weight_schema.h"
+#include "kernels/rope_table.h"
 
 namespace dsv4 {
 
+ShardRange shard_range(int64_t n, const Placement& p, ShardKind kind, const std::string& what) {
+  if (kind == ShardKind::Replicated || p.size == 1) return {0, n};
+  if (n % p.size) fail("{}: dimension {} does not split evenly across {} ranks", what, n, p.size);
+  const int64_t c = n / p.size;
+  return {int64_t(p.rank) * c, c};
+}
+
 namespace {
 
-std::vector<float> to_f32(const TensorInfo& t) {
-  std::vector<float> v(size_t(t.numel()));
-  switch (t.dtype) {
-    case DType::F32: std::memcpy(v.data(), t.data, t.nbytes); break;
-    case DType::BF16:
-      for (size_t i = 0; i < v.size(); ++i) {
-        uint16_t h;
-        std::memcpy(&h, t.data + 2 * i, 2);
-        v[i] = bf16_to_f32(h);
-      }
-      break;
-    default: fail("{}: tensor '{}' has dtype {}, expected F32 or BF16", *t.file, t.name, dtype_name(t.dtype));
+// Collects every tensor's bytes first and places them at the end, so that host-side conversions (fp32 copies
+// of small tensors, column slices) are done before any buffer is handed to the backend (whose memory the host
+// may not touch afterwards; see DSV4_GUARD_BACKEND_MEMORY).
+class Placer {
+ public:
+  Placer(Backend& be, ModelWeights& mw) : be_(be), mw_(mw) {}
+
+  // A tensor whose bytes are host-made (converted or gathered): staged, uploaded at finish().
+  void staged(Tensor* t, DType dt, std::initializer_list<int64_t> shape, const void* src, size_t bytes) {
+    staging_off_ = (staging_off_ + 255) / 256 * 256;
+    staging_.resize(staging_off_ + bytes);
+    std::memcpy(staging_.data() + staging_off_, src, bytes);
+    *t = Tensor(nullptr, int64_t(staging_off_), dt, shape);
+    staged_.push_back(t);
+    staging_off_ += bytes;
   }
-  return v;
-}
+  // A tensor that is a byte range of the checkpoint mapping: imported (zero copy) or uploaded at finish().
+  void mapped(Tensor* t, const TensorInfo& info, int64_t byte_off, DType dt, std::initializer_list<int64_t> shape) {
+    *t = Tensor(nullptr, 0, dt, shape);
+    mapped_.push_back({t, info.data + byte_off, info.file});
+  }
+
+  void finish(const LoadProgress& progress) {
+    uint64_t total = staging_.size();
+    for (auto& m : mapped_) total += uint64_t(m.t->nbytes());
+    uint64_t done = 0;
+    auto report = [&](uint64_t n) {
+      done += n;
+      if (progress.on_bytes) progress.on_bytes(done, total);
+    };
+    if (!staging_.empty()) {
+      auto buf = be_.alloc(staging_.size(), BufferUsage::Weights);
+      be_.upload(Tensor(buf.get(), 0, DType::U8, {int64_t(staging_.size())}), staging_.data(), staging_.size());
+      for (Tensor* t : staged_) t->buf = buf.get();
+      mw_.placed_bytes += staging_.size();
+      report(staging_.size());
+      mw_.buffers.push_back(std::move(buf));
+      std::vector<uint8_t>().swap(staging_);
+    }
+    // Zero copy where the backend addresses host memory: one buffer per checkpoint file.
+    std::map<const std::string*, Buffer*> imported;
+    for (auto& f : mw_.ckpt->files()) {
+      auto buf = be_.import_host(f->mapping(), f->file_size(), BufferUsage::Weights);
+      if (!buf) break;
+      imported[&f->path()] = buf.get();
+      mw_.placed_bytes += f->file_size();
+      mw_.buffers.push_back(std::move(buf));
+    }
+    if (!imported.empty()) {
+      for (auto& m : mapped_) {
+        Buffer* b = imported.at(m.file);
+        m.t->buf = b;
+        m.t->offset = m.src - b->base();
+      }
+      report(total - done);
+      return;
+    }
+    // Otherwise one device buffer for every mapped tensor, filled in checkpoint order.
+    uint64_t bytes = 0;
+    for (auto& m : mapped_) bytes = (bytes + 255) / 256 * 256 + uint64_t(m.t->nbytes());
+    auto buf = be_.alloc(bytes, BufferUsage::Weights);
+    uint64_t off = 0;
+    for (auto& m : mapped_) {
+      off = (off + 255) / 256 * 256;
+      m.t->buf = buf.get();
+      m.t->offset = int64_t(off);
+      be_.upload(*m.t, m.src, size_t(m.t->nbytes()));
+      off += uint64_t(m.t->nbytes());
+      report(uint64_t(m.t->nbytes()));
+    }
+    mw_.placed_bytes += bytes;
+    mw_.buffers.push_back(std::move(buf));
+  }
+
+ private:
+  struct Mapped {
+    Tensor* t;
+    const uint8_t* src;
+    const std::string* file;
+  };
+  Backend& be_;
+  ModelWeights& mw_;
+  std::vector<uint8_t> staging_;
+  size_t staging_off_ = 0;
+  std::vector<Tensor*> staged_;
+  std::vector<Mapped> mapped_;
+};
 
 class Loader {
  public:
-  explicit Loader(const Checkpoint& ck) : ck_(ck) {}
+  Loader(const Checkpoint& ck, Placer& placer, Placement p, int64_t block) : ck_(ck), pl_(placer), p_(p), block_(block) {}
 
   const TensorInfo& tensor(const std::string& name, std::vector<int64_t> shape) {
     const TensorInfo& t = ck_.get(name);
@@ -40,21 +120,43 @@ class Loader {
     }
     return t;
   }
-  std::vector<float> vec(const std::string& name, std::vector<int64_t> shape) { return to_f32(tensor(name, shape)); }
 
-  LinearWeight linear(const std::string& prefix, int64_t out, int64_t in) {
+  // A small fp32 vector or matrix (F32 or BF16 in the checkpoint), optionally split along its first dim.
+  void vec(Tensor* dst, const std::string& name, std::vector<int64_t> shape, ShardKind kind = ShardKind::Replicated) {
+    const TensorInfo& t = tensor(name, shape);
+    if (t.dtype != DType::F32 && t.dtype != DType::BF16)
+      fail("{}: tensor '{}' has dtype {}, expected F32 or BF16", *t.file, t.name, dtype_name(t.dtype));
+    const int64_t inner = t.numel() / shape[0];
+    const ShardRange r = shard_range(shape[0], p_, kind, name);
+    std::vector<float> v(size_t(r.count * inner));
+    for (size_t i = 0; i < v.size(); ++i) {
+      const size_t src = size_t(r.begin * inner) + i;
+      if (t.dtype == DType::F32) {
+        std::memcpy(&v[i], t.data + 4 * src, 4);
+      } else {
+        uint16_t h;
+        std::memcpy(&h, t.data + 2 * src, 2);
+        v[i] = bf16_to_f32(h);
+      }
+    }
+    if (shape.size() == 1) pl_.staged(dst, DType::F32, {r.count}, v.data(), v.size() * 4);
+    else pl_.staged(dst, DType::F32, {r.count, inner}, v.data(), v.size() * 4);
+  }
+
+  // Writes into *dst in place: the placer keeps pointers to its tensors.
+  void linear(LinearWeight* dst, const std::string& prefix, int64_t out, int64_t in,
+              ShardKind kind = ShardKind::Replicated) {
     const TensorInfo& w = ck_.get(prefix + ".weight");
     const TensorInfo* s = ck_.find(prefix + ".scale");
-    LinearWeight lw;
-    lw.out = out;
-    lw.in = in;
-    lw.data = w.data;
-    auto bad = [&](const char* why) {
+    LinearWeight& lw = *dst;
+    auto bad = [&](const std::string& why) {
       TensorInfo want;
       want.shape = {out, in};
       fail("{}: tensor '{}' ({} {}): {} (logical shape {})", *w.file, w.name, dtype_name(w.dtype), w.shape_str(),
            why, want.shape_str());
     };
+    int64_t scale_rows = 0, scale_cols = 0, elem_div = 1;  // elem_div: logical elements per stored byte (FP4: 2)
+    DType data_dtype = w.dtype;
     switch (w.dtype) {
       case DType::F32:
       case DType::BF16:
@@ -65,14 +167,13 @@ class Loader {
         if (w.shape != std::vector<int64_t>{out, in}) bad("wrong shape");
         if (!s) fail("{}: FP8 tensor '{}' has no '{}.scale'", *w.file, w.name, prefix);
         lw.fmt = WeightFormat::FP8Block;
-        int64_t B = block_;
+        const int64_t B = block_;
         std::vector<int64_t> ss{(out + B - 1) / B, (in + B - 1) / B};
-        if (s->shape != ss) bad(fmt::format("scale shape {} does not tile it by {}", s->shape_str(), B).c_str());
-        lw.scale_cols = ss[1];
+        if (s->shape != ss) bad(fmt::format("scale shape {} does not tile it by {}", s->shape_str(), B));
+        if (s->dtype != DType::F8_E8M0 && s->dtype != DType::F32) bad("scale dtype is neither F8_E8M0 nor F32");
         lw.block = int(B);
-        if (s->dtype == DType::F8_E8M0) lw.scale_e8m0 = s->data;
-        else if (s->dtype == DType::F32) lw.scale_f32 = reinterpret_cast<const float*>(s->data);
-        else bad("scale dtype is neither F8_E8M0 nor F32");
+        scale_rows = ss[0];
+        scale_cols = ss[1];
         break;
       }
       case DType::I8:
@@ -81,104 +182,173 @@ class Loader {
         if (!s || s->dtype != DType::F8_E8M0 || s->shape != std::vector<int64_t>{out, in / 32})
           bad("FP4 weight needs an F8_E8M0 scale [out, in/32]");
         lw.fmt = WeightFormat::FP4Group32;
-        lw.scale_e8m0 = s->data;
-        lw.scale_cols = in / 32;
+        data_dtype = DType::U8;
+        scale_rows = out;
+        scale_cols = in / 32;
+        elem_div = 2;
         break;
       }
       default: bad("unsupported dtype for a linear weight");
     }
-    return lw;
+    const DType scale_dtype = s && s->dtype == DType::F32 ? DType::F32 : DType::U8;
+    const ShardRange ro = shard_range(out, p_, kind == ShardKind::SplitOut ? kind : ShardKind::Replicated, prefix);
+    const ShardRange ri = shard_range(in, p_, kind == ShardKind::SplitIn ? kind : ShardKind::Replicated, prefix);
+    lw.out = ro.count;
+    lw.in = ri.count;
+    const int64_t esz = int64_t(dtype_size(w.dtype));
+    if (ri.count == in) {
+      // Whole rows: the slice is a contiguous byte range of the mapping (scale tiles too; row0 marks where the
+      // slice starts inside its first FP8 tile).
+      const int64_t row_bytes = in * esz / elem_div;
+      pl_.mapped(&lw.data, w, ro.begin * row_bytes, data_dtype, {ro.count, in / elem_div});
+      if (lw.fmt == WeightFormat::FP8Block) {
+        const int64_t t0 = ro.begin / block_, t1 = (ro.begin + ro.count + block_ - 1) / block_;
+        lw.row0 = ro.begin - t0 * block_;
+        pl_.mapped(&lw.scale, *s, t0 * scale_cols * int64_t(dtype_size(s->dtype)), scale_dtype, {t1 - t0, scale_cols});
+      } else if (lw.fmt == WeightFormat::FP4Group32) {
+        pl_.mapped(&lw.scale, *s, ro.begin * scale_cols, DType::U8, {ro.count, scale_cols});
+      }
+      (void)scale_rows;
+    } else {
+      // A column slice (row-parallel linear): gathered on the host. Quantized formats need the cut on their
+      // scale groups.
+      const int64_t group = lw.fmt == WeightFormat::FP8Block ? block_ : lw.fmt == WeightFormat::FP4Group32 ? 32 : 1;
+      if (ri.begin % group || ri.count % group)
+        fail("{}: column slice [{}, {}) is not on the {}-column scale groups", prefix, ri.begin, ri.begin + ri.count,
+             group);
+      const int64_t src_row = in * esz / elem_div, dst_row = ri.count * esz / elem_div, off = ri.begin * esz / elem_div;
+      std::vector<uint8_t> buf(size_t(ro.count * dst_row));
+      for (int64_t r = 0; r < ro.count; ++r)
+        std::memcpy(buf.data() + r * dst_row, w.data + (ro.begin + r) * src_row + off, size_t(dst_row));
+      pl_.staged(&lw.data, data_dtype, {ro.count, dst_row / int64_t(dtype_size(data_dtype))}, buf.data(), buf.size());
+      if (lw.quantized()) {
+        const int64_t ss = int64_t(dtype_size(s->dtype)), rows = scale_rows, c0 = ri.begin / group, cn = ri.count / group;
+        std::vector<uint8_t> sb(size_t(rows * cn * ss));
+        for (int64_t r = 0; r < rows; ++r)
+          std::memcpy(sb.data() + r * cn * ss, s->data + (r * scale_cols + c0) * ss, size_t(cn * ss));
+        pl_.staged(&lw.scale, scale_dtype, {rows, cn}, sb.data(), sb.size());
+        scale_cols = cn;
+      }
+    }
+    lw.scale_cols = scale_cols;
   }
 
-  HcWeights hc(const std::string& p, int64_t rows, int64_t flat, int64_t nscale) {
-    return {vec(p + "_fn", {rows, flat}), vec(p + "_base", {rows}), vec(p + "_scale", {nscale})};
+  void hc(HcWeights* h, const std::string& p, int64_t rows, int64_t flat, int64_t nscale) {
+    vec(&h->fn, p + "_fn", {rows, flat});
+    vec(&h->base, p + "_base", {rows});
+    vec(&h->scale, p + "_scale", {nscale});
   }
 
-  CompressorWeights compressor(const std::string& p, int ratio, int d, int64_t D) {
-    CompressorWeights c;
-    c.ratio = ratio;
-    c.d = d;
-    c.coff = ratio == 4 ? 2 : 1;
-    c.wkv = linear(p + ".wkv", c.coff * d, D);
-    c.wgate = linear(p + ".wgate", c.coff * d, D);
-    c.ape = vec(p + ".ape", {ratio, c.coff * d});
-    c.norm = vec(p + ".norm.weight", {d});
-    return c;
+  void compressor(CompressorWeights* c, const std::string& p, int ratio, int d, int64_t D) {
+    c->ratio = ratio;
+    c->d = d;
+    c->coff = ratio == 4 ? 2 : 1;
+    linear(&c->wkv, p + ".wkv", c->coff * d, D);
+    linear(&c->wgate, p + ".wgate", c->coff * d, D);
+    vec(&c->ape, p + ".ape", {ratio, c->coff * d});
+    vec(&c->norm, p + ".norm.weight", {d});
   }
 
-  int64_t block_ = 128;
+  void tid2eid(Tensor* dst, const std::string& name, int64_t V, int64_t k, int64_t E) {
+    const TensorInfo& t = tensor(name, {V, k});
+    std::vector<int32_t> v(size_t(t.numel()));
+    for (size_t i = 0; i < v.size(); ++i) {
+      int64_t x;
+      if (t.dtype == DType::I64) {
+        std::memcpy(&x, t.data + 8 * i, 8);
+      } else if (t.dtype == DType::I32) {
+        int32_t x32;
+        std::memcpy(&x32, t.data + 4 * i, 4);
+        x = x32;
+      } else {
+        fail("{}: '{}' must be I64 or I32", *t.file, t.name);
+      }
+      if (x < 0 || x >= E) fail("{}: '{}' holds expert id {} out of range", *t.file, t.name, x);
+      v[i] = int32_t(x);
+    }
+    pl_.staged(dst, DType::I32, {V, k}, v.data(), v.size() * 4);
+  }
+
+  void embed(Tensor* dst, int64_t V, int64_t D) {
+    const TensorInfo& emb = tensor("embed.weight", {V, D});
+    if (emb.dtype != DType::BF16 && emb.dtype != DType::F32) fail("{}: embed.weight must be BF16 or F32", *emb.file);
+    pl_.mapped(dst, emb, 0, emb.dtype, {V, D});
+  }
 
  private:
   const Checkpoint& ck_;
+  Placer& pl_;
+  Placement p_;
+  int64_t block_;
 };
 
 }  // namespace
 
-ModelWeights ModelWeights::load(const ModelConfig& c, const std::string& dir) {
-  ModelWeights mw;
-  mw.ckpt = std::make_unique<Checkpoint>(dir);
-  Loader L(*mw.ckpt);
-  L.block_ = c.weight_block;
-  const int64_t D = c.dim, V = c.vocab_size;
-  const TensorInfo& emb = L.tensor("embed.weight", {V, D});
-  if (emb.dtype == DType::BF16) mw.embed = reinterpret_cast<const uint16_t*>(emb.data);
-  else if (emb.dtype == DType::F32) mw.embed_f32 = reinterpret_cast<const float*>(emb.data);
-  else fail("{}: embed.weight must be BF16 or F32", *emb.file);
-  mw.head = L.linear("head", V, D);
-  mw.norm = L.vec("norm.weight", {D});
+std::unique_ptr<ModelWeights> ModelWeights::load(const ModelConfig& c, const std::string& dir, Backend& be,
+                                                 Placement placement, const LoadProgress& progress) {
+  if (placement.size < 1 || placement.rank < 0 || placement.rank >= placement.size)
+    fail("invalid placement: rank {} of {}", placement.rank, placement.size);
+  auto mw = std::make_unique<ModelWeights>();
+  mw->placement = placement;
+  mw->ckpt = std::make_unique<Checkpoint>(dir);
+  Placer P(be, *mw);
+  Loader L(*mw->ckpt, P, placement, c.weight_block);
+  const int64_t D = c.dim, V = c.vocab_size, H = c.n_heads, hd = c.head_dim;
+  // Column-parallel (SplitOut) and row-parallel (SplitIn) cuts of the official convert.py (spec §4.4). The
+  // embedding stays whole on every rank here: a rank needs every token's row.
+  L.embed(&mw->embed, V, D);
+  L.linear(&mw->head, "head", V, D, ShardKind::SplitOut);
+  L.vec(&mw->norm, "norm.weight", {D});
   const int64_t flat = int64_t(c.hc_mult) * D;
-  mw.hc_head = L.hc("hc_head", c.hc_mult, flat, 1);
+  L.hc(&mw->hc_head, "hc_head", c.hc_mult, flat, 1);
+  mw->layers.resize(size_t(c.n_layers));  // sized up front: the placer keeps pointers into it
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = fmt::format("layers.{}.", l);
-    LayerWeights lw;
+    LayerWeights& lw = mw->layers[size_t(l)];
     lw.ratio = c.ratio(l);
     lw.hash_routed = l < c.n_hash_layers;
-    lw.attn_norm = L.vec(p + "attn_norm.weight", {D});
-    lw.ffn_norm = L.vec(p + "ffn_norm.weight", {D});
-    lw.hc_attn = L.hc(p + "hc_attn", c.hc_mix(), flat, 3);
-    lw.hc_ffn = L.hc(p + "hc_ffn", c.hc_mix(), flat, 3);
+    L.vec(&lw.attn_norm, p + "attn_norm.weight", {D});
+    L.vec(&lw.ffn_norm, p + "ffn_norm.weight", {D});
+    L.hc(&lw.hc_attn, p + "hc_attn", c.hc_mix(), flat, 3);
+    L.hc(&lw.hc_ffn, p + "hc_ffn", c.hc_mix(), flat, 3);
     const std::string a = p + "attn.";
-    lw.wq_a = L.linear(a + "wq_a", c.q_lora_rank, D);
-    lw.q_norm = L.vec(a + "q_norm.weight", {c.q_lora_rank});
-    lw.wq_b = L.linear(a + "wq_b", int64_t(c.n_heads) * c.head_dim, c.q_lora_rank);
-    lw.wkv = L.linear(a + "wkv", c.head_dim, D);
-    lw.kv_norm = L.vec(a + "kv_norm.weight", {c.head_dim});
-    lw.wo_a = L.linear(a + "wo_a", int64_t(c.o_groups) * c.o_lora_rank, int64_t(c.n_heads) * c.head_dim / c.o_groups);
-    lw.wo_b = L.linear(a + "wo_b", D, int64_t(c.o_groups) * c.o_lora_rank);
-    lw.attn_sink = L.vec(a + "attn_sink", {c.n_heads});
-    if (lw.ratio) lw.compressor = L.compressor(a + "compressor", lw.ratio, c.head_dim, D);
+    L.linear(&lw.wq_a, a + "wq_a", c.q_lora_rank, D);
+    L.vec(&lw.q_norm, a + "q_norm.weight", {c.q_lora_rank});
+    L.linear(&lw.wq_b, a + "wq_b", H * hd, c.q_lora_rank, ShardKind::SplitOut);
+    L.linear(&lw.wkv, a + "wkv", hd, D);
+    L.vec(&lw.kv_norm, a + "kv_norm.weight", {hd});
+    L.linear(&lw.wo_a, a + "wo_a", int64_t(c.o_groups) * c.o_lora_rank, H * hd / c.o_groups, ShardKind::SplitOut);
+    L.linear(&lw.wo_b, a + "wo_b", D, int64_t(c.o_groups) * c.o_lora_rank, ShardKind::SplitIn);
+    L.vec(&lw.attn_sink, a + "attn_sink", {H}, ShardKind::SplitOut);
+    if (lw.ratio) L.compressor(&lw.compressor, a + "compressor", lw.ratio, c.head_dim, D);
     if (lw.ratio == 4) {
-      lw.idx_wq_b = L.linear(a + "indexer.wq_b", int64_t(c.index_n_heads) * c.index_head_dim, c.q_lora_rank);
-      lw.idx_weights_proj = L.linear(a + "indexer.weights_proj", c.index_n_heads, D);
-      lw.idx_compressor = L.compressor(a + "indexer.compressor", 4, c.index_head_dim, D);
+      L.linear(&lw.idx_wq_b, a + "indexer.wq_b", int64_t(c.index_n_heads) * c.index_head_dim, c.q_lora_rank,
+                             ShardKind::SplitOut);
+      L.linear(&lw.idx_weights_proj, a + "indexer.weights_proj", c.index_n_heads, D, ShardKind::SplitOut);
+      L.compressor(&lw.idx_compressor, a + "indexer.compressor", 4, c.index_head_dim, D);
     }
     const std::string f = p + "ffn.";
-    lw.gate = L.linear(f + "gate", c.n_routed_experts, D);
-    if (lw.hash_routed) {
-      const TensorInfo& t = L.tensor(f + "gate.tid2eid", {V, c.n_experts_per_tok});
-      lw.tid2eid.resize(size_t(t.numel()));
-      for (size_t i = 0; i < lw.tid2eid.size(); ++i) {
-        int64_t v;
-        if (t.dtype == DType::I64) std::memcpy(&v, t.data + 8 * i, 8);
-        else if (t.dtype == DType::I32) { int32_t v32; std::memcpy(&v32, t.data + 4 * i, 4); v = v32; }
-        else fail("{}: '{}' must be I64 or I32", *t.file, t.name);
-        if (v < 0 || v >= c.n_routed_experts) fail("{}: '{}' holds expert id {} out of range", *t.file, t.name, v);
-        lw.tid2eid[i] = int32_t(v);
-      }
-    } else {
-      lw.gate_bias = L.vec(f + "gate.bias", {c.n_routed_experts});
-    }
+    L.linear(&lw.gate, f + "gate", c.n_routed_experts, D);
+    if (lw.hash_routed) L.tid2eid(&lw.tid2eid, f + "gate.tid2eid", V, c.n_experts_per_tok, c.n_routed_experts);
+    else L.vec(&lw.gate_bias, f + "gate.bias", {c.n_routed_experts});
     lw.experts.resize(size_t(c.n_routed_experts));
     for (int e = 0; e < c.n_routed_experts; ++e) {
       const std::string ep = fmt::format("{}experts.{}.", f, e);
-      lw.experts[size_t(e)] = {L.linear(ep + "w1", c.moe_inter_dim, D), L.linear(ep + "w2", D, c.moe_inter_dim),
-                               L.linear(ep + "w3", c.moe_inter_dim, D)};
+      ExpertWeights& ew = lw.experts[size_t(e)];
+      L.linear(&ew.w1, ep + "w1", c.moe_inter_dim, D, ShardKind::SplitOut);
+      L.linear(&ew.w2, ep + "w2", D, c.moe_inter_dim, ShardKind::SplitIn);
+      L.linear(&ew.w3, ep + "w3", c.moe_inter_dim, D, ShardKind::SplitOut);
     }
-    lw.shared = {L.linear(f + "shared_experts.w1", c.moe_inter_dim, D),
-                 L.linear(f + "shared_experts.w2", D, c.moe_inter_dim),
-                 L.linear(f + "shared_experts.w3", c.moe_inter_dim, D)};
-    mw.layers.push_back(std::move(lw));
+    L.linear(&lw.shared.w1, f + "shared_experts.w1", c.moe_inter_dim, D, ShardKind::SplitOut);
+    L.linear(&lw.shared.w2, f + "shared_experts.w2", D, c.moe_inter_dim, ShardKind::SplitIn);
+    L.linear(&lw.shared.w3, f + "shared_experts.w3", c.moe_inter_dim, D, ShardKind::SplitOut);
   }
+  const RopeTable rm = RopeTable::make(c.rope_dim, c.rope_theta, 0, 1.0, c.beta_fast, c.beta_slow);
+  const RopeTable rc = RopeTable::make(c.rope_dim, c.compress_rope_theta, c.rope_original_max_pos, c.rope_factor,
+                                       c.beta_fast, c.beta_slow);
+  P.staged(&mw->rope_main, DType::F64, {int64_t(rm.freqs.size())}, rm.freqs.data(), rm.freqs.size() * 8);
+  P.staged(&mw->rope_compress, DType::F64, {int64_t(rc.freqs.size())}, rc.freqs.data(), rc.freqs.size() * 8);
+  P.finish(progress);
   return mw;
 }
 

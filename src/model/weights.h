@@ -1,6 +1,9 @@
-// The model's weights as typed views into the mapped checkpoint (native formats), plus the few small
-// tensors (norms, hyper-connection params, biases) copied to fp32.
+// The model's weights placed in a backend's memory, in their checkpoint formats (FP8 block, FP4 group-32,
+// bf16), plus the few small tensors (norms, hyper-connection params, biases) converted to fp32. Each tensor
+// carries a shard spec following the official conversion's cuts (spec §4.4), so a tensor-parallel rank places
+// only its slice; with one rank every spec is the whole tensor.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,50 +14,67 @@
 
 namespace dsv4 {
 
+// How a tensor is cut across `size` ranks: Replicated, SplitOut (rows of [out, in]: column-parallel linears,
+// vocab-parallel embedding/head, per-head vectors), SplitIn (columns: row-parallel linears).
+enum class ShardKind : uint8_t { Replicated, SplitOut, SplitIn };
+struct Placement {
+  int rank = 0, size = 1;
+};
+// The slice [begin, begin + count) of `n` that rank r of `size` holds (n must divide evenly).
+struct ShardRange {
+  int64_t begin = 0, count = 0;
+};
+ShardRange shard_range(int64_t n, const Placement& p, ShardKind kind, const std::string& what);
+
 struct CompressorWeights {
   LinearWeight wkv, wgate;  // [coff*d, D], bf16 in the checkpoint, computed in fp32
-  std::vector<float> ape;   // [ratio, coff*d]
-  std::vector<float> norm;  // [d]
+  Tensor ape;               // f32 [ratio, coff*d]
+  Tensor norm;              // f32 [d]
   int ratio = 0, d = 0, coff = 1;
 };
 
 struct HcWeights {
-  std::vector<float> fn, base, scale;
+  Tensor fn, base, scale;  // f32
 };
 
 struct LayerWeights {
   int ratio = 0;
   bool hash_routed = false;
-  std::vector<float> attn_norm, ffn_norm;
+  Tensor attn_norm, ffn_norm;
   HcWeights hc_attn, hc_ffn;
   // attention
   LinearWeight wq_a, wq_b, wkv, wo_a, wo_b;
-  std::vector<float> q_norm, kv_norm, attn_sink;
-  CompressorWeights compressor;          // ratio != 0
+  Tensor q_norm, kv_norm, attn_sink;
+  CompressorWeights compressor;             // ratio != 0
   LinearWeight idx_wq_b, idx_weights_proj;  // ratio == 4
   CompressorWeights idx_compressor;
   // MoE
-  LinearWeight gate;                     // [E, D]
-  std::vector<float> gate_bias;          // score-routed layers
-  std::vector<int32_t> tid2eid;          // hash-routed layers [vocab, k]
-  struct Expert {
-    LinearWeight w1, w2, w3;
-  };
-  std::vector<Expert> experts;
-  Expert shared;
+  LinearWeight gate;  // [E, D]
+  Tensor gate_bias;   // f32 [E], score-routed layers
+  Tensor tid2eid;     // I32 [vocab, k], hash-routed layers
+  std::vector<ExpertWeights> experts;
+  ExpertWeights shared;
+};
+
+struct LoadProgress {
+  std::function<void(uint64_t done, uint64_t total)> on_bytes;  // called while weight bytes are placed
 };
 
 struct ModelWeights {
-  std::unique_ptr<Checkpoint> ckpt;  // owns the mappings every view points into
-  const uint16_t* embed = nullptr;   // bf16 [vocab, D] (or fp32 when embed_f32)
-  const float* embed_f32 = nullptr;
+  std::unique_ptr<Checkpoint> ckpt;  // the mappings imported or uploaded tensors came from
+  std::vector<std::unique_ptr<Buffer>> buffers;
+  Placement placement;
+  Tensor embed;  // bf16 or f32 [vocab, D]
   LinearWeight head;
-  std::vector<float> norm;
+  Tensor norm;
   HcWeights hc_head;
   std::vector<LayerWeights> layers;
+  Tensor rope_main, rope_compress;  // f64 per-pair frequencies of the two RoPE regimes
+  uint64_t placed_bytes = 0;        // backend memory taken by weights (imported mappings included)
 
-  // Loads and validates every tensor the config needs (errors name the file and tensor).
-  static ModelWeights load(const ModelConfig& c, const std::string& dir);
+  // Loads, validates (errors name the file and tensor) and places every tensor the config needs.
+  static std::unique_ptr<ModelWeights> load(const ModelConfig& c, const std::string& dir, Backend& be,
+                                            Placement placement = {}, const LoadProgress& progress = {});
 };
 
 }  // namespace dsv4

@@ -7,6 +7,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "runtime/kv_block_manager.h"
 #include "runtime/prefix_cache.h"
 #include "runtime/request_text.h"
 #include "runtime/stop_matcher.h"
@@ -31,7 +32,8 @@ struct Request {
   std::vector<int32_t> tokens;  // prompt, then generated tokens
   int64_t prompt_len = 0;
   SamplingParams params;
-  std::unique_ptr<SequenceState> seq;  // null while waiting (or after preemption)
+  SequenceKv kv;                       // slot -1 while waiting (or after preemption)
+  std::vector<ArenaCopy> resume;       // prefix-cache hit: copies the next plan must carry
   std::unique_ptr<SamplerState> sampler;
   std::unique_ptr<RequestText> text;  // when the engine has a tokenizer
   int64_t cached_tokens = 0;
@@ -39,7 +41,8 @@ struct Request {
   RequestOutput pending;          // accumulates this step's output
   bool has_output = false;
 
-  int64_t computed() const { return seq ? seq->pos : 0; }
+  bool has_seq() const { return kv.slot >= 0; }
+  int64_t computed() const { return kv.pos; }
   int64_t generated() const { return int64_t(tokens.size()) - prompt_len; }
 };
 
@@ -48,26 +51,42 @@ struct Request {
 struct Engine::Impl {
   EngineConfig cfg;
   const Tokenizer* tok = nullptr;
-  std::unique_ptr<Dsv4Model> model;
-  std::unique_ptr<KvPool> pool;
+  std::unique_ptr<ModelRunner> runner;
+  std::unique_ptr<BlockPool> pool;
+  std::unique_ptr<SlotPool> slots;
   std::unique_ptr<PrefixCache> prefix;
+  int block_tokens = 256;
   int64_t max_len = 0;
-  uint64_t seq_fixed_bytes = 0;
-  uint64_t next_id = 1;
+  int vocab = 0;
+  int32_t eos = 1;
+  uint64_t seq_fixed_bytes = 0, block_bytes = 0;
+  uint64_t next_id = 1, next_step = 1;
   std::deque<std::unique_ptr<Request>> waiting;
   std::vector<std::unique_ptr<Request>> running;  // in admission order
-  std::vector<RequestOutput> finished_outside_step;  // aborts of waiting requests
+  std::vector<RequestOutput> finished_outside_step;  // aborts of waiting requests, admission errors
+  struct Scheduled {
+    Request* r;
+    int64_t n;
+    bool sample;
+  };
+  std::vector<Scheduled> scheduled;  // the plan in flight
   EngineStats st;
 
   uint64_t used_bytes() const {
-    return uint64_t(pool->used()) * uint64_t(pool->layout().block_bytes) + uint64_t(running.size()) * seq_fixed_bytes;
+    return uint64_t(pool->used()) * block_bytes + uint64_t(running.size()) * seq_fixed_bytes;
+  }
+
+  void drop_seq(Request& r) {
+    r.kv.release(*pool, *slots);
+    r.resume.clear();
+    r.registered_blocks = 0;
   }
 
   // Makes room for `tokens` positions of r's sequence: evicts unreferenced cached blocks, then preempts the
   // most recently admitted running requests. False when r itself is the one to give way.
   bool reserve(Request& r, int64_t tokens) {
-    while (!r.seq->ensure_blocks(tokens)) {
-      int64_t need = r.seq->blocks_needed(tokens) - int64_t(r.seq->blocks().size()) - pool->free_blocks();
+    while (!r.kv.ensure(*pool, tokens, block_tokens)) {
+      int64_t need = SequenceKv::blocks_for(tokens, block_tokens) - int64_t(r.kv.blocks.size()) - pool->free_blocks();
       if (prefix && prefix->evict(need) > 0) continue;
       Request* victim = running.back().get();
       if (victim == &r) return false;
@@ -78,8 +97,7 @@ struct Engine::Impl {
 
   // Preemption by recompute: drop the KV, keep the tokens; the request re-prefills prompt + output later.
   void preempt(Request& r) {
-    r.seq.reset();
-    r.registered_blocks = 0;
+    drop_seq(r);
     ++st.preemptions;
     for (auto it = running.begin(); it != running.end(); ++it)
       if (it->get() == &r) {
@@ -90,15 +108,30 @@ struct Engine::Impl {
     spdlog::debug("preempted request {} ({} tokens to recompute)", r.id, r.tokens.size());
   }
 
-  std::unique_ptr<SequenceState> new_seq() {
-    return std::make_unique<SequenceState>(model->config(), pool.get(), pool->layout().dtype);
+  // A sequence slot, and the longest cached prefix (keeping at least one token to compute: its logits give
+  // the next token).
+  bool start_seq(Request& r) {
+    r.kv.slot = slots->allocate();
+    if (r.kv.slot < 0) return false;
+    if (!prefix) return true;
+    const int64_t max_blocks = (int64_t(r.tokens.size()) - 1) / block_tokens;
+    auto hit = prefix->lookup(r.tokens, max_blocks);
+    st.prefix_queries += uint64_t(r.tokens.size());
+    if (hit.empty()) return true;
+    for (int32_t b : hit) pool->retain(b);
+    r.kv.blocks = hit;
+    r.kv.pos = int64_t(hit.size()) * block_tokens;
+    append_resume_copies(runner->kv_layout(), r.kv.slot, hit.back(), r.kv.pos, r.resume);
+    r.registered_blocks = int64_t(hit.size());
+    st.prefix_hits += uint64_t(r.kv.pos);
+    if (r.generated() == 0) r.cached_tokens = r.kv.pos;
+    return true;
   }
 
   void offer_full_blocks(Request& r) {
     if (!prefix) return;
-    const int64_t bt = pool->layout().block_tokens;
-    const int64_t full = r.computed() / bt;
-    for (int64_t k = r.registered_blocks; k < full; ++k) prefix->insert(r.tokens, k, r.seq->blocks()[size_t(k)]);
+    const int64_t full = r.computed() / block_tokens;
+    for (int64_t k = r.registered_blocks; k < full; ++k) prefix->insert(r.tokens, k, r.kv.blocks[size_t(k)]);
     r.registered_blocks = std::max(r.registered_blocks, full);
   }
 
@@ -115,61 +148,64 @@ Engine::Engine(EngineConfig cfg, const Tokenizer* tokenizer) : impl_(std::make_u
   I.tok = tokenizer;
   if (I.cfg.max_num_seqs < 1) fail("--max-num-seqs must be >= 1");
   if (I.cfg.max_num_batched_tokens < 1) fail("--max-num-batched-tokens must be >= 1");
-  I.model = std::make_unique<Dsv4Model>(I.cfg.model_dir, I.cfg.numerics);
-  const ModelConfig& c = I.model->config();
-  KvDtype dt = I.cfg.kv_cache_dtype == "auto" ? I.model->default_kv_dtype() : parse_kv_dtype(I.cfg.kv_cache_dtype);
-  KvLayout layout = KvLayout::make(c, I.cfg.block_size, dt, I.cfg.enable_prefix_caching);
-  // Fixed per-sequence state: window rings and compressor partial windows (fp32).
-  uint64_t fixed = uint64_t(c.n_layers) * c.window * c.head_dim * 4;
-  for (int l = 0; l < c.n_layers; ++l) {
-    if (c.ratio(l) == 4) fixed += 2ull * 8 * 2 * (c.head_dim + c.index_head_dim) * 4;
-    if (c.ratio(l) == 128) fixed += 2ull * 128 * c.head_dim * 4;
-  }
-  I.seq_fixed_bytes = fixed;
-  const uint64_t reserved = fixed * uint64_t(I.cfg.max_num_seqs);
-  if (I.cfg.kv_cache_memory <= reserved)
-    fail("--kv-cache-memory {} bytes cannot even hold the fixed state of {} sequences ({} bytes each)",
-         I.cfg.kv_cache_memory, I.cfg.max_num_seqs, fixed);
-  const int64_t blocks = int64_t((I.cfg.kv_cache_memory - reserved) / uint64_t(layout.block_bytes));
-  if (blocks < 1) fail("--kv-cache-memory is too small for one KV block ({} bytes)", layout.block_bytes);
-  const int64_t cap_tokens = blocks * layout.block_tokens;
-  I.max_len = I.cfg.max_model_len > 0 ? I.cfg.max_model_len : std::min<int64_t>(c.max_position_embeddings, cap_tokens);
-  if (I.max_len > c.max_position_embeddings)
-    fail("--max-model-len {} exceeds the model's max_position_embeddings {}", I.max_len, c.max_position_embeddings);
-  if (I.max_len > cap_tokens)
-    fail("--max-model-len {} does not fit in the KV cache ({} tokens with --kv-cache-memory {}); lower it or give "
-         "the cache more memory", I.max_len, cap_tokens, I.cfg.kv_cache_memory);
-  I.pool = std::make_unique<KvPool>(layout, blocks);
-  if (I.cfg.enable_prefix_caching) I.prefix = std::make_unique<PrefixCache>(*I.pool);
-  I.st.kv_blocks_total = blocks;
-  I.st.kv_bytes_total = I.cfg.kv_cache_memory;
-  I.st.bytes_per_block = uint64_t(layout.block_bytes);
-  I.st.bytes_per_sequence = fixed;
-  spdlog::info("KV cache: {} blocks x {} tokens ({} B/block, dtype {}{}) = {} tokens; {} B fixed per sequence; "
-               "{} max-length ({}) sequences fit", blocks, layout.block_tokens, layout.block_bytes, kv_dtype_name(dt),
-               I.cfg.enable_prefix_caching ? ", prefix caching" : "", cap_tokens, fixed, cap_tokens / I.max_len,
-               I.max_len);
+  RunnerOptions ro;
+  ro.model_dir = I.cfg.model_dir;
+  ro.device = I.cfg.device;
+  ro.numerics = I.cfg.numerics;
+  ro.kv_dtype = I.cfg.kv_cache_dtype == "auto" ? default_kv_dtype(I.cfg.numerics) : parse_kv_dtype(I.cfg.kv_cache_dtype);
+  ro.block_tokens = I.cfg.block_size;
+  ro.prefix_tails = I.cfg.enable_prefix_caching;
+  ro.n_slots = I.cfg.max_num_seqs;
+  ro.limits.max_rows = I.cfg.max_num_batched_tokens;
+  ro.limits.max_items = I.cfg.max_num_seqs;
+  ro.limits.max_logit_rows = I.cfg.max_num_seqs;
+  ro.kv_cache_memory = I.cfg.kv_cache_memory;
+  ro.memory_utilization = I.cfg.gpu_memory_utilization;
+  ro.max_model_len = I.cfg.max_model_len;
+  I.runner = std::make_unique<ModelRunner>(ro);
+  const ModelConfig& c = I.runner->config();
+  const MemoryPlan& mp = I.runner->memory();
+  I.block_tokens = I.runner->kv_layout().block_tokens();
+  I.max_len = mp.max_model_len;
+  I.vocab = c.vocab_size;
+  I.eos = c.eos_token_id;
+  I.pool = std::make_unique<BlockPool>(mp.kv_blocks);
+  I.slots = std::make_unique<SlotPool>(I.cfg.max_num_seqs);
+  if (I.cfg.enable_prefix_caching) I.prefix = std::make_unique<PrefixCache>(*I.pool, I.block_tokens);
+  I.seq_fixed_bytes = uint64_t(I.runner->kv_layout().slot_bytes());
+  I.block_bytes = uint64_t(I.runner->kv_layout().block_bytes());
+  I.st.kv_blocks_total = mp.kv_blocks;
+  I.st.kv_bytes_total = uint64_t(mp.kv_blocks) * I.block_bytes + uint64_t(I.cfg.max_num_seqs) * I.seq_fixed_bytes;
+  I.st.bytes_per_block = I.block_bytes;
+  I.st.bytes_per_sequence = I.seq_fixed_bytes;
+  const int64_t cap_tokens = mp.kv_blocks * I.block_tokens;
+  spdlog::info("KV cache: {} tokens; {} max-length ({}) sequences fit", cap_tokens, cap_tokens / I.max_len, I.max_len);
 }
 
 Engine::~Engine() = default;
 
-const ModelConfig& Engine::model_config() const { return impl_->model->config(); }
+const ModelConfig& Engine::model_config() const { return impl_->runner->config(); }
 const EngineConfig& Engine::config() const { return impl_->cfg; }
 int64_t Engine::max_model_len() const { return impl_->max_len; }
+ModelRunner& Engine::runner() { return *impl_->runner; }
 
-uint64_t Engine::add_request(std::vector<int32_t> prompt, SamplingParams params) {
-  Impl& I = *impl_;
-  const int V = I.model->config().vocab_size;
+void Engine::validate(const std::vector<int32_t>& prompt, const SamplingParams& params) const {
+  const Impl& I = *impl_;
   if (prompt.empty()) fail("the prompt is empty");
   for (int32_t t : prompt)
-    if (t < 0 || t >= V) fail("token id {} is out of range [0, {})", t, V);
-  params.validate(V);
+    if (t < 0 || t >= I.vocab) fail("token id {} is out of range [0, {})", t, I.vocab);
+  params.validate(I.vocab);
   if (int64_t(prompt.size()) >= I.max_len)
     fail("the prompt has {} tokens, the maximum context length is {} (prompt plus at least one generated token)",
          prompt.size(), I.max_len);
   if (int64_t(prompt.size()) + params.max_tokens > I.max_len)
     fail("prompt ({} tokens) + max_tokens ({}) exceeds the maximum context length {}", prompt.size(),
          params.max_tokens, I.max_len);
+}
+
+uint64_t Engine::add_request(std::vector<int32_t> prompt, SamplingParams params) {
+  Impl& I = *impl_;
+  validate(prompt, params);
   auto r = std::make_unique<Request>();
   r->id = I.next_id++;
   r->prompt_len = int64_t(prompt.size());
@@ -185,6 +221,7 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, SamplingParams params)
 
 void Engine::abort(uint64_t id) {
   Impl& I = *impl_;
+  DSV4_CHECK(I.scheduled.empty(), "Engine::abort during a step");
   auto out = [&](Request& r) {
     RequestOutput o = std::move(r.pending);
     o.id = r.id;
@@ -197,12 +234,14 @@ void Engine::abort(uint64_t id) {
   for (auto it = I.running.begin(); it != I.running.end(); ++it)
     if ((*it)->id == id) {
       out(**it);
-      I.running.erase(it);  // the SequenceState's destructor returns its blocks at once
+      I.drop_seq(**it);  // its blocks go back at once (cached ones stay with the prefix cache)
+      I.running.erase(it);
       return;
     }
   for (auto it = I.waiting.begin(); it != I.waiting.end(); ++it)
     if ((*it)->id == id) {
       out(**it);
+      I.drop_seq(**it);
       I.waiting.erase(it);
       return;
     }
@@ -219,16 +258,17 @@ EngineStats Engine::stats() const {
   return s;
 }
 
-std::vector<RequestOutput> Engine::step() {
+void Engine::discard_step() { impl_->scheduled.clear(); }
+
+std::vector<RequestOutput> Engine::step() { return complete(execute(schedule())); }
+
+StepResult Engine::execute(const StepPlan& plan) { return impl_->runner->execute(plan); }
+
+StepPlan Engine::schedule() {
   Impl& I = *impl_;
-  std::vector<RequestOutput> outputs = std::move(I.finished_outside_step);
-  I.finished_outside_step.clear();
+  DSV4_CHECK(I.scheduled.empty(), "Engine::schedule: the previous step was not completed");
   int64_t budget = I.cfg.max_num_batched_tokens;
-  struct Sched {
-    Request* r;
-    int64_t n;
-  };
-  std::vector<Sched> sched;
+  std::vector<Impl::Scheduled>& sched = I.scheduled;
 
   // 1. Running requests: decodes first (a long prefill never starves them), then prefill chunks.
   std::vector<Request*> order;
@@ -238,87 +278,84 @@ std::vector<RequestOutput> Engine::step() {
     if (int64_t(r->tokens.size()) - r->computed() > 1) order.push_back(r.get());
   for (Request* r : order) {
     if (budget <= 0) break;
-    if (!r->seq) continue;  // preempted while making room for an earlier one
+    if (!r->has_seq()) continue;  // preempted while making room for an earlier one
     const int64_t n = std::min<int64_t>(int64_t(r->tokens.size()) - r->computed(), budget);
     if (!I.reserve(*r, r->computed() + n)) {
       I.preempt(*r);  // nothing else to take memory from: retry it later
       continue;
     }
-    sched.push_back({r, n});
+    sched.push_back({r, n, false});
     budget -= n;
   }
   // Requests preempted above may already be in `sched`: drop them and give back their budget.
   for (auto& s : sched)
-    if (!s.r->seq) budget += s.n;
-  std::erase_if(sched, [](const Sched& s) { return !s.r->seq; });
+    if (!s.r->has_seq()) budget += s.n;
+  std::erase_if(sched, [](const Impl::Scheduled& s) { return !s.r->has_seq(); });
 
   // 2. Admit waiting requests (FIFO) while there is room.
   while (budget > 0 && !I.waiting.empty() && int(I.running.size()) < I.cfg.max_num_seqs) {
     Request& r = *I.waiting.front();
-    if (!r.seq) {
-      r.seq = I.new_seq();
-      if (I.prefix) {
-        // Keep at least one token to compute: its logits give the next token.
-        const int64_t max_blocks = (int64_t(r.tokens.size()) - 1) / I.pool->layout().block_tokens;
-        auto hit = I.prefix->lookup(r.tokens, max_blocks);
-        const int64_t query = int64_t(r.tokens.size());
-        I.st.prefix_queries += uint64_t(query);
-        if (!hit.empty()) {
-          r.seq->resume_from_blocks(hit);
-          r.registered_blocks = int64_t(hit.size());
-          I.st.prefix_hits += uint64_t(r.seq->pos);
-          if (r.generated() == 0) r.cached_tokens = r.seq->pos;
-        }
-      }
-    }
+    if (!r.has_seq() && !I.start_seq(r)) break;  // no free slot
     const int64_t n = std::min<int64_t>(int64_t(r.tokens.size()) - r.computed(), budget);
-    if (!r.seq->ensure_blocks(r.computed() + n)) {
-      if (I.prefix && I.prefix->evict(r.seq->blocks_needed(r.computed() + n) - int64_t(r.seq->blocks().size())) > 0)
-        continue;
+    if (!r.kv.ensure(*I.pool, r.computed() + n, I.block_tokens)) {
+      const int64_t need = SequenceKv::blocks_for(r.computed() + n, I.block_tokens) - int64_t(r.kv.blocks.size());
+      if (I.prefix && I.prefix->evict(need) > 0) continue;
       if (I.running.empty()) {  // cannot fit even alone: max_model_len checks make this unreachable
-        r.seq.reset();
+        I.drop_seq(r);
         RequestOutput o;
         o.id = r.id;
         o.finish = FinishReason::Error;
         o.error = "the KV cache cannot hold this request";
-        outputs.push_back(std::move(o));
+        I.finished_outside_step.push_back(std::move(o));
         I.waiting.pop_front();
         continue;
       }
-      r.seq.reset();  // wait for running requests to free memory
+      I.drop_seq(r);  // wait for running requests to free memory
       break;
     }
     I.running.push_back(std::move(I.waiting.front()));
     I.waiting.pop_front();
-    sched.push_back({I.running.back().get(), n});
+    sched.push_back({I.running.back().get(), n, false});
     budget -= n;
   }
-  if (sched.empty()) return outputs;
 
-  // 3. One forward over every scheduled chunk.
-  std::vector<ForwardItem> items;
-  std::vector<bool> samples;
+  // 3. The plan: every scheduled chunk, and the copies that resume prefix-cache hits first.
+  StepPlan plan;
+  plan.step = I.next_step++;
   for (auto& s : sched) {
-    const bool last = s.r->computed() + s.n == int64_t(s.r->tokens.size());
-    ForwardItem it;
-    it.seq = s.r->seq.get();
-    it.tokens = std::span<const int32_t>(s.r->tokens).subspan(size_t(s.r->computed()), size_t(s.n));
-    it.skip_logits = !last;
-    items.push_back(it);
-    samples.push_back(last);
-    if (s.r->generated() == 0) I.st.prompt_tokens += uint64_t(s.n);
+    Request& r = *s.r;
+    s.sample = r.computed() + s.n == int64_t(r.tokens.size());
+    StepItem it;
+    it.slot = r.kv.slot;
+    it.start = r.computed();
+    it.tokens.assign(r.tokens.begin() + r.computed(), r.tokens.begin() + r.computed() + s.n);
+    it.blocks = r.kv.blocks;
+    it.logits = s.sample ? LogitRows::Last : LogitRows::None;
+    plan.batch.items.push_back(std::move(it));
+    plan.copies.insert(plan.copies.end(), r.resume.begin(), r.resume.end());
+    r.resume.clear();
+    if (r.generated() == 0) I.st.prompt_tokens += uint64_t(s.n);
   }
-  std::vector<float> logits;
-  I.model->forward(items, logits);
+  return plan;
+}
 
-  // 4. Sample, check stop conditions, collect outputs.
-  const int64_t V = I.model->config().vocab_size;
+std::vector<RequestOutput> Engine::complete(const StepResult& result) {
+  Impl& I = *impl_;
+  std::vector<RequestOutput> outputs = std::move(I.finished_outside_step);
+  I.finished_outside_step.clear();
+  std::vector<Impl::Scheduled> sched = std::move(I.scheduled);
+  I.scheduled.clear();
+
+  // Sample, check stop conditions, collect outputs.
+  const int64_t V = I.vocab;
   size_t row = 0;
-  for (size_t i = 0; i < sched.size(); ++i) {
-    Request& r = *sched[i].r;
+  for (auto& s : sched) {
+    Request& r = *s.r;
+    r.kv.pos += s.n;
     I.offer_full_blocks(r);
-    if (!samples[i]) continue;
-    const float* lg = logits.data() + row * size_t(V);
+    if (!s.sample) continue;
+    DSV4_CHECK(int64_t(row) < result.rows, "step result has {} logit rows, the plan asked for more", result.rows);
+    const float* lg = result.logits.data() + row * size_t(V);
     ++row;
     SampleResult sr = r.sampler->sample(std::span<const float>(lg, size_t(V)));
     const int32_t tok = sr.token;
@@ -327,7 +364,7 @@ std::vector<RequestOutput> Engine::step() {
     r.pending.new_tokens.push_back(tok);
     if (sr.has_logprobs) r.pending.logprobs.push_back(sr);
     r.has_output = true;
-    const int32_t eos = I.model->config().eos_token_id;
+    const int32_t eos = I.eos;
     TokenStop ts = check_token_stop(r.params, tok, r.generated(), std::span<const int32_t>(&eos, 1));
     if (ts == TokenStop::None && int64_t(r.tokens.size()) >= I.max_len) ts = TokenStop::Length;
     const bool stop_token = ts == TokenStop::Eos || ts == TokenStop::StopToken;
@@ -358,8 +395,12 @@ std::vector<RequestOutput> Engine::step() {
     r.has_output = false;
     const bool done = o.finished();
     outputs.push_back(std::move(o));
-    if (done) it = I.running.erase(it);  // frees the blocks (cached ones stay with the prefix cache)
-    else ++it;
+    if (done) {
+      I.drop_seq(r);  // frees the blocks (cached ones stay with the prefix cache)
+      it = I.running.erase(it);
+    } else {
+      ++it;
+    }
   }
   return outputs;
 }

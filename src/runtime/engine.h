@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "model/dsv4_model.h"
+#include "runtime/model_runner.h"
 #include "runtime/sampler.h"
+#include "runtime/step_plan.h"
 
 namespace dsv4 {
 
@@ -17,6 +19,7 @@ class Tokenizer;  // src/tokenizer: used for stop strings and text output when g
 
 struct EngineConfig {
   std::string model_dir;
+  std::string device = "auto";           // cpu | cuda | auto (cuda when a GPU is present)
   Numerics numerics = Numerics::Reference;
   int max_num_seqs = 64;                 // running sequences at once
   int max_num_batched_tokens = 2048;     // tokens per step (decodes + prefill chunks)
@@ -24,7 +27,10 @@ struct EngineConfig {
   int block_size = 256;                  // KV block, in tokens (multiple of 128)
   std::string kv_cache_dtype = "bf16";   // bf16 | fp8
   bool enable_prefix_caching = false;
-  uint64_t kv_cache_memory = 1ull << 30;  // bytes for KV blocks + per-sequence state
+  // Bytes for KV blocks + per-sequence state; 0 = from the device's free memory after weights and workspace
+  // (times gpu_memory_utilization).
+  uint64_t kv_cache_memory = 0;
+  double gpu_memory_utilization = 0.9;
 };
 
 // Per generated token: its logprob, rank and the top alternatives (the sampler's result).
@@ -70,10 +76,22 @@ class Engine {
   uint64_t add_request(std::vector<int32_t> prompt, SamplingParams params);
   // Finishes the request with FinishReason::Abort and frees its KV at once (its last output says so).
   void abort(uint64_t id);
+  // The validation add_request does, without queueing; safe from any thread.
+  void validate(const std::vector<int32_t>& prompt, const SamplingParams& params) const;
   // One scheduler iteration; returns an output for every request that produced tokens or finished.
+  // Equivalent to complete(execute(schedule())).
   std::vector<RequestOutput> step();
+  // The same iteration in three parts, so a loop can take submits and aborts while the model computes:
+  // schedule() and complete() change the engine's state; execute() only runs the plan on the model runner.
+  // Between schedule() and complete() the engine must not be called otherwise.
+  StepPlan schedule();
+  StepResult execute(const StepPlan& plan);
+  std::vector<RequestOutput> complete(const StepResult& result);
+  // After execute() failed: forgets the plan in flight (its requests' device state is unknown; abort them).
+  void discard_step();
   bool has_work() const;
   EngineStats stats() const;
+  ModelRunner& runner();
 
  private:
   struct Impl;

@@ -67,16 +67,28 @@ void EngineLoop::run() {
     for (uint64_t id : to_abort_) engine_->abort(id);
     to_abort_.clear();
     std::vector<RequestOutput> outs;
+    std::string error;
+    StepPlan plan = engine_->schedule();
+    // The model computes without the lock: submits, aborts (queued for the next step) and stats go on.
+    lk.unlock();
+    StepResult result;
     try {
-      outs = engine_->step();
+      result = engine_->execute(plan);
     } catch (const std::exception& e) {
+      error = e.what();
+    }
+    lk.lock();
+    if (error.empty()) {
+      outs = engine_->complete(result);
+    } else {
       // A failed step must not take the server down: fail every request in flight.
-      spdlog::error("engine step failed: {}", e.what());
+      spdlog::error("engine step failed: {}", error);
+      engine_->discard_step();
       for (auto& [id, w] : streams_) engine_->abort(id);
       outs = engine_->step();
       for (auto& o : outs) {
         o.finish = FinishReason::Error;
-        o.error = e.what();
+        o.error = error;
       }
     }
     for (auto& o : outs) {
@@ -90,7 +102,7 @@ void EngineLoop::run() {
         if (done) s->done_ = true;
         s->cv_.notify_all();
       } else if (!done) {
-        engine_->abort(o.id);  // nobody listens any more
+        to_abort_.push_back(o.id);  // nobody listens any more
       }
       if (done) streams_.erase(it);
     }

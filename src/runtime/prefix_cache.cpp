@@ -16,14 +16,14 @@ uint64_t PrefixCache::chain_hash(uint64_t parent, std::span<const int32_t> block
 }
 
 uint64_t PrefixCache::hash_upto(std::span<const int32_t> tokens, int64_t blocks) const {
-  const int64_t bt = pool_.layout().block_tokens;
+  const int64_t bt = block_tokens_;
   uint64_t h = 0;
   for (int64_t k = 0; k < blocks; ++k) h = chain_hash(h, tokens.subspan(size_t(k * bt), size_t(bt)));
   return h;
 }
 
 std::vector<int32_t> PrefixCache::lookup(std::span<const int32_t> tokens, int64_t max_blocks) {
-  const int64_t bt = pool_.layout().block_tokens;
+  const int64_t bt = block_tokens_;
   std::vector<int32_t> out;
   uint64_t h = 0;
   for (int64_t k = 0; k < max_blocks && (k + 1) * bt <= int64_t(tokens.size()); ++k) {
@@ -40,7 +40,7 @@ std::vector<int32_t> PrefixCache::lookup(std::span<const int32_t> tokens, int64_
 }
 
 void PrefixCache::insert(std::span<const int32_t> tokens, int64_t index, int32_t block) {
-  const int64_t bt = pool_.layout().block_tokens;
+  const int64_t bt = block_tokens_;
   uint64_t parent = hash_upto(tokens, index);
   auto blk = tokens.subspan(size_t(index * bt), size_t(bt));
   uint64_t h = chain_hash(parent, blk);

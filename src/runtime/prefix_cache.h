@@ -9,13 +9,13 @@
 #include <unordered_map>
 #include <vector>
 
-#include "model/kv_cache.h"
+#include "runtime/kv_block_manager.h"
 
 namespace dsv4 {
 
 class PrefixCache {
  public:
-  explicit PrefixCache(KvPool& pool) : pool_(pool) {}
+  PrefixCache(BlockPool& pool, int block_tokens) : pool_(pool), block_tokens_(block_tokens) {}
   ~PrefixCache();
 
   static uint64_t chain_hash(uint64_t parent, std::span<const int32_t> block_tokens);
@@ -37,7 +37,8 @@ class PrefixCache {
     std::list<uint64_t>::iterator lru;
   };
   uint64_t hash_upto(std::span<const int32_t> tokens, int64_t blocks) const;
-  KvPool& pool_;
+  BlockPool& pool_;
+  int64_t block_tokens_;
   std::unordered_map<uint64_t, Entry> entries_;
   std::list<uint64_t> lru_;  // front = least recently used
 };

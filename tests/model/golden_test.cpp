@@ -6,9 +6,9 @@
 #include <cstring>
 #include <filesystem>
 
-#include "model/dsv4_model.h"
 #include "core/error.h"
 #include "model/safetensors.h"
+#include "session_util.h"
 
 using namespace dsv4;
 
@@ -55,32 +55,25 @@ double rel(const float* a, const float* b, size_t n) {
   return std::sqrt(num / den);
 }
 
-std::vector<float> run_chunked(Dsv4Model& m, const std::vector<int32_t>& ids, size_t chunk) {
-  auto seq = m.new_sequence();
-  std::vector<float> out;
-  for (size_t i = 0; i < ids.size(); i += chunk) {
-    ForwardItem it{seq.get(), std::span<const int32_t>(ids).subspan(i, std::min(chunk, ids.size() - i)), true};
-    m.forward(std::span<const ForwardItem>(&it, 1), out);
-  }
-  return out;
-}
+using test::run_chunked;
 
 class Golden : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (!std::filesystem::exists(kTiny + "/model.safetensors")) return;
     prompts_ = new std::vector<Prompt>(load_golden());
-    exact_ = new Dsv4Model(kTiny, Numerics::Exact);
+    exact_ = new Session(test::session_options(kTiny, Numerics::Exact));
   }
   static void TearDownTestSuite() {
     delete exact_;
     delete prompts_;
   }
   void SetUp() override {
-    if (!exact_) GTEST_SKIP() << "fixture " << kTiny << " not found";
+    // The fixtures are part of the test set-up (../shared beside the checkout): missing is a failure.
+    ASSERT_TRUE(exact_) << "fixture " << kTiny << " not found (../shared must be beside the checkout)";
   }
   static inline std::vector<Prompt>* prompts_ = nullptr;
-  static inline Dsv4Model* exact_ = nullptr;
+  static inline Session* exact_ = nullptr;
 };
 
 }  // namespace
@@ -126,17 +119,17 @@ TEST_F(Golden, BatchedSequencesEqualOneShot) {
   std::vector<std::vector<float>> whole;
   for (auto& pr : P) whole.push_back(run_chunked(*exact_, pr.ids, pr.ids.size()));
   const size_t chunks[3] = {97, 1, 33};
-  std::vector<std::unique_ptr<SequenceState>> seqs;
+  std::vector<int> seqs;
   std::vector<size_t> done(P.size(), 0);
   std::vector<std::vector<float>> got(P.size());
   for (size_t i = 0; i < P.size(); ++i) seqs.push_back(exact_->new_sequence());
   while (true) {
-    std::vector<ForwardItem> items;
+    std::vector<Session::Chunk> items;
     std::vector<size_t> which;
     for (size_t i = 0; i < P.size(); ++i) {
       if (done[i] >= P[i].ids.size()) continue;
       size_t n = std::min(chunks[i], P[i].ids.size() - done[i]);
-      items.push_back({seqs[i].get(), std::span<const int32_t>(P[i].ids).subspan(done[i], n), true});
+      items.push_back({seqs[i], std::span<const int32_t>(P[i].ids).subspan(done[i], n), LogitRows::All});
       which.push_back(i);
       done[i] += n;
     }
@@ -150,6 +143,7 @@ TEST_F(Golden, BatchedSequencesEqualOneShot) {
       off += n;
     }
   }
+  for (int q : seqs) exact_->release(q);
   for (size_t i = 0; i < P.size(); ++i) {
     ASSERT_EQ(got[i].size(), whole[i].size());
     EXPECT_LE(rel(got[i].data(), whole[i].data(), got[i].size()), 1e-5) << "prompt " << i;
@@ -160,17 +154,18 @@ TEST_F(Golden, GreedyContinuationMatches) {
   const int64_t V = exact_->config().vocab_size;
   for (size_t p = 0; p < prompts_->size(); ++p) {
     const auto& pr = (*prompts_)[p];
-    auto seq = exact_->new_sequence();
+    const int seq = exact_->new_sequence();
     std::vector<int32_t> cur = pr.ids, got;
     for (size_t i = 0; i < pr.greedy.size(); ++i) {
       std::vector<float> lg;
-      ForwardItem it{seq.get(), cur, false};
-      exact_->forward(std::span<const ForwardItem>(&it, 1), lg);
+      Session::Chunk it{seq, cur, LogitRows::Last};
+      exact_->forward(std::span<const Session::Chunk>(&it, 1), lg);
       ASSERT_EQ(lg.size(), size_t(V));
       got.push_back(int32_t(std::max_element(lg.begin(), lg.end()) - lg.begin()));
       cur.assign(1, got.back());
     }
     EXPECT_EQ(got, pr.greedy) << "prompt " << p;
+    exact_->release(seq);
   }
 }
 
@@ -179,7 +174,7 @@ TEST_F(Golden, ReferenceNumericsIsABoundedRoundingSimulation) {
   // quantization alone moves them ~15% and bf16/FP4 index scores flip some indexer picks, so the bound is
   // looser than a trained model would need (see docs/perf-notes.md, numerics). It must also differ from
   // exact (the rounding is really applied) and agree on most argmaxes.
-  Dsv4Model ref(kTiny, Numerics::Reference);
+  Session ref(test::session_options(kTiny, Numerics::Reference));
   const int64_t V = ref.config().vocab_size;
   for (size_t p = 0; p < prompts_->size(); ++p) {
     const auto& pr = (*prompts_)[p];
@@ -196,9 +191,10 @@ TEST_F(Golden, ReferenceNumericsIsABoundedRoundingSimulation) {
 }
 
 TEST_F(Golden, RejectsOutOfRangeTokens) {
-  auto seq = exact_->new_sequence();
+  const int seq = exact_->new_sequence();
   std::vector<int32_t> ids{1, exact_->config().vocab_size};
   std::vector<float> out;
-  ForwardItem it{seq.get(), ids, false};
-  EXPECT_THROW(exact_->forward(std::span<const ForwardItem>(&it, 1), out), Error);
+  Session::Chunk it{seq, ids, LogitRows::Last};
+  EXPECT_THROW(exact_->forward(std::span<const Session::Chunk>(&it, 1), out), Error);
+  exact_->release(seq);
 }

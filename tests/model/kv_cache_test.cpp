@@ -8,8 +8,9 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/quant.h"
-#include "model/dsv4_model.h"
 #include "model/kv_cache.h"
+#include "runtime/kv_block_manager.h"
+#include "session_util.h"
 
 using namespace dsv4;
 
@@ -46,11 +47,22 @@ TEST(KvLayout, BlocksHoldEveryCompressedLayer) {
   EXPECT_EQ(L.layers[0].comp_off, -1);
   EXPECT_EQ(L.entries_per_block(1), 64);
   EXPECT_EQ(L.entries_per_block(2), 2);
-  EXPECT_GE(L.block_bytes, 4 * (2 * (64 * 128 + 64 * 64) + 2 * 128));
+  EXPECT_GE(L.block_bytes(), 4 * (2 * (64 * 128 + 64 * 64) + 2 * 128));
   EXPECT_THROW(KvLayout::make(c, 100, KvDtype::F32, false), Error);
   auto T = KvLayout::make(c, 256, KvDtype::F32, true);
-  EXPECT_GT(T.block_bytes, L.block_bytes);
-  KvPool pool(L, 2);
+  EXPECT_GT(T.block_bytes(), L.block_bytes());
+  // Slots: a window ring on every layer (stored in the cache dtype), compressor token rings on compressed ones.
+  for (int l = 0; l < c.n_layers; ++l) {
+    EXPECT_GE(L.layers[size_t(l)].ring_off, 0);
+    EXPECT_EQ(L.layers[size_t(l)].cring_off >= 0, c.ratio(l) != 0);
+    EXPECT_EQ(L.layers[size_t(l)].iring_off >= 0, c.ratio(l) == 4);
+  }
+  auto B = KvLayout::make(c, 256, KvDtype::BF16, false);
+  EXPECT_LT(B.slot_bytes(), L.slot_bytes());  // bf16 window rings are half the f32 ones
+  const KvLayout sized = L.sized(3, 2);
+  EXPECT_GE(sized.shape.slots_offset, 3 * L.block_bytes());
+  EXPECT_EQ(sized.shape.arena_bytes(), sized.shape.slots_offset + 2 * L.slot_bytes());
+  BlockPool pool(2);
   int32_t a = pool.allocate(), b = pool.allocate();
   EXPECT_EQ(pool.allocate(), -1);
   pool.retain(a);
@@ -59,30 +71,30 @@ TEST(KvLayout, BlocksHoldEveryCompressedLayer) {
   pool.release(a);
   pool.release(b);
   EXPECT_EQ(pool.used(), 0);
+  EXPECT_THROW(pool.release(b), Error);
 }
 
 TEST(KvLayout, ResumeFromCachedBlocksEqualsWholeRun) {
   const std::string dir = std::string(DSV4_SHARED_DIR) + "/fixtures/tiny-a";
-  if (!std::filesystem::exists(dir + "/model.safetensors")) GTEST_SKIP();
+  ASSERT_TRUE(std::filesystem::exists(dir + "/model.safetensors")) << dir << " missing";
   for (Numerics num : {Numerics::Exact, Numerics::Reference}) {
-    Dsv4Model m(dir, num);
+    Session m(test::session_options(dir, num, 2, 768, "auto", true));
     std::vector<int32_t> ids(700);
     for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t((i * 131 + 7) % 2000);
-    KvPool pool(KvLayout::make(m.config(), 256, m.default_kv_dtype(), true), 0);
     // Whole run, in odd chunks that straddle the block boundaries.
-    SequenceState a(m.config(), &pool);
+    const int a = m.new_sequence();
     std::vector<float> whole;
     for (size_t i = 0; i < ids.size(); i += 97) {
-      ForwardItem it{&a, std::span<const int32_t>(ids).subspan(i, std::min<size_t>(97, ids.size() - i)), true};
-      m.forward(std::span<const ForwardItem>(&it, 1), whole);
+      Session::Chunk it{a, std::span<const int32_t>(ids).subspan(i, std::min<size_t>(97, ids.size() - i)), LogitRows::All};
+      m.forward(std::span<const Session::Chunk>(&it, 1), whole);
     }
     // Resume from a's first two blocks (positions 0..511) and compute the rest.
-    SequenceState b(m.config(), &pool);
-    b.resume_from_blocks({a.blocks()[0], a.blocks()[1]});
-    EXPECT_EQ(b.pos, 512);
+    const int b = m.new_sequence();
+    m.resume_from(b, a, 2);
+    EXPECT_EQ(m.pos(b), 512);
     std::vector<float> rest;
-    ForwardItem it{&b, std::span<const int32_t>(ids).subspan(512), true};
-    m.forward(std::span<const ForwardItem>(&it, 1), rest);
+    Session::Chunk it{b, std::span<const int32_t>(ids).subspan(512), LogitRows::All};
+    m.forward(std::span<const Session::Chunk>(&it, 1), rest);
     const size_t V = size_t(m.config().vocab_size);
     ASSERT_EQ(rest.size(), (ids.size() - 512) * V);
     double num2 = 0, den = 0;
@@ -92,6 +104,6 @@ TEST(KvLayout, ResumeFromCachedBlocksEqualsWholeRun) {
       den += double(whole[512 * V + i]) * whole[512 * V + i];
     }
     EXPECT_LE(std::sqrt(num2 / den), 1e-5) << (num == Numerics::Exact ? "exact" : "reference");
-    EXPECT_EQ(pool.refcount(a.blocks()[0]), 2);
+    EXPECT_EQ(m.pool().refcount(m.blocks(a)[0]), 2);
   }
 }

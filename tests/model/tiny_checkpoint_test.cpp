@@ -10,11 +10,11 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "model/dsv4_model.h"
 #include "model/safetensors.h"
 #include "model/safetensors_writer.h"
 #include "model/tiny_checkpoint.h"
 #include "model/weight_schema.h"
+#include "session_util.h"
 #include "test_files.h"
 
 using namespace dsv4;
@@ -66,7 +66,7 @@ std::vector<int32_t> prompt(int T) {
 }
 
 void check_model(Numerics numerics, const std::string& dir) {
-  Dsv4Model m(dir, numerics);
+  Session m(test::session_options(dir, numerics, 2, 272));
   const int64_t V = m.config().vocab_size;
   ASSERT_EQ(V, 129280);
   const auto ids = prompt(272);
@@ -74,9 +74,7 @@ void check_model(Numerics numerics, const std::string& dir) {
 
   std::vector<float> whole;
   {
-    auto seq = m.new_sequence();
-    ForwardItem it{seq.get(), ids, true};
-    m.forward(std::span<const ForwardItem>(&it, 1), whole);
+    whole = test::run_chunked(m, ids, ids.size());
   }
   ASSERT_EQ(whole.size(), T * size_t(V));
 
@@ -102,15 +100,15 @@ void check_model(Numerics numerics, const std::string& dir) {
 
   // Token by token (the decode path) gives the same logits. The 129280-row head dominates a decode step, so
   // logits are taken at every 16th position and the last 24 only (skip_logits elsewhere).
-  auto seq = m.new_sequence();
+  const int seq = m.new_sequence();
   double worst = 0;
   int compared = 0;
   std::vector<float> row;
   for (size_t t = 0; t < T; ++t) {
     const bool want = t % 16 == 15 || t + 24 >= T;
     row.clear();
-    ForwardItem it{seq.get(), std::span<const int32_t>(ids).subspan(t, 1), false, !want};
-    m.forward(std::span<const ForwardItem>(&it, 1), row);
+    Session::Chunk it{seq, std::span<const int32_t>(ids).subspan(t, 1), want ? LogitRows::Last : LogitRows::None};
+    m.forward(std::span<const Session::Chunk>(&it, 1), row);
     ASSERT_EQ(row.size(), want ? size_t(V) : 0u);
     if (!want) continue;
     worst = std::max(worst, rel(row.data(), whole.data() + t * size_t(V), size_t(V)));

@@ -38,7 +38,7 @@ std::vector<int32_t> collect(RequestStream& s, RequestOutput* last) {
 }  // namespace
 
 TEST(EngineLoop, ConcurrentClientsGetTheirOwnStreams) {
-  if (!std::filesystem::exists(kTiny + "/model.safetensors")) GTEST_SKIP();
+  if (!std::filesystem::exists(kTiny + "/model.safetensors")) FAIL() << "fixture " << kTiny << " missing (../shared must be beside the checkout)";
   EngineLoop loop(make_engine());
   std::vector<std::thread> clients;
   std::vector<std::vector<int32_t>> got(6);
@@ -63,7 +63,7 @@ TEST(EngineLoop, ConcurrentClientsGetTheirOwnStreams) {
 }
 
 TEST(EngineLoop, AbortEndsTheStreamAndFreesKv) {
-  if (!std::filesystem::exists(kTiny + "/model.safetensors")) GTEST_SKIP();
+  if (!std::filesystem::exists(kTiny + "/model.safetensors")) FAIL() << "fixture " << kTiny << " missing (../shared must be beside the checkout)";
   EngineLoop loop(make_engine());
   SamplingParams p;
   p.temperature = 0;

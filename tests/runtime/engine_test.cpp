@@ -6,6 +6,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "../model/session_util.h"
 #include "runtime/engine.h"
 
 using namespace dsv4;
@@ -79,7 +80,7 @@ bool have_fixture() { return std::filesystem::exists(kTiny + "/model.safetensors
 }  // namespace
 
 TEST(Engine, ConcurrentRequestsMatchRunningAlone) {
-  if (!have_fixture()) GTEST_SKIP();
+  if (!have_fixture()) FAIL() << "fixture " << kTiny << " missing (../shared must be beside the checkout)";
   const int lens[] = {5, 300, 77, 130, 1, 600, 33, 257};
   Engine e(config());
   std::vector<uint64_t> ids;
@@ -89,7 +90,7 @@ TEST(Engine, ConcurrentRequestsMatchRunningAlone) {
 }
 
 TEST(Engine, PrefixCacheHitGivesSameTokens) {
-  if (!have_fixture()) GTEST_SKIP();
+  if (!have_fixture()) FAIL() << "fixture " << kTiny << " missing (../shared must be beside the checkout)";
   // Shared prefixes ending mid ratio-4 window (301 = 4*75 + 1) and mid ratio-128 window (301 = 2*128 + 45),
   // one shorter than a block (no hit), and an exact repeat.
   auto base = prompt_of(700, 42);
@@ -123,7 +124,7 @@ TEST(Engine, PrefixCacheHitGivesSameTokens) {
 }
 
 TEST(Engine, PreemptionUnderTinyBudgetCompletesIdentically) {
-  if (!have_fixture()) GTEST_SKIP();
+  if (!have_fixture()) FAIL() << "fixture " << kTiny << " missing (../shared must be beside the checkout)";
   // Room for about four sequences' fixed state and a handful of blocks: preemption must happen.
   Engine probe(config());
   auto c = config();
@@ -147,7 +148,7 @@ TEST(Engine, PreemptionUnderTinyBudgetCompletesIdentically) {
 }
 
 TEST(Engine, DecodeIsNotStarvedByLongPrefill) {
-  if (!have_fixture()) GTEST_SKIP();
+  if (!have_fixture()) FAIL() << "fixture " << kTiny << " missing (../shared must be beside the checkout)";
   auto c = config();
   c.max_num_batched_tokens = 64;
   Engine e(c);
@@ -172,7 +173,7 @@ TEST(Engine, DecodeIsNotStarvedByLongPrefill) {
 }
 
 TEST(Engine, AbortFreesBlocksAtOnce) {
-  if (!have_fixture()) GTEST_SKIP();
+  if (!have_fixture()) FAIL() << "fixture " << kTiny << " missing (../shared must be beside the checkout)";
   Engine e(config());
   uint64_t id = e.add_request(prompt_of(600, 3), greedy(100));
   for (int i = 0; i < 4; ++i) e.step();
@@ -186,7 +187,7 @@ TEST(Engine, AbortFreesBlocksAtOnce) {
 }
 
 TEST(Engine, RejectsTooLongPromptsBeforeAnyWork) {
-  if (!have_fixture()) GTEST_SKIP();
+  if (!have_fixture()) FAIL() << "fixture " << kTiny << " missing (../shared must be beside the checkout)";
   auto c = config();
   c.max_model_len = 512;
   Engine e(c);
@@ -203,17 +204,11 @@ TEST(Engine, RejectsTooLongPromptsBeforeAnyWork) {
 }
 
 TEST(Engine, Fp8KvCacheStaysWithinReferenceTolerance) {
-  if (!have_fixture()) GTEST_SKIP();
-  Dsv4Model m(kTiny, Numerics::Reference);
+  if (!have_fixture()) FAIL() << "fixture " << kTiny << " missing (../shared must be beside the checkout)";
   auto ids = prompt_of(400, 9);
   auto run = [&](KvDtype dt) {
-    SequenceState s(m.config(), nullptr, dt);
-    std::vector<float> out;
-    for (size_t i = 0; i < ids.size(); i += 50) {
-      ForwardItem it{&s, std::span<const int32_t>(ids).subspan(i, std::min<size_t>(50, ids.size() - i)), true};
-      m.forward(std::span<const ForwardItem>(&it, 1), out);
-    }
-    return out;
+    Session s(test::session_options(kTiny, Numerics::Reference, 1, 400, kv_dtype_name(dt)));
+    return test::run_chunked(s, ids, 50);
   };
   auto bf = run(KvDtype::BF16), f8 = run(KvDtype::FP8);
   double num = 0, den = 0;
@@ -224,6 +219,7 @@ TEST(Engine, Fp8KvCacheStaysWithinReferenceTolerance) {
   // Under reference numerics the nope dims are already FP8-rounded with the same block rule, so fp8 storage
   // only adds the indexer-key rounding; the bound is the reference-vs-exact tolerance.
   EXPECT_LT(std::sqrt(num / den), 0.35);
-  KvLayout b16 = KvLayout::make(m.config(), 256, KvDtype::BF16, false), f8l = KvLayout::make(m.config(), 256, KvDtype::FP8, false);
-  EXPECT_LT(f8l.block_bytes, b16.block_bytes);
+  const ModelConfig c = ModelConfig::load(kTiny + "/config.json");
+  KvLayout b16 = KvLayout::make(c, 256, KvDtype::BF16, false), f8l = KvLayout::make(c, 256, KvDtype::FP8, false);
+  EXPECT_LT(f8l.block_bytes(), b16.block_bytes());
 }

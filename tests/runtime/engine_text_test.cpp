@@ -42,7 +42,8 @@ TextRun run(const Tokenizer& tok, SamplingParams p) {
 }  // namespace
 
 TEST(EngineText, DeltasConcatenateToTheDecodedTextAndStopStringsCut) {
-  if (!std::filesystem::exists(kTiny + "/model.safetensors") || !std::filesystem::exists(kTok)) GTEST_SKIP();
+  if (!std::filesystem::exists(kTiny + "/model.safetensors")) FAIL() << "fixture " << kTiny << " missing";
+  if (!std::filesystem::exists(kTok)) GTEST_SKIP() << "tokenizer missing (scripts/fetch_tokenizer.sh)";
   Tokenizer tok = Tokenizer::from_file(kTok);
   SamplingParams p;
   p.temperature = 0;
@@ -78,7 +79,8 @@ TEST(EngineText, DeltasConcatenateToTheDecodedTextAndStopStringsCut) {
 }
 
 TEST(EngineText, StopTokenIsNotRendered) {
-  if (!std::filesystem::exists(kTiny + "/model.safetensors") || !std::filesystem::exists(kTok)) GTEST_SKIP();
+  if (!std::filesystem::exists(kTiny + "/model.safetensors")) FAIL() << "fixture " << kTiny << " missing";
+  if (!std::filesystem::exists(kTok)) GTEST_SKIP() << "tokenizer missing (scripts/fetch_tokenizer.sh)";
   Tokenizer tok = Tokenizer::from_file(kTok);
   SamplingParams p;
   p.temperature = 0;

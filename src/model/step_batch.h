@@ -1,0 +1,43 @@
+// What one forward pass computes: chunks of several sequences at arbitrary positions (prefill chunks and
+// decode steps mixed). Plain data: the step plan carries it to every rank. Everything the host must know about
+// the step (which compressed entries it completes, which block ends it reaches) follows from these positions.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace dsv4 {
+
+enum class LogitRows : uint8_t { None, Last, All };
+
+struct StepItem {
+  int32_t slot = 0;             // the sequence's slot in the KV arena (window ring, compressor rings)
+  int64_t start = 0;            // position of tokens[0]; positions [0, start) are already in the KV cache
+  std::vector<int32_t> tokens;  // processed at positions start, start + 1, ...
+  std::vector<int32_t> blocks;  // the sequence's KV blocks from position 0; must cover [0, start + size)
+  LogitRows logits = LogitRows::Last;
+};
+
+struct StepBatch {
+  std::vector<StepItem> items;
+  int64_t rows() const {
+    int64_t n = 0;
+    for (auto& it : items) n += int64_t(it.tokens.size());
+    return n;
+  }
+  int64_t logit_rows() const {
+    int64_t n = 0;
+    for (auto& it : items)
+      n += it.logits == LogitRows::All ? int64_t(it.tokens.size()) : it.logits == LogitRows::Last ? 1 : 0;
+    return n;
+  }
+};
+
+// Upper bounds of a step, fixed at start: they size the per-step workspace (one allocation, fixed addresses).
+struct StepLimits {
+  int64_t max_rows = 2048;        // tokens per step (max_num_batched_tokens)
+  int64_t max_items = 64;         // sequences per step
+  int64_t max_logit_rows = 64;    // rows whose logits are returned
+  int64_t max_context = 8192;     // positions per sequence (max_model_len)
+};
+
+}  // namespace dsv4

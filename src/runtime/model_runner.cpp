@@ -1,0 +1,109 @@
+#include "runtime/model_runner.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <filesystem>
+
+#include "core/error.h"
+
+namespace dsv4 {
+
+ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
+  cfg_ = ModelConfig::load((std::filesystem::path(opts_.model_dir) / "config.json").string());
+  if (opts_.n_slots < 1) fail("the runner needs at least one sequence slot");
+  be_ = make_backend(opts_.device);
+  weights_ = ModelWeights::load(cfg_, opts_.model_dir, *be_, {}, opts_.progress);
+  model_ = std::make_unique<Dsv4Model>(cfg_, *weights_, *be_, opts_.numerics);
+  mem_.weights = weights_->placed_bytes;
+
+  const KvLayout layout = KvLayout::make(cfg_, opts_.block_tokens, opts_.kv_dtype, opts_.prefix_tails);
+  const uint64_t slots = uint64_t(layout.slot_bytes()) * uint64_t(opts_.n_slots);
+  const int64_t bt = layout.block_tokens();
+  if (opts_.max_model_len > cfg_.max_position_embeddings)
+    fail("--max-model-len {} exceeds the model's max_position_embeddings {}", opts_.max_model_len,
+         cfg_.max_position_embeddings);
+  StepLimits lim = opts_.limits;
+  lim.max_items = std::max<int64_t>(lim.max_items, 1);
+  // The workspace grows with the context through the indexer's scores; size it for the longest sequence
+  // the KV may hold (a default of 128K when neither the budget nor --max-model-len bounds it).
+  int64_t ctx = opts_.max_model_len;
+  int64_t blocks = 0;
+  if (opts_.kv_cache_memory) {
+    if (opts_.kv_cache_memory <= slots)
+      fail("--kv-cache-memory {} bytes cannot even hold the fixed state of {} sequences ({} bytes each)",
+           opts_.kv_cache_memory, opts_.n_slots, layout.slot_bytes());
+    blocks = int64_t((opts_.kv_cache_memory - slots) / uint64_t(layout.block_bytes()));
+    if (blocks < 1) fail("--kv-cache-memory is too small for one KV block ({} bytes)", layout.block_bytes());
+    if (!ctx) ctx = std::min<int64_t>(cfg_.max_position_embeddings, blocks * bt);
+  }
+  if (!ctx) ctx = std::min<int64_t>(cfg_.max_position_embeddings, 131072);
+  lim.max_context = ctx;
+  const uint64_t ws_bytes = model_->workspace_bytes(lim, int(bt));
+  ws_ = std::make_unique<Workspace>(*be_, ws_bytes);
+  mem_.workspace = ws_bytes;
+  if (!blocks) {
+    const MemoryInfo mi = be_->memory_info();
+    const double reserve = double(mi.total) * (1.0 - opts_.memory_utilization);
+    const double avail = double(mi.free) - reserve;
+    const int64_t per_seq = (ctx + bt - 1) / bt;
+    const int64_t cap = 2 * per_seq * opts_.n_slots;
+    if (avail <= double(slots + uint64_t(layout.block_bytes())))
+      fail("not enough {} memory for the KV cache: {:.2f} GB free after weights and workspace, {:.0f}% usable; "
+           "lower --max-num-seqs or --max-model-len, or set --kv-cache-memory", be_->name(), double(mi.free) / 1e9,
+           opts_.memory_utilization * 100);
+    blocks = std::min<int64_t>(cap, int64_t((avail - double(slots)) / double(layout.block_bytes())));
+  }
+  const int64_t cap_tokens = blocks * bt;
+  mem_.max_model_len = opts_.max_model_len ? opts_.max_model_len : std::min<int64_t>(ctx, cap_tokens);
+  if (mem_.max_model_len > cap_tokens)
+    fail("--max-model-len {} does not fit in the KV cache ({} tokens with {} bytes); lower it or give the cache "
+         "more memory", mem_.max_model_len, cap_tokens, uint64_t(blocks) * uint64_t(layout.block_bytes()) + slots);
+  kv_ = std::make_unique<KvStorage>(*be_, layout.sized(blocks, opts_.n_slots));
+  mem_.kv = kv_->bytes();
+  mem_.kv_slots = slots;
+  mem_.kv_blocks = blocks;
+  // Arena copies of one step: at most every slot resumes once.
+  int64_t max_copies = 0;
+  for (auto& L : layout.layers) max_copies += cfg_.window + (L.ratio == 4 ? 8 : 0);
+  max_copies = std::max<int64_t>(max_copies * opts_.n_slots, 1);
+  copy_buf_ = be_->alloc(size_t(max_copies * 24), BufferUsage::Io);
+  copy_list_ = Tensor(copy_buf_.get(), 0, DType::I64, {max_copies, 3});
+  spdlog::info("memory ({}): weights {:.3f} GB, workspace {:.3f} GB, KV {:.3f} GB = {} blocks x {} tokens ({} B/block, "
+               "{}{}) + {} slots x {} B; max model length {}",
+               be_->name(), double(mem_.weights) / 1e9, double(mem_.workspace) / 1e9, double(mem_.kv) / 1e9, blocks,
+               bt, layout.block_bytes(), kv_dtype_name(opts_.kv_dtype), opts_.prefix_tails ? ", prefix caching" : "",
+               opts_.n_slots, layout.slot_bytes(), mem_.max_model_len);
+}
+
+ModelRunner::~ModelRunner() = default;
+
+StepResult ModelRunner::execute(const StepPlan& plan) {
+  StepResult r;
+  r.step = plan.step;
+  r.vocab = cfg_.vocab_size;
+  if (!plan.copies.empty()) {
+    DSV4_CHECK(int64_t(plan.copies.size()) <= copy_list_.rows(), "step plan: {} arena copies (at most {})",
+               plan.copies.size(), copy_list_.rows());
+    const int64_t arena = int64_t(kv_->bytes());
+    for (const ArenaCopy& c : plan.copies)
+      DSV4_CHECK(c.src >= 0 && c.dst >= 0 && c.bytes >= 0 && c.src + c.bytes <= arena && c.dst + c.bytes <= arena,
+                 "step plan: arena copy outside the KV arena");
+    be_->upload(copy_list_, plan.copies.data(), plan.copies.size() * sizeof(ArenaCopy));
+    be_->arena_copy(kv_->arena(), copy_list_, int64_t(plan.copies.size()));
+  }
+  if (plan.batch.items.empty()) return r;
+  const StepLimits& lim = opts_.limits;
+  DSV4_CHECK(plan.batch.rows() <= lim.max_rows && plan.batch.logit_rows() <= lim.max_logit_rows &&
+                 int64_t(plan.batch.items.size()) <= lim.max_items,
+             "step plan: {} tokens / {} logit rows / {} sequences exceed the step limits ({} / {} / {})",
+             plan.batch.rows(), plan.batch.logit_rows(), plan.batch.items.size(), lim.max_rows, lim.max_logit_rows,
+             lim.max_items);
+  Tensor logits = model_->forward(plan.batch, *kv_, *ws_, &r.stats);
+  r.rows = logits.valid() ? logits.rows() : 0;
+  r.logits.resize(size_t(r.rows * r.vocab));
+  if (r.rows) be_->download(r.logits.data(), logits, r.logits.size() * 4);
+  return r;
+}
+
+}  // namespace dsv4

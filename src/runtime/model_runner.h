@@ -1,0 +1,70 @@
+// Executes step plans: owns the compute backend, the placed weights, the KV arena and the per-step
+// workspace (one runner per rank). The scheduler never sees any of them, only block and slot ids.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "model/dsv4_model.h"
+#include "runtime/step_plan.h"
+
+namespace dsv4 {
+
+struct RunnerOptions {
+  std::string model_dir;
+  std::string device = "auto";  // cpu | cuda | auto
+  Numerics numerics = Numerics::Reference;
+  KvDtype kv_dtype = KvDtype::BF16;
+  int block_tokens = 256;
+  bool prefix_tails = false;  // blocks carry what resuming at their end needs (prefix caching)
+  int n_slots = 1;            // sequences in flight at once
+  StepLimits limits;
+  // KV budget: explicit bytes (blocks + slots), or 0 = from the backend's free memory after weights and
+  // workspace (times memory_utilization), capped at what n_slots full-length sequences can use twice over.
+  uint64_t kv_cache_memory = 0;
+  double memory_utilization = 0.9;
+  int64_t max_model_len = 0;  // 0: what fits (capped by max_position_embeddings)
+  LoadProgress progress;
+};
+
+struct StepResult {
+  uint64_t step = 0;
+  int64_t rows = 0, vocab = 0;
+  std::vector<float> logits;  // [rows, vocab]
+  ForwardStats stats;
+};
+
+struct MemoryPlan {
+  uint64_t weights = 0, workspace = 0, kv = 0, kv_slots = 0;
+  int64_t kv_blocks = 0, max_model_len = 0;
+};
+
+class ModelRunner {
+ public:
+  explicit ModelRunner(RunnerOptions opts);
+  ~ModelRunner();
+
+  StepResult execute(const StepPlan& plan);
+
+  const ModelConfig& config() const { return cfg_; }
+  const KvLayout& kv_layout() const { return kv_->layout(); }
+  const MemoryPlan& memory() const { return mem_; }
+  Backend& backend() { return *be_; }
+  const RunnerOptions& options() const { return opts_; }
+
+ private:
+  RunnerOptions opts_;
+  ModelConfig cfg_;
+  std::unique_ptr<Backend> be_;
+  std::unique_ptr<ModelWeights> weights_;
+  std::unique_ptr<Dsv4Model> model_;
+  std::unique_ptr<KvStorage> kv_;
+  std::unique_ptr<Workspace> ws_;
+  std::unique_ptr<Buffer> copy_buf_;  // arena copy lists
+  Tensor copy_list_;
+  MemoryPlan mem_;
+};
+
+}  // namespace dsv4
