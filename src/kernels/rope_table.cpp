@@ -1,7 +1,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kernels/backend.h"
+#include "kernels/rope_table.h"
 
 namespace dsv4 {
 

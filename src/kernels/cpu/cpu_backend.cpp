@@ -1,339 +1,361 @@
-// CPU implementation of the Backend: OpenMP across rows/outputs, loops written for auto-vectorization.
+// CPU backend: memory (mmap'ed buffers, zero-copy imports), guard mode, and the element-wise / row ops.
+// OpenMP across rows through core/parallel.h; numerics are the old host engine's, operation for operation.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
-#include <cmath>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
-#include <vector>
+#include <fstream>
+#include <sstream>
+#include <string>
 
 #include "core/dtype.h"
-#include "core/error.h"
 #include "core/parallel.h"
-#include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_internal.h"
 #include "kernels/quant.h"
 
 namespace dsv4 {
+namespace cpu {
 
 namespace {
 
-inline float dot(const float* a, const float* b, int64_t n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
+size_t page_size() {
+  static const size_t p = size_t(sysconf(_SC_PAGESIZE));
+  return p;
 }
 
-inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
-
-class CpuBackend final : public Backend {
- public:
-  std::string name() const override { return "cpu"; }
-
-  void linear(const float* x, int64_t M, const LinearWeight& w, float* y, LinearOpts o) override {
-    const int64_t K = w.in, N = w.out;
-    std::vector<float> xq;
-    if (o.act_fp8 && w.quantized()) {
-      xq.assign(x, x + M * K);
-      for (int64_t m = 0; m < M; ++m) fp8_roundtrip(xq.data() + m * K, K, 128);
-      x = xq.data();
-    }
-    // Each task de-quantizes a few weight rows once and reuses them for all M input rows.
-    constexpr int64_t R = 4;
-    parallel_for((N + R - 1) / R, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, K * std::max<int64_t>(M, 1) / 256)),
-                 [&](int64_t b, int64_t e) {
-                   std::vector<float> wrow(size_t(R * K));
-                   for (int64_t t = b; t < e; ++t) {
-                     int64_t n0 = t * R, nr = std::min(R, N - n0);
-                     for (int64_t r = 0; r < nr; ++r) w.dequant_row(n0 + r, wrow.data() + r * K);
-                     for (int64_t m = 0; m < M; ++m) {
-                       const float* xm = x + m * K;
-                       for (int64_t r = 0; r < nr; ++r) y[m * N + n0 + r] = dot(xm, wrow.data() + r * K, K);
-                     }
-                   }
-                 });
-    if (o.out_bf16) round_bf16(y, M * N);
-  }
-
-  void rms_norm(const float* x, int64_t M, int64_t D, const float* w, float eps, float* y) override {
-    parallel_for(M, 16, [&](int64_t b, int64_t e) {
-      for (int64_t m = b; m < e; ++m) {
-        const float* xm = x + m * D;
-        float* ym = y + m * D;
-        float ss = dot(xm, xm, D);
-        float r = 1.f / std::sqrt(ss / float(D) + eps);
-        if (w)
-          for (int64_t i = 0; i < D; ++i) ym[i] = xm[i] * r * w[i];
-        else
-          for (int64_t i = 0; i < D; ++i) ym[i] = xm[i] * r;
-      }
-    });
-  }
-
-  void rope(float* x, int64_t M, int64_t H, int64_t hd, const int64_t* pos, const RopeTable& t,
-            bool inverse) override {
-    const int64_t half = int64_t(t.freqs.size()), off = hd - 2 * half;
-    parallel_for(M, 8, [&](int64_t b, int64_t e) {
-      std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
-      for (int64_t m = b; m < e; ++m) {
-        for (int64_t i = 0; i < half; ++i) {
-          double ang = double(pos[m]) * t.freqs[size_t(i)];
-          c[size_t(i)] = float(std::cos(ang));
-          s[size_t(i)] = float(inverse ? -std::sin(ang) : std::sin(ang));
-        }
-        for (int64_t h = 0; h < H; ++h) {
-          float* v = x + (m * H + h) * hd + off;
-          for (int64_t i = 0; i < half; ++i) {
-            float re = v[2 * i], im = v[2 * i + 1];
-            v[2 * i] = re * c[size_t(i)] - im * s[size_t(i)];
-            v[2 * i + 1] = re * s[size_t(i)] + im * c[size_t(i)];
-          }
-        }
-      }
-    });
-  }
-
-  void hc_pre(const float* X, int64_t M, const HcParams& p, float* y, float* post, float* comb) override {
-    const int hc = p.hc;
-    const int64_t flat = int64_t(hc) * p.D;
-    const int rows = (2 + hc) * hc;
-    parallel_for(M, 1, [&](int64_t b, int64_t e) {
-      std::vector<float> mix(static_cast<size_t>(rows));
-      for (int64_t m = b; m < e; ++m) {
-        const float* xf = X + m * flat;
-        float rs = 1.f / std::sqrt(dot(xf, xf, flat) / float(flat) + p.norm_eps);
-        for (int r = 0; r < rows; ++r) mix[size_t(r)] = dot(p.fn + r * flat, xf, flat) * rs;
-        float pre[16];
-        for (int h = 0; h < hc; ++h) {
-          pre[h] = sigmoid(mix[size_t(h)] * p.scale[0] + p.base[h]) + p.hc_eps;
-          post[m * hc + h] = 2.f * sigmoid(mix[size_t(hc + h)] * p.scale[1] + p.base[hc + h]);
-        }
-        float* C = comb + m * hc * hc;
-        for (int j = 0; j < hc; ++j) {  // row softmax, + eps
-          float mx = -INFINITY;
-          for (int k = 0; k < hc; ++k) {
-            C[j * hc + k] = mix[size_t(2 * hc + j * hc + k)] * p.scale[2] + p.base[2 * hc + j * hc + k];
-            mx = std::max(mx, C[j * hc + k]);
-          }
-          float s = 0;
-          for (int k = 0; k < hc; ++k) s += (C[j * hc + k] = std::exp(C[j * hc + k] - mx));
-          for (int k = 0; k < hc; ++k) C[j * hc + k] = C[j * hc + k] / s + p.hc_eps;
-        }
-        auto col_norm = [&] {
-          for (int k = 0; k < hc; ++k) {
-            float s = 0;
-            for (int j = 0; j < hc; ++j) s += C[j * hc + k];
-            for (int j = 0; j < hc; ++j) C[j * hc + k] /= (s + p.hc_eps);
-          }
-        };
-        col_norm();
-        for (int it = 1; it < p.sinkhorn_iters; ++it) {
-          for (int j = 0; j < hc; ++j) {
-            float s = 0;
-            for (int k = 0; k < hc; ++k) s += C[j * hc + k];
-            for (int k = 0; k < hc; ++k) C[j * hc + k] /= (s + p.hc_eps);
-          }
-          col_norm();
-        }
-        float* ym = y + m * p.D;
-        for (int64_t d = 0; d < p.D; ++d) {
-          float acc = 0;
-          for (int h = 0; h < hc; ++h) acc += pre[h] * xf[h * p.D + d];
-          ym[d] = acc;
-        }
-      }
-    });
-  }
-
-  void hc_post(const float* y, const float* X, const float* post, const float* comb, int64_t M, int hc, int64_t D,
-               float* Xout) override {
-    parallel_for(M, 4, [&](int64_t b, int64_t e) {
-      for (int64_t m = b; m < e; ++m) {
-        const float* C = comb + m * hc * hc;
-        for (int k = 0; k < hc; ++k) {
-          float* o = Xout + (m * hc + k) * D;
-          const float pk = post[m * hc + k];
-          const float* ym = y + m * D;
-          for (int64_t d = 0; d < D; ++d) o[d] = pk * ym[d];
-          for (int j = 0; j < hc; ++j) {
-            const float c = C[j * hc + k];
-            const float* xj = X + (m * hc + j) * D;
-            for (int64_t d = 0; d < D; ++d) o[d] += c * xj[d];
-          }
-        }
-      }
-    });
-  }
-
-  void hc_head(const float* X, int64_t M, const HcParams& p, float* y) override {
-    const int hc = p.hc;
-    const int64_t flat = int64_t(hc) * p.D;
-    parallel_for(M, 1, [&](int64_t b, int64_t e) {
-      for (int64_t m = b; m < e; ++m) {
-        const float* xf = X + m * flat;
-        float rs = 1.f / std::sqrt(dot(xf, xf, flat) / float(flat) + p.norm_eps);
-        float pre[16];
-        for (int h = 0; h < hc; ++h) pre[h] = sigmoid(dot(p.fn + h * flat, xf, flat) * rs * p.scale[0] + p.base[h]) + p.hc_eps;
-        float* ym = y + m * p.D;
-        for (int64_t d = 0; d < p.D; ++d) {
-          float acc = 0;
-          for (int h = 0; h < hc; ++h) acc += pre[h] * xf[h * p.D + d];
-          ym[d] = acc;
-        }
-      }
-    });
-  }
-
-  void attention(const AttentionArgs& a) override {
-    const int64_t hd = a.hd;
-    parallel_for(a.M * a.H, 1, [&](int64_t b, int64_t e) {
-      std::vector<float> s;
-      for (int64_t mh = b; mh < e; ++mh) {
-        const int64_t m = mh / a.H, h = mh % a.H;
-        const auto& keys = (*a.keys)[size_t(m)];
-        const float* q = a.q + mh * hd;
-        float* o = a.out + mh * hd;
-        const size_t n = keys.size();
-        s.resize(n);
-        float mx = a.sink[h];
-        for (size_t j = 0; j < n; ++j) {
-          s[j] = dot(q, keys[j], hd) * a.scale;
-          mx = std::max(mx, s[j]);
-        }
-        float den = std::exp(a.sink[h] - mx);
-        for (size_t j = 0; j < n; ++j) den += (s[j] = std::exp(s[j] - mx));
-        const float inv = 1.f / den;
-        std::fill(o, o + hd, 0.f);
-        for (size_t j = 0; j < n; ++j) {
-          float pj = s[j] * inv;
-          if (a.probs_bf16) pj = dsv4::round_bf16(pj);
-          const float* k = keys[j];
-#pragma omp simd
-          for (int64_t d = 0; d < hd; ++d) o[d] += pj * k[d];
-        }
-      }
-    });
-  }
-
-  void index_scores(const float* q, const float* w, int64_t heads, int64_t dim, const float* keys, int64_t n_keys,
-                    float* scores, bool bf16) override {
-    parallel_for(n_keys, 64, [&](int64_t b, int64_t e) {
-      for (int64_t j = b; j < e; ++j) {
-        const float* k = keys + j * dim;
-        float acc = 0;
-        for (int64_t h = 0; h < heads; ++h) {
-          float d = dot(q + h * dim, k, dim);
-          if (bf16) d = dsv4::round_bf16(d);
-          acc += w[h] * std::max(d, 0.f);
-        }
-        scores[j] = bf16 ? dsv4::round_bf16(acc) : acc;
-      }
-    });
-  }
-
-  int64_t compress(const CompressArgs& a) override {
-    const int r = a.ratio, w = a.coff * a.d, d = a.d;
-    const int base_slot = a.coff == 2 ? r : 0;
-    int64_t n_out = 0;
-    for (int64_t t = 0; t < a.T; ++t) {
-      const int64_t p = a.start + t;
-      const int i = int(p % r);
-      float* kv = a.state_kv + (base_slot + i) * w;
-      float* sc = a.state_score + (base_slot + i) * w;
-      for (int c = 0; c < w; ++c) {
-        kv[c] = a.u[t * w + c];
-        sc[c] = a.g[t * w + c] + a.ape[i * w + c];
-      }
-      if ((p + 1) % r) continue;
-      // Pool: per channel softmax over the window's slots (overlap: A-halves of the previous window's
-      // slots + B-halves of the current window's slots).
-      float* o = a.out + n_out * d;
-      parallel_for(d, 64, [&](int64_t cb, int64_t ce) {
-        for (int64_t ch = cb; ch < ce; ++ch) {
-          float mx = -INFINITY;
-          const int nslots = a.coff * r;
-          auto at = [&](int s, const float* buf) {
-            int64_t col = a.coff == 2 ? (s < r ? ch : d + ch) : ch;
-            return buf[s * w + col];
-          };
-          for (int s = 0; s < nslots; ++s) mx = std::max(mx, at(s, a.state_score));
-          float den = 0, acc = 0;
-          for (int s = 0; s < nslots; ++s) {
-            float e = std::exp(at(s, a.state_score) - mx);
-            den += e;
-            acc += e * at(s, a.state_kv);
-          }
-          o[ch] = acc / den;
-        }
-      });
-      ++n_out;
-      if (a.coff == 2) {  // the current window becomes the previous one
-        std::memcpy(a.state_kv, a.state_kv + r * w, sizeof(float) * size_t(r * w));
-        std::memcpy(a.state_score, a.state_score + r * w, sizeof(float) * size_t(r * w));
-      }
-    }
-    return n_out;
-  }
-
-  void route(const RouteArgs& a) override {
-    parallel_for(a.M, 16, [&](int64_t b, int64_t e) {
-      std::vector<float> score(size_t(a.E)), biased(size_t(a.E));
-      for (int64_t m = b; m < e; ++m) {
-        const float* lg = a.logits + m * a.E;
-        if (a.score_func == 2) {
-          float mx = *std::max_element(lg, lg + a.E), s = 0;
-          for (int j = 0; j < a.E; ++j) s += (score[size_t(j)] = std::exp(lg[j] - mx));
-          for (int j = 0; j < a.E; ++j) score[size_t(j)] /= s;
-        } else {
-          for (int j = 0; j < a.E; ++j) {
-            float x = lg[j];
-            score[size_t(j)] = a.score_func == 1 ? sigmoid(x)
-                                                 : std::sqrt(x > 20.f ? x : std::log1p(std::exp(x)));
-          }
-        }
-        int32_t* ex = a.experts + m * a.k;
-        if (a.tid2eid) {
-          for (int j = 0; j < a.k; ++j) ex[j] = a.tid2eid[int64_t(a.tokens[m]) * a.k + j];
-        } else {
-          for (int j = 0; j < a.E; ++j) biased[size_t(j)] = score[size_t(j)] + (a.bias ? a.bias[j] : 0.f);
-          topk(biased.data(), a.E, a.k, ex);
-        }
-        float* wt = a.weights + m * a.k;
-        float sum = 0;
-        for (int j = 0; j < a.k; ++j) sum += (wt[j] = score[size_t(ex[j])]);
-        for (int j = 0; j < a.k; ++j) wt[j] = (a.normalize && a.score_func != 2 ? wt[j] / sum : wt[j]) * a.route_scale;
-      }
-    });
-  }
-
-  void topk(const float* scores, int64_t n, int64_t k, int32_t* out) override {
-    k = std::min(k, n);
-    thread_local std::vector<int32_t> idx;
-    idx.resize(size_t(n));
-    for (int64_t i = 0; i < n; ++i) idx[size_t(i)] = int32_t(i);
-    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t x, int32_t y) {
-      return scores[x] > scores[y] || (scores[x] == scores[y] && x < y);
-    });
-    std::copy(idx.begin(), idx.begin() + k, out);
-  }
-
-  void swiglu(const float* gate, const float* up, int64_t M, int64_t N, float limit, const float* weight,
-              float* h) override {
-    parallel_for(M, 16, [&](int64_t b, int64_t e) {
-      for (int64_t m = b; m < e; ++m) {
-        const float wm = weight ? weight[m] : 1.f;
-        for (int64_t i = 0; i < N; ++i) {
-          float g = gate[m * N + i], u = up[m * N + i];
-          if (limit > 0) {
-            u = std::clamp(u, -limit, limit);
-            g = std::min(g, limit);
-          }
-          h[m * N + i] = g / (1.f + std::exp(-g)) * u * wm;
-        }
-      }
-    });
-  }
+struct Segment {
+  uint8_t* addr;
+  size_t len;
+  int prot;
 };
+
+// The protection of every mapping intersecting [lo, hi), from /proc/self/maps (imports restore it on unlock).
+std::vector<Segment> mapping_protections(uint8_t* lo, uint8_t* hi) {
+  std::vector<Segment> out;
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    uintptr_t a = 0, b = 0;
+    char perms[8] = {};
+    if (std::sscanf(line.c_str(), "%" SCNxPTR "-%" SCNxPTR " %7s", &a, &b, perms) != 3) continue;
+    uintptr_t s = std::max(a, uintptr_t(lo)), e = std::min(b, uintptr_t(hi));
+    if (s >= e) continue;
+    int prot = (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
+               (perms[2] == 'x' ? PROT_EXEC : 0);
+    out.push_back({reinterpret_cast<uint8_t*>(s), size_t(e - s), prot});
+  }
+  DSV4_CHECK(!out.empty(), "guard mode: imported memory {} is not mapped", static_cast<void*>(lo));
+  return out;
+}
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+class CpuBuffer final : public Buffer {
+ public:
+  CpuBuffer(CpuBackend* be, uint8_t* base, size_t size, BufferUsage usage, bool owned, size_t map_len)
+      : Buffer(be, base, size, usage), cpu_(be), owned_(owned), map_len_(map_len) {
+    if (cpu_->guard_) {
+      if (owned_) {
+        segments_.push_back({base, map_len, PROT_READ | PROT_WRITE});
+      } else if (size > 0) {
+        // Whole pages: memory sharing the first or last page with the import is guarded with it.
+        const uintptr_t p = page_size(), lo = uintptr_t(base) / p * p, hi = (uintptr_t(base) + size + p - 1) / p * p;
+        segments_ = mapping_protections(reinterpret_cast<uint8_t*>(lo), reinterpret_cast<uint8_t*>(hi));
+      }
+    }
+    cpu_->register_buffer(this);
+  }
+  ~CpuBuffer() override {
+    cpu_->unregister_buffer(this);
+    if (owned_) {
+      munmap(base_, map_len_);
+    } else {
+      protect(false);  // the caller's mapping gets its own protection back
+    }
+  }
+  // locked: PROT_NONE; unlocked: the protection the memory had.
+  void protect(bool locked) {
+    for (const Segment& s : segments_)
+      DSV4_CHECK(mprotect(s.addr, s.len, locked ? PROT_NONE : s.prot) == 0, "guard mode: mprotect failed: {}",
+                 std::strerror(errno));
+  }
+
+ private:
+  CpuBackend* cpu_;
+  bool owned_;
+  size_t map_len_;
+  std::vector<Segment> segments_;
+};
+
+CpuBackend::CpuBackend() {
+  const char* g = std::getenv("DSV4_GUARD_BACKEND_MEMORY");
+  guard_ = g && *g && std::string(g) != "0";
+}
+
+CpuBackend::~CpuBackend() {
+  // Buffers normally die before their backend; any left keep working as plain memory.
+  std::lock_guard<std::mutex> l(mu_);
+  for (CpuBuffer* b : buffers_) b->protect(false);
+  buffers_.clear();
+}
+
+void CpuBackend::enter() const {
+  if (!guard_) return;
+  std::lock_guard<std::mutex> l(mu_);
+  if (depth_++ == 0)
+    for (CpuBuffer* b : buffers_) b->protect(false);
+}
+
+void CpuBackend::leave() const {
+  if (!guard_) return;
+  std::lock_guard<std::mutex> l(mu_);
+  if (--depth_ == 0)
+    for (CpuBuffer* b : buffers_) b->protect(true);
+}
+
+void CpuBackend::register_buffer(CpuBuffer* b) {
+  std::lock_guard<std::mutex> l(mu_);
+  buffers_.insert(b);
+  if (guard_ && depth_ == 0) b->protect(true);
+}
+
+void CpuBackend::unregister_buffer(CpuBuffer* b) {
+  std::lock_guard<std::mutex> l(mu_);
+  buffers_.erase(b);
+}
+
+std::unique_ptr<Buffer> CpuBackend::alloc(size_t bytes, BufferUsage usage) {
+  // Whole pages from mmap: page-aligned (mprotect-able in guard mode) and zero-filled.
+  const size_t p = page_size(), len = std::max<size_t>(1, (bytes + p - 1) / p) * p;
+  void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  DSV4_CHECK(m != MAP_FAILED, "cpu backend: cannot allocate {} bytes for {}: {}", bytes, buffer_usage_name(usage),
+             std::strerror(errno));
+  return std::make_unique<CpuBuffer>(this, static_cast<uint8_t*>(m), bytes, usage, true, len);
+}
+
+std::unique_ptr<Buffer> CpuBackend::import_host(const void* p, size_t bytes, BufferUsage usage) {
+  // Buffer::base() is non-const: ops never write weights, and guard mode restores the original protection.
+  return std::make_unique<CpuBuffer>(this, static_cast<uint8_t*>(const_cast<void*>(p)), bytes, usage, false, 0);
+}
+
+static void check_range(const Tensor& t, size_t bytes, int64_t off, const char* what) {
+  DSV4_CHECK(t.valid(), "{}: no tensor", what);
+  DSV4_CHECK(off >= 0 && off + int64_t(bytes) <= t.nbytes(), "{}: [{}, +{}) outside a {}-byte tensor", what, off,
+             bytes, t.nbytes());
+}
+
+void CpuBackend::upload(const Tensor& dst, const void* src, size_t bytes, int64_t dst_offset) {
+  CallScope s(this);
+  check_range(dst, bytes, dst_offset, "upload");
+  if (bytes) std::memcpy(ptr<uint8_t>(dst) + dst_offset, src, bytes);
+  ++counters_.uploads;
+  counters_.upload_bytes += bytes;
+}
+
+void CpuBackend::download(void* dst, const Tensor& src, size_t bytes, int64_t src_offset) {
+  CallScope s(this);
+  check_range(src, bytes, src_offset, "download");
+  if (bytes) std::memcpy(dst, ptr<uint8_t>(src) + src_offset, bytes);
+  ++counters_.downloads;
+  counters_.download_bytes += bytes;
+}
+
+void CpuBackend::fill(const Tensor& dst, uint8_t byte) {
+  CallScope s(this);
+  DSV4_CHECK(dst.valid(), "fill: no tensor");
+  std::memset(ptr<uint8_t>(dst), byte, size_t(dst.nbytes()));
+}
+
+void CpuBackend::synchronize() { CallScope s(this); }  // ops run synchronously on the calling thread
+
+MemoryInfo CpuBackend::memory_info() const {
+  MemoryInfo mi;
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  uint64_t kb = 0;
+  std::string unit;
+  while (f >> key >> kb) {
+    std::getline(f, unit);
+    if (key == "MemTotal:") mi.total = kb * 1024;
+    if (key == "MemAvailable:") mi.free = kb * 1024;
+  }
+  return mi;
+}
+
+// ---------------------------------------------------------------------------------------------- simple ops
+
+void CpuBackend::embed(const Tensor& tokens, const Tensor& table, int hc, const Tensor& X) {
+  auto s = op();
+  check_dtype(tokens, DType::I32, "embed tokens");
+  const int64_t M = tokens.numel(), V = table.rows(), D = table.row_elems();
+  check_numel(X, M * hc * D, "embed X");
+  DSV4_CHECK(table.dtype == DType::BF16 || table.dtype == DType::F32, "embed: table dtype {}",
+             dtype_name(table.dtype));
+  const int32_t* tok = ptr<int32_t>(tokens);
+  float* x = ptr<float>(X);
+  for (int64_t m = 0; m < M; ++m) DSV4_CHECK(tok[m] >= 0 && tok[m] < V, "embed: token {} of {}", tok[m], V);
+  parallel_for(M, 4, [&](int64_t b, int64_t e) {
+    for (int64_t m = b; m < e; ++m) {
+      float* row = x + m * hc * D;
+      if (table.dtype == DType::BF16) {
+        const uint16_t* src = ptr<uint16_t>(table) + int64_t(tok[m]) * D;
+        for (int64_t i = 0; i < D; ++i) row[i] = bf16_to_f32(src[i]);
+      } else {
+        std::memcpy(row, ptr<float>(table) + int64_t(tok[m]) * D, size_t(D) * 4);
+      }
+      for (int h = 1; h < hc; ++h) std::memcpy(row + h * D, row, size_t(D) * 4);
+    }
+  });
+}
+
+void CpuBackend::rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps, const Tensor& y) {
+  auto s = op();
+  check_dtype(x, DType::F32, "rms_norm x");
+  check_dtype(y, DType::F32, "rms_norm y");
+  DSV4_CHECK(D > 0 && x.numel() % D == 0 && y.numel() == x.numel(), "rms_norm: {} -> {} values, rows of {}",
+             x.numel(), y.numel(), D);
+  if (w.valid()) check_numel(w, D, "rms_norm weight");
+  const int64_t M = x.numel() / D;
+  const float* xp = ptr<float>(x);
+  float* yp = ptr<float>(y);
+  const float* wp = w.valid() ? ptr<float>(w) : nullptr;
+  parallel_for(M, 16, [&](int64_t b, int64_t e) {
+    for (int64_t m = b; m < e; ++m) {
+      const float* xm = xp + m * D;
+      float* ym = yp + m * D;
+      float ss = dot(xm, xm, D);
+      float r = 1.f / std::sqrt(ss / float(D) + eps);
+      if (wp)
+        for (int64_t i = 0; i < D; ++i) ym[i] = xm[i] * r * wp[i];
+      else
+        for (int64_t i = 0; i < D; ++i) ym[i] = xm[i] * r;
+    }
+  });
+}
+
+void CpuBackend::rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos, const Tensor& freqs,
+                      bool inverse) {
+  auto s = op();
+  check_dtype(x, DType::F32, "rope x");
+  check_dtype(pos, DType::I32, "rope pos");
+  // F64 frequencies reproduce the old engine exactly (angles in double); F32 is accepted too.
+  DSV4_CHECK(freqs.dtype == DType::F64 || freqs.dtype == DType::F32, "rope: freqs dtype {}", dtype_name(freqs.dtype));
+  const int64_t M = pos.numel(), half = freqs.numel(), off = hd - 2 * half;
+  check_numel(x, M * H * hd, "rope x");
+  DSV4_CHECK(off >= 0, "rope: {} frequencies for head dim {}", half, hd);
+  std::vector<double> f(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i)
+    f[size_t(i)] = freqs.dtype == DType::F64 ? ptr<double>(freqs)[i] : double(ptr<float>(freqs)[i]);
+  const int32_t* pp = ptr<int32_t>(pos);
+  float* xp = ptr<float>(x);
+  parallel_for(M, 8, [&](int64_t b, int64_t e) {
+    std::vector<float> c(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+    for (int64_t m = b; m < e; ++m) {
+      for (int64_t i = 0; i < half; ++i) {
+        double ang = double(pp[m]) * f[size_t(i)];
+        c[size_t(i)] = float(std::cos(ang));
+        sn[size_t(i)] = float(inverse ? -std::sin(ang) : std::sin(ang));
+      }
+      for (int64_t h = 0; h < H; ++h) {
+        float* v = xp + (m * H + h) * hd + off;
+        for (int64_t i = 0; i < half; ++i) {
+          float re = v[2 * i], im = v[2 * i + 1];
+          v[2 * i] = re * c[size_t(i)] - im * sn[size_t(i)];
+          v[2 * i + 1] = re * sn[size_t(i)] + im * c[size_t(i)];
+        }
+      }
+    }
+  });
+}
+
+void CpuBackend::round_bf16(const Tensor& x) {
+  auto s = op();
+  check_dtype(x, DType::F32, "round_bf16");
+  float* p = ptr<float>(x);
+  parallel_for(x.numel(), 1 << 14, [&](int64_t b, int64_t e) { dsv4::round_bf16(p + b, e - b); });
+}
+
+void CpuBackend::fp8_roundtrip(const Tensor& x, int64_t row, int64_t prefix, int64_t block) {
+  auto s = op();
+  check_dtype(x, DType::F32, "fp8_roundtrip");
+  DSV4_CHECK(row > 0 && x.numel() % row == 0 && prefix >= 0 && prefix <= row && block > 0,
+             "fp8_roundtrip: {} values, rows of {}, prefix {}, block {}", x.numel(), row, prefix, block);
+  float* p = ptr<float>(x);
+  parallel_for(x.numel() / row, 16, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) dsv4::fp8_roundtrip(p + r * row, prefix, block);
+  });
+}
+
+void CpuBackend::hadamard_fp4(const Tensor& x, int64_t dim) {
+  auto s = op();
+  check_dtype(x, DType::F32, "hadamard_fp4");
+  DSV4_CHECK(dim > 0 && x.numel() % dim == 0, "hadamard_fp4: {} values, vectors of {}", x.numel(), dim);
+  float* p = ptr<float>(x);
+  parallel_for(x.numel() / dim, 16, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      hadamard(p + r * dim, dim);
+      fp4_roundtrip(p + r * dim, dim, 32);
+    }
+  });
+}
+
+void CpuBackend::kv_roundtrip(const Tensor& x, const KvCodec& codec) {
+  auto s = op();
+  check_dtype(x, DType::F32, "kv_roundtrip");
+  DSV4_CHECK(codec.dim > 0 && x.numel() % codec.dim == 0, "kv_roundtrip: {} values, vectors of {}", x.numel(),
+             codec.dim);
+  if (codec.dtype == KvDtype::F32) return;  // encode + decode is a copy
+  float* p = ptr<float>(x);
+  parallel_for(x.numel() / codec.dim, 16, [&](int64_t b, int64_t e) {
+    std::vector<uint8_t> tmp(size_t(codec.bytes()));
+    for (int64_t r = b; r < e; ++r) {
+      codec.encode(p + r * codec.dim, tmp.data());
+      codec.decode(tmp.data(), p + r * codec.dim);
+    }
+  });
+}
+
+void CpuBackend::scale(const Tensor& x, float alpha) {
+  auto s = op();
+  check_dtype(x, DType::F32, "scale");
+  float* p = ptr<float>(x);
+  parallel_for(x.numel(), 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) p[i] *= alpha;
+  });
+}
+
+void CpuBackend::gather_rows(const Tensor& x, const Tensor& rows, const Tensor& out) {
+  auto s = op();
+  check_dtype(rows, DType::I32, "gather_rows rows");
+  const int64_t n = rows.numel(), rb = x.row_elems() * int64_t(dtype_size(x.dtype));
+  DSV4_CHECK(out.dtype == x.dtype && out.nbytes() == n * rb, "gather_rows: {} rows of {} bytes into {} bytes", n, rb,
+             out.nbytes());
+  const int32_t* r = ptr<int32_t>(rows);
+  for (int64_t i = 0; i < n; ++i) DSV4_CHECK(r[i] >= 0 && r[i] < x.rows(), "gather_rows: row {} of {}", r[i], x.rows());
+  parallel_for(n, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) std::memcpy(ptr<uint8_t>(out) + i * rb, ptr<uint8_t>(x) + r[i] * rb, size_t(rb));
+  });
+}
+
+}  // namespace cpu
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<cpu::CpuBackend>(); }
+
+void cpu_backend_with_access(Backend& be, const std::function<void()>& fn) {
+  auto* c = dynamic_cast<cpu::CpuBackend*>(&be);
+  DSV4_CHECK(c, "cpu_backend_with_access: backend '{}' is not the CPU backend", be.name());
+  cpu::CpuBackend::CallScope s(c);
+  fn();
+}
+
+bool cpu_backend_guarded(const Backend& be) {
+  auto* c = dynamic_cast<const cpu::CpuBackend*>(&be);
+  return c && c->guarded();
+}
 
 }  // namespace dsv4
