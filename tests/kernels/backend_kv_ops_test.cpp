@@ -233,7 +233,7 @@ TEST_P(BackendOps, RouteScoreFuncsHashAndBias) {
   const int64_t M = 6, E = 16, V = 10;
   const int k = 4;
   auto logits = r.vec(size_t(M * E), -3, 3);
-  for (int j = 0; j < 6; ++j) logits[size_t(j)] = 0.5f;  // row 0: exact ties -> lowest expert ids first
+  for (int j = 0; j < 6; ++j) logits[size_t(j)] = 5.f;  // row 0: exact ties at the top -> lowest ids first
   auto bias = r.vec(size_t(E), -0.2f, 0.2f);
   std::vector<int32_t> tid2eid(size_t(V * k)), tokens(static_cast<size_t>(M));
   for (auto& e : tid2eid) e = int32_t(r.below(E));

@@ -84,3 +84,10 @@ TEST_F(GuardTest, ImportedReadOnlyMemoryGetsItsProtectionBack) {
   EXPECT_DEATH(*reinterpret_cast<volatile float*>(host + 3) = 0.f, "");
   munmap(m, 2 * page);
 }
+
+TEST_F(GuardTest, BufferMayOutliveItsBackend) {
+  auto be = guarded_cpu_backend();
+  Dev d = dev_upload(*be, std::vector<float>{4.f}, DType::F32, {1});
+  be.reset();  // the buffer becomes plain memory, unguarded
+  EXPECT_EQ(host_read(*d.buf), 4.f);
+}

@@ -71,12 +71,17 @@ class CpuBuffer final : public Buffer {
     cpu_->register_buffer(this);
   }
   ~CpuBuffer() override {
-    cpu_->unregister_buffer(this);
+    if (cpu_) cpu_->unregister_buffer(this);
     if (owned_) {
       munmap(base_, map_len_);
     } else {
       protect(false);  // the caller's mapping gets its own protection back
     }
+  }
+  // The backend is being destroyed first: the buffer stays valid plain memory and frees itself alone.
+  void orphan() {
+    protect(false);
+    cpu_ = nullptr;
   }
   // locked: PROT_NONE; unlocked: the protection the memory had.
   void protect(bool locked) {
@@ -100,7 +105,7 @@ CpuBackend::CpuBackend() {
 CpuBackend::~CpuBackend() {
   // Buffers normally die before their backend; any left keep working as plain memory.
   std::lock_guard<std::mutex> l(mu_);
-  for (CpuBuffer* b : buffers_) b->protect(false);
+  for (CpuBuffer* b : buffers_) b->orphan();
   buffers_.clear();
 }
 
