@@ -56,15 +56,21 @@ void CpuBackend::compress(const CompressArgs& a) {
   // 1. Pool.
   if (el.n) {
     const int32_t *eitem = ptr<int32_t>(el.item), *eidx = ptr<int32_t>(el.index);
+    // Checks before the parallel loop: an exception must not leave an OpenMP region.
+    for (int64_t x = 0; x < el.n; ++x) {
+      DSV4_CHECK(eitem[x] >= 0 && eitem[x] < meta.n_items, "compress: entry {} of item {}", x, eitem[x]);
+      const int64_t i = eitem[x], j = eidx[x], start = mv.item(i, BatchMeta::kStart), len = mv.item(i, BatchMeta::kLen);
+      DSV4_CHECK(j >= 0 && (j + 1) * r - 1 >= start && (j + 1) * r - 1 < start + len,
+                 "compress: entry {} of item {} is not completed by this step", j, i);
+      const int64_t S = mv.item(i, BatchMeta::kSlot);
+      DSV4_CHECK(S >= 0 && S < v.shape.n_slots, "compress: slot {} of {}", S, v.shape.n_slots);
+    }
     float* out = ptr<float>(a.out);
     parallel_for(el.n, 1, [&](int64_t b, int64_t e) {
       std::vector<float> tmp(size_t(ntok * w));
       std::vector<const float*> uv(static_cast<size_t>(ntok)), lg(static_cast<size_t>(ntok));
       for (int64_t x = b; x < e; ++x) {
         const int64_t i = eitem[x], j = eidx[x], t0 = (j + 1) * r - ntok;
-        const int64_t start = mv.item(i, BatchMeta::kStart), len = mv.item(i, BatchMeta::kLen);
-        DSV4_CHECK((j + 1) * r - 1 >= start && (j + 1) * r - 1 < start + len,
-                   "compress: entry {} of item {} is not completed by this step", j, i);
         int q0 = 0;  // slots of tokens before position 0 are absent (logit -inf, no contribution)
         for (int64_t q = 0; q < ntok; ++q) {
           if (t0 + q < 0) {

@@ -97,11 +97,15 @@ void CpuBackend::store_entries(const Tensor& src, const EntryList& entries, cons
   MetaView mv{meta};
   ArenaAddr ar{view};
   const int32_t *item = ptr<int32_t>(entries.item), *index = ptr<int32_t>(entries.index);
+  // Addresses (and their checks) first: an exception must not leave an OpenMP region.
+  std::vector<uint8_t*> dst(static_cast<size_t>(entries.n));
+  for (int64_t x = 0; x < entries.n; ++x) {
+    DSV4_CHECK(item[x] >= 0 && item[x] < meta.n_items && index[x] >= 0, "store_entries: entry {} of item {}",
+               index[x], item[x]);
+    dst[size_t(x)] = ar.block(mv.block(item[x], index[x] / per), off + (index[x] % per) * c.bytes());
+  }
   parallel_for(entries.n, 16, [&](int64_t b, int64_t e) {
-    for (int64_t x = b; x < e; ++x) {
-      const int64_t j = index[x];
-      c.encode(ptr<float>(src) + x * c.dim, ar.block(mv.block(item[x], j / per), off + (j % per) * c.bytes()));
-    }
+    for (int64_t x = b; x < e; ++x) c.encode(ptr<float>(src) + x * c.dim, dst[size_t(x)]);
   });
 }
 
@@ -233,10 +237,11 @@ void CpuBackend::index_topk(const IndexTopkArgs& a) {
     const int64_t n_all = (start + len) / 4;  // this step's keys are stored already
     if (len == 0 || n_all == 0) continue;
     Decoded dk(c, n_all);
+    std::vector<const uint8_t*> src(static_cast<size_t>(n_all));
+    for (int64_t j = 0; j < n_all; ++j) src[size_t(j)] = ar.block(mv.block(i, j / per), v.layer.idx_off + (j % per) * eb);
     std::vector<const float*> keys(static_cast<size_t>(n_all));
     parallel_for(n_all, 64, [&](int64_t b, int64_t e) {
-      for (int64_t j = b; j < e; ++j)
-        keys[size_t(j)] = dk.get(ar.block(mv.block(i, j / per), v.layer.idx_off + (j % per) * eb), size_t(j));
+      for (int64_t j = b; j < e; ++j) keys[size_t(j)] = dk.get(src[size_t(j)], size_t(j));
     });
     for (int64_t m = row0; m < row0 + len; ++m) {
       const int64_t n_elig = std::min<int64_t>((mv.pos()[m] + 1) / 4, n_all);

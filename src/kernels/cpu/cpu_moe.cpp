@@ -48,6 +48,15 @@ void CpuBackend::route(const RouteArgs& a) {
   const float* bias = !hash && a.bias.valid() ? ptr<float>(a.bias) : nullptr;
   int32_t* experts = ptr<int32_t>(a.experts);
   float* weights = ptr<float>(a.weights);
+  if (hash)  // checked before the parallel loop: an exception must not leave an OpenMP region
+    for (int64_t m = 0; m < M; ++m) {
+      const int32_t tok = ptr<int32_t>(a.tokens)[m];
+      DSV4_CHECK(tok >= 0 && tok < a.tid2eid.rows(), "route: token {} outside the hash table", tok);
+      for (int j = 0; j < k; ++j) {
+        const int32_t e = ptr<int32_t>(a.tid2eid)[int64_t(tok) * k + j];
+        DSV4_CHECK(e >= 0 && e < E, "route: hash expert {} of {}", e, E);
+      }
+    }
   parallel_for(M, 16, [&](int64_t b, int64_t e) {
     std::vector<float> score(static_cast<size_t>(E)), biased(static_cast<size_t>(E));
     for (int64_t m = b; m < e; ++m) {
@@ -65,11 +74,7 @@ void CpuBackend::route(const RouteArgs& a) {
       int32_t* ex = experts + m * k;
       if (hash) {
         const int32_t tok = ptr<int32_t>(a.tokens)[m];
-        DSV4_CHECK(tok >= 0 && tok < a.tid2eid.rows(), "route: token {} outside the hash table", tok);
-        for (int j = 0; j < k; ++j) {
-          ex[j] = ptr<int32_t>(a.tid2eid)[int64_t(tok) * k + j];
-          DSV4_CHECK(ex[j] >= 0 && ex[j] < E, "route: hash expert {} of {}", ex[j], E);
-        }
+        for (int j = 0; j < k; ++j) ex[j] = ptr<int32_t>(a.tid2eid)[int64_t(tok) * k + j];
       } else {
         for (int64_t j = 0; j < E; ++j) biased[size_t(j)] = score[size_t(j)] + (bias ? bias[j] : 0.f);
         topk_lowest_first(biased.data(), E, k, ex);
