@@ -111,6 +111,12 @@ TEST_P(BackendOps, RopeBothDirectionsLargePositions) {
     ref::rope(x, H, hd, pos, t.freqs, inv);
     expect_close(down<float>(xt), x, tol("rope"), inv ? "rope inverse" : "rope");
   }
+  // F32 frequencies: the angle is taken from the float value of each frequency.
+  std::vector<float> f32(t.freqs.begin(), t.freqs.end());
+  std::vector<double> f32d(f32.begin(), f32.end());
+  be->rope(xt, H, hd, pt, up(f32, DType::F32, {int64_t(f32.size())}), false);
+  ref::rope(x, H, hd, pos, f32d, false);
+  expect_close(down<float>(xt), x, tol("rope"), "rope f32 freqs");
 }
 
 TEST_P(BackendOps, RoundingOps) {
@@ -243,4 +249,17 @@ TEST_P(BackendOps, CountersCountOpsAndTransfers) {
   const MemoryInfo mi = be->memory_info();
   EXPECT_GT(mi.total, 0u);
   EXPECT_LE(mi.free, mi.total);
+}
+
+TEST(BackendFactory, CpuAutoAndCuda) {
+  EXPECT_EQ(make_backend("cpu")->name(), "cpu");
+  std::string why;
+  auto cuda = make_cuda_backend(0, &why);
+  auto a = make_backend("auto");  // cuda when make_cuda_backend gives one, else the CPU
+  EXPECT_EQ(a->name(), cuda ? cuda->name() : std::string("cpu"));
+  if (!cuda) {
+    EXPECT_FALSE(why.empty());
+    EXPECT_THROW(make_backend("cuda"), Error);
+  }
+  EXPECT_THROW(make_backend("tpu"), Error);
 }
