@@ -4,10 +4,13 @@
 #include <cmath>
 #include <vector>
 
+#include "backend_test_util.h"
 #include "kernels/backend.h"
 #include "kernels/quant.h"
+#include "kernels/rope_table.h"
 
 using namespace dsv4;
+using namespace dsv4::test;
 
 TEST(Quant, Fp8ActivationPer128) {
   // Block 0: amax 3.0 -> 3/448 = 0.0067 -> s = 2^-7; x/s = 384*1 = 128 (exact), 1.3/s = 166.4 -> e4m3 160
@@ -85,9 +88,11 @@ TEST(Rope, YarnCorrectionRange) {
 TEST(Rope, InterleavedPairsOnLastDims) {
   auto be = make_cpu_backend();
   auto t = RopeTable::make(4, 10000, 0, 1, 32, 1);
-  std::vector<float> x{7, 8, 1, 0, 0, 1};  // hd 6: dims 0,1 untouched, pairs (1,0) and (0,1)
-  int64_t pos = 3;
-  be->rope(x.data(), 1, 1, 6, &pos, t, false);
+  Dev xd = dev_upload(*be, std::vector<float>{7, 8, 1, 0, 0, 1}, DType::F32, {1, 1, 6});  // hd 6: dims 0,1 untouched
+  Dev pd = dev_upload(*be, std::vector<int32_t>{3}, DType::I32, {1});
+  Dev fd = dev_upload(*be, t.freqs, DType::F64, {2});
+  be->rope(xd, 1, 6, pd, fd, false);
+  auto x = dev_download<float>(*be, xd);
   EXPECT_EQ(x[0], 7.f);
   EXPECT_EQ(x[1], 8.f);
   EXPECT_NEAR(x[2], std::cos(3.0), 1e-6);
@@ -95,7 +100,8 @@ TEST(Rope, InterleavedPairsOnLastDims) {
   double w1 = 1.0 / 100.0;  // 10000^(-2/4)
   EXPECT_NEAR(x[4], -std::sin(3 * w1), 1e-6);
   EXPECT_NEAR(x[5], std::cos(3 * w1), 1e-6);
-  be->rope(x.data(), 1, 1, 6, &pos, t, true);  // inverse restores
+  be->rope(xd, 1, 6, pd, fd, true);  // inverse restores
+  x = dev_download<float>(*be, xd);
   EXPECT_NEAR(x[2], 1.f, 1e-6);
   EXPECT_NEAR(x[5], 1.f, 1e-6);
 }
@@ -109,9 +115,13 @@ TEST(HyperConnections, SinkhornDoublyStochastic) {
   for (auto& v : fn) v = rnd();
   for (auto& v : base) v = 2 * rnd();
   for (auto& v : X) v = 3 * rnd();
-  HcParams p{fn.data(), base.data(), scale.data(), hc, D, 20, 1e-6f, 1e-6f};
-  std::vector<float> y(D), post(hc), comb(hc * hc);
-  be->hc_pre(X.data(), 1, p, y.data(), post.data(), comb.data());
+  Dev fnd = dev_upload(*be, fn, DType::F32, {rows, hc * D}), based = dev_upload(*be, base, DType::F32, {rows}),
+      scd = dev_upload(*be, scale, DType::F32, {3}), Xd = dev_upload(*be, X, DType::F32, {1, hc, D});
+  HcParams p{fnd.t, based.t, scd.t, hc, D, 20, 1e-6f, 1e-6f};
+  Dev yd = dev_alloc(*be, DType::F32, {1, D}), postd = dev_alloc(*be, DType::F32, {1, hc}),
+      combd = dev_alloc(*be, DType::F32, {1, hc, hc});
+  be->hc_pre(Xd, p, yd, postd, combd);
+  auto post = dev_download<float>(*be, postd), comb = dev_download<float>(*be, combd);
   for (int j = 0; j < hc; ++j) {
     float r = 0, c = 0;
     for (int k = 0; k < hc; ++k) {
@@ -128,13 +138,21 @@ TEST(HyperConnections, SinkhornDoublyStochastic) {
   }
 }
 
+// Top-k is part of route (and index_topk): sigmoid is monotonic, so equal logits are exact ties.
 TEST(Backend, TopkTiesLowestIndexFirst) {
   auto be = make_cpu_backend();
-  std::vector<float> s{0, 3, 0, 3, 1, 0, 0};
-  std::vector<int32_t> out(4);
-  be->topk(s.data(), 7, 4, out.data());
-  EXPECT_EQ(out, (std::vector<int32_t>{1, 3, 4, 0}));
-  out.resize(6);
-  be->topk(s.data(), 7, 6, out.data());
-  EXPECT_EQ(out, (std::vector<int32_t>{1, 3, 4, 0, 2, 5}));
+  Dev lg = dev_upload(*be, std::vector<float>{0, 3, 0, 3, 1, 0, 0}, DType::F32, {1, 7});
+  auto top = [&](int k) {
+    RouteArgs a;
+    a.logits = lg.t;
+    a.k = k;
+    a.score_func = 1;
+    Dev ex = dev_alloc(*be, DType::I32, {1, k}), wt = dev_alloc(*be, DType::F32, {1, k});
+    a.experts = ex.t;
+    a.weights = wt.t;
+    be->route(a);
+    return dev_download<int32_t>(*be, ex);
+  };
+  EXPECT_EQ(top(4), (std::vector<int32_t>{1, 3, 4, 0}));
+  EXPECT_EQ(top(6), (std::vector<int32_t>{1, 3, 4, 0, 2, 5}));
 }

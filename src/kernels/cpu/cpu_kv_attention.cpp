@@ -1,0 +1,270 @@
+// CPU backend: the paged KV cache (window ring, compressed entries, prefix-cache tails), attention over it and
+// the lightning indexer's scores + top-k. Per-(row, head) numerics are the old engine's: keys in the order
+// window then compressed, one softmax with the sink, P.V accumulated in key order.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/parallel.h"
+#include "kernels/cpu/cpu_internal.h"
+
+namespace dsv4 {
+namespace cpu {
+
+namespace {
+
+void check_meta(const BatchMeta& m) {
+  check_dtype(m.pos, DType::I32, "meta pos");
+  check_numel(m.pos, m.M, "meta pos");
+  check_dtype(m.items, DType::I32, "meta items");
+  check_numel(m.items, m.n_items * BatchMeta::kItemFields, "meta items");
+  check_dtype(m.block_table, DType::I32, "meta block_table");
+  check_numel(m.block_table, m.n_items * m.max_blocks, "meta block_table");
+}
+
+// Decodes (or, for f32, points at) stored vectors: the old engine's `gather`, one vector at a time, into
+// `slots` vectors reserved up front (so returned pointers stay valid).
+struct Decoded {
+  const KvCodec& c;
+  std::vector<float> buf;
+  Decoded(const KvCodec& codec, int64_t slots) : c(codec) {
+    if (c.dtype != KvDtype::F32) buf.resize(size_t(slots * c.dim));
+  }
+  const float* get(const uint8_t* src, size_t slot) {
+    if (c.dtype == KvDtype::F32) return reinterpret_cast<const float*>(src);
+    float* d = buf.data() + slot * size_t(c.dim);
+    c.decode(src, d);
+    return d;
+  }
+};
+
+}  // namespace
+
+void CpuBackend::window_store(const Tensor& kv, const BatchMeta& meta, const SnapshotList& snaps,
+                              const KvLayerView& view) {
+  auto s = op();
+  check_meta(meta);
+  const KvCodec& c = view.shape.main;
+  const int64_t win = view.shape.window, bt = view.shape.block_tokens, eb = c.bytes();
+  check_dtype(kv, DType::F32, "window_store kv");
+  check_numel(kv, meta.M * c.dim, "window_store kv");
+  DSV4_CHECK(view.layer.ring_off >= 0 && win > 0, "window_store: layer has no window ring");
+  MetaView mv{meta};
+  ArenaAddr ar{view};
+  const float* k = ptr<float>(kv);
+  // Snapshots first: they read ring entries that the ring update below overwrites.
+  if (snaps.n) {
+    DSV4_CHECK(view.layer.tail_off >= 0, "window_store: snapshots without a tail region");
+    const int32_t *si = ptr<int32_t>(snaps.item), *se = ptr<int32_t>(snaps.end);
+    for (int64_t x = 0; x < snaps.n; ++x) {
+      const int64_t i = si[x], B = se[x];
+      const int64_t start = mv.item(i, BatchMeta::kStart), row0 = mv.item(i, BatchMeta::kRow0),
+                    len = mv.item(i, BatchMeta::kLen), S = mv.item(i, BatchMeta::kSlot);
+      DSV4_CHECK(B % bt == 0 && start < B && B <= start + len, "window_store: snapshot at {} outside [{}, {}]", B,
+                 start, start + len);
+      uint8_t* tail = ar.block(mv.block(i, B / bt - 1), view.layer.tail_off);
+      for (int64_t t = std::max<int64_t>(0, B - win); t < B; ++t) {
+        uint8_t* dst = tail + (t - (B - win)) * eb;
+        if (t >= start)
+          c.encode(k + (row0 + t - start) * c.dim, dst);
+        else
+          std::memcpy(dst, ar.slot(S, view.layer.ring_off + (t % win) * eb), size_t(eb));
+      }
+    }
+  }
+  for (int64_t i = 0; i < meta.n_items; ++i) {
+    const int64_t start = mv.item(i, BatchMeta::kStart), row0 = mv.item(i, BatchMeta::kRow0),
+                  len = mv.item(i, BatchMeta::kLen), S = mv.item(i, BatchMeta::kSlot);
+    for (int64_t t = std::max(start, start + len - win); t < start + len; ++t)
+      c.encode(k + (row0 + t - start) * c.dim, ar.slot(S, view.layer.ring_off + (t % win) * eb));
+  }
+}
+
+void CpuBackend::store_entries(const Tensor& src, const EntryList& entries, const BatchMeta& meta,
+                               const KvLayerView& view, bool indexer) {
+  auto s = op();
+  check_meta(meta);
+  const KvCodec& c = indexer ? view.shape.index : view.shape.main;
+  const int64_t off = indexer ? view.layer.idx_off : view.layer.comp_off;
+  DSV4_CHECK(off >= 0 && view.layer.ratio > 0, "store_entries: layer has no {} entries", indexer ? "indexer" : "compressed");
+  const int64_t per = view.shape.block_tokens / view.layer.ratio;
+  check_dtype(src, DType::F32, "store_entries src");
+  DSV4_CHECK(src.numel() >= entries.n * c.dim, "store_entries: {} values for {} entries of {}", src.numel(), entries.n,
+             c.dim);
+  if (entries.n == 0) return;
+  MetaView mv{meta};
+  ArenaAddr ar{view};
+  const int32_t *item = ptr<int32_t>(entries.item), *index = ptr<int32_t>(entries.index);
+  // Addresses (and their checks) first: an exception must not leave an OpenMP region.
+  std::vector<uint8_t*> dst(static_cast<size_t>(entries.n));
+  for (int64_t x = 0; x < entries.n; ++x) {
+    DSV4_CHECK(item[x] >= 0 && item[x] < meta.n_items && index[x] >= 0, "store_entries: entry {} of item {}",
+               index[x], item[x]);
+    dst[size_t(x)] = ar.block(mv.block(item[x], index[x] / per), off + (index[x] % per) * c.bytes());
+  }
+  parallel_for(entries.n, 16, [&](int64_t b, int64_t e) {
+    for (int64_t x = b; x < e; ++x) c.encode(ptr<float>(src) + x * c.dim, dst[size_t(x)]);
+  });
+}
+
+void CpuBackend::arena_copy(const Tensor& arena, const Tensor& copies, int64_t n) {
+  auto s = op();
+  check_dtype(copies, DType::I64, "arena_copy copies");
+  DSV4_CHECK(copies.numel() >= n * 3, "arena_copy: {} copies in a table of {} values", n, copies.numel());
+  const int64_t* c = ptr<int64_t>(copies);
+  uint8_t* base = ptr<uint8_t>(arena);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t src = c[3 * i], dst = c[3 * i + 1], bytes = c[3 * i + 2];
+    DSV4_CHECK(src >= 0 && dst >= 0 && bytes >= 0 && src + bytes <= arena.nbytes() && dst + bytes <= arena.nbytes(),
+               "arena_copy: [{}, +{}) -> [{}, +{}) outside {} bytes", src, bytes, dst, bytes, arena.nbytes());
+    std::memmove(base + dst, base + src, size_t(bytes));
+  }
+}
+
+void CpuBackend::attention(const AttentionArgs& a) {
+  auto s = op();
+  DSV4_CHECK(a.meta, "attention: no batch meta");
+  const BatchMeta& meta = *a.meta;
+  check_meta(meta);
+  const KvLayerView& v = a.view;
+  const KvCodec& c = v.shape.main;
+  const int64_t M = meta.M, H = a.H, hd = c.dim, win = v.shape.window, ratio = v.layer.ratio;
+  check_dtype(a.q, DType::F32, "attention q");
+  check_numel(a.q, M * H * hd, "attention q");
+  check_numel(a.kv, M * hd, "attention kv");
+  check_numel(a.out, M * H * hd, "attention out");
+  check_numel(a.sink, H, "attention sink");
+  DSV4_CHECK(ratio == 0 || ratio == 4 || ratio == 128, "attention: ratio {}", ratio);
+  DSV4_CHECK(ratio == 0 || v.layer.comp_off >= 0, "attention: ratio {} without compressed entries", ratio);
+  int64_t ksel = 0;
+  if (ratio == 4) {
+    check_dtype(a.selected, DType::I32, "attention selected");
+    ksel = a.selected.rows() ? a.selected.row_elems() : 0;
+    check_numel(a.selected, M * ksel, "attention selected");
+  }
+  MetaView mv{meta};
+  ArenaAddr ar{v};
+  const int64_t eb = c.bytes(), per = ratio ? v.shape.block_tokens / ratio : 1;
+  const float *q = ptr<float>(a.q), *kvp = ptr<float>(a.kv), *sink = ptr<float>(a.sink);
+  float* out = ptr<float>(a.out);
+  const int32_t* pos = mv.pos();
+  std::vector<const float*> keys;
+  for (int64_t i = 0; i < meta.n_items; ++i) {
+    const int64_t start = mv.item(i, BatchMeta::kStart), row0 = mv.item(i, BatchMeta::kRow0),
+                  len = mv.item(i, BatchMeta::kLen), S = mv.item(i, BatchMeta::kSlot);
+    if (len == 0) continue;
+    auto entry = [&](int64_t j) { return ar.block(mv.block(i, j / per), v.layer.comp_off + (j % per) * eb); };
+    // The item's ring entries (positions before this step) and, ratio 128, its visible compressed entries,
+    // decoded once for all its rows.
+    const int64_t n_comp = ratio == 128 ? (start + len) / 128 : 0;
+    Decoded ring(c, win), comp(c, n_comp), sel(c, ksel);
+    std::vector<const float*> ring_rows(static_cast<size_t>(win)), comp_rows;
+    for (int64_t t = std::max<int64_t>(0, start - win + 1); t < start; ++t)
+      ring_rows[size_t(t % win)] = ring.get(ar.slot(S, v.layer.ring_off + (t % win) * eb), size_t(t % win));
+    if (ratio == 128) {
+      comp_rows.resize(size_t(n_comp));
+      for (int64_t j = 0; j < n_comp; ++j) comp_rows[size_t(j)] = comp.get(entry(j), size_t(j));
+    }
+    for (int64_t m = row0; m < row0 + len; ++m) {
+      const int64_t p = pos[m];
+      keys.clear();
+      for (int64_t t = std::max<int64_t>(0, p - win + 1); t <= p; ++t)
+        keys.push_back(t >= start ? kvp + (row0 + t - start) * hd : ring_rows[size_t(t % win)]);
+      if (ratio == 128) {
+        for (int64_t j = 0; j < (p + 1) / 128; ++j) keys.push_back(comp_rows[size_t(j)]);
+      } else if (ratio == 4) {
+        const int32_t* sr = ptr<int32_t>(a.selected) + m * ksel;
+        size_t n = 0;
+        for (int64_t x = 0; x < ksel; ++x)
+          if (sr[x] >= 0) {
+            DSV4_CHECK(sr[x] < (p + 1) / 4, "attention: row {} at {} selects entry {}", m, p, sr[x]);
+            keys.push_back(sel.get(entry(sr[x]), n++));
+          }
+      }
+      const size_t n = keys.size();
+      parallel_for(H, 1, [&](int64_t hb, int64_t he) {
+        std::vector<float> sc(n);
+        for (int64_t h = hb; h < he; ++h) {
+          const float* qh = q + (m * H + h) * hd;
+          float* o = out + (m * H + h) * hd;
+          float mx = sink[h];
+          for (size_t j = 0; j < n; ++j) {
+            sc[j] = dot(qh, keys[j], hd) * a.scale;
+            mx = std::max(mx, sc[j]);
+          }
+          float den = std::exp(sink[h] - mx);
+          for (size_t j = 0; j < n; ++j) den += (sc[j] = std::exp(sc[j] - mx));
+          const float inv = 1.f / den;
+          std::fill(o, o + hd, 0.f);
+          for (size_t j = 0; j < n; ++j) {
+            float pj = sc[j] * inv;
+            if (a.probs_bf16) pj = dsv4::round_bf16(pj);
+            const float* k = keys[j];
+#pragma omp simd
+            for (int64_t d = 0; d < hd; ++d) o[d] += pj * k[d];
+          }
+        }
+      });
+    }
+  }
+}
+
+void CpuBackend::index_topk(const IndexTopkArgs& a) {
+  auto s = op();
+  DSV4_CHECK(a.meta, "index_topk: no batch meta");
+  const BatchMeta& meta = *a.meta;
+  check_meta(meta);
+  const KvLayerView& v = a.view;
+  const KvCodec& c = v.shape.index;
+  const int64_t M = meta.M, IH = a.heads, ID = a.dim, K = a.k;
+  DSV4_CHECK(c.dim == ID && v.layer.idx_off >= 0, "index_topk: keys of {} dims for dim {}", c.dim, ID);
+  check_numel(a.q, M * IH * ID, "index_topk q");
+  check_numel(a.w, M * IH, "index_topk w");
+  check_dtype(a.out, DType::I32, "index_topk out");
+  check_numel(a.out, M * K, "index_topk out");
+  const int64_t max_entries = M ? a.scratch.numel() / M : 0;
+  MetaView mv{meta};
+  ArenaAddr ar{v};
+  const int64_t per = v.shape.block_tokens / 4, eb = c.bytes();
+  const float *q = ptr<float>(a.q), *w = ptr<float>(a.w);
+  int32_t* out = ptr<int32_t>(a.out);
+  std::fill(out, out + M * K, -1);
+  for (int64_t i = 0; i < meta.n_items; ++i) {
+    const int64_t start = mv.item(i, BatchMeta::kStart), row0 = mv.item(i, BatchMeta::kRow0),
+                  len = mv.item(i, BatchMeta::kLen);
+    const int64_t n_all = (start + len) / 4;  // this step's keys are stored already
+    if (len == 0 || n_all == 0) continue;
+    Decoded dk(c, n_all);
+    std::vector<const uint8_t*> src(static_cast<size_t>(n_all));
+    for (int64_t j = 0; j < n_all; ++j) src[size_t(j)] = ar.block(mv.block(i, j / per), v.layer.idx_off + (j % per) * eb);
+    std::vector<const float*> keys(static_cast<size_t>(n_all));
+    parallel_for(n_all, 64, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) keys[size_t(j)] = dk.get(src[size_t(j)], size_t(j));
+    });
+    for (int64_t m = row0; m < row0 + len; ++m) {
+      const int64_t n_elig = std::min<int64_t>((mv.pos()[m] + 1) / 4, n_all);
+      if (n_elig == 0) continue;
+      DSV4_CHECK(n_elig <= max_entries, "index_topk: {} eligible entries, scratch rows of {}", n_elig, max_entries);
+      float* scores = ptr<float>(a.scratch) + m * max_entries;
+      const float *qm = q + m * IH * ID, *wm = w + m * IH;
+      parallel_for(n_elig, 64, [&](int64_t b, int64_t e) {
+        for (int64_t j = b; j < e; ++j) {
+          const float* k = keys[size_t(j)];
+          float acc = 0;
+          for (int64_t h = 0; h < IH; ++h) {
+            float d = dot(qm + h * ID, k, ID);
+            if (a.bf16) d = dsv4::round_bf16(d);
+            acc += wm[h] * std::max(d, 0.f);
+          }
+          scores[j] = a.bf16 ? dsv4::round_bf16(acc) : acc;
+        }
+      });
+      topk_lowest_first(scores, n_elig, std::min(K, n_elig), out + m * K);
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace dsv4

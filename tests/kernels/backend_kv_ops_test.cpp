@@ -1,0 +1,316 @@
+// Every backend against the scalar reference: the paged KV cache ops, attention, the indexer top-k, the
+// compressors, routing and the MoE layer. KV byte formats must match the reference byte for byte.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "backend_ops_fixture.h"
+#include "core/dtype.h"
+
+using namespace dsv4;
+using namespace dsv4::test;
+
+namespace {
+
+const KvDtype kDtypes[] = {KvDtype::F32, KvDtype::BF16, KvDtype::FP8};
+
+ref::Item item(int start, int len, int row0, int slot, std::vector<int> blocks) {
+  ref::Item it;
+  it.start = start;
+  it.len = len;
+  it.row0 = row0;
+  it.slot = slot;
+  it.blocks = std::move(blocks);
+  return it;
+}
+
+// A prefill from 0, a decode step whose window is all in the ring, a chunk half in the ring: window 8.
+ref::Batch mixed_batch() {
+  ref::Batch b;
+  b.items = {item(0, 5, 0, 0, {2, 0}), item(35, 1, 5, 1, {4, 1, 6}), item(20, 7, 6, 2, {3, 7})};
+  return b;
+}
+
+}  // namespace
+
+TEST_P(BackendOps, WindowStoreWithSnapshots) {
+  for (KvDtype dt : kDtypes) {
+    Rng r(10);
+    ref::Arena a = random_arena(r, 0, 16, 8, main_codec(dt, 64, 16), index_codec(dt, 16), true, 8, 3);
+    ref::Batch b;
+    // Snapshots at 16 (all from this step's rows) and at 32 (t = 24..29 from the ring, 30..31 from the rows).
+    b.items = {item(0, 20, 0, 0, {2, 5}), item(30, 4, 20, 1, {0, 1, 6}), item(5, 1, 24, 2, {3})};
+    auto snaps = ref::block_ends(b, 16);
+    ASSERT_EQ(snaps.size(), 2u);
+    auto kv = r.vec(size_t(b.M() * 64), -2, 2);
+    KvLayerView v = upload_arena(a);
+    BatchMeta meta = upload_meta(b);
+    SnapshotList sl = upload_snaps(snaps);
+    be->window_store(up(kv, DType::F32, {b.M(), 64}), meta, sl, v);
+    ref::window_store(kv, b, snaps, a);
+    EXPECT_TRUE(download_arena(v) == a.bytes) << "window_store arena bytes, " << kv_dtype_name(dt);
+  }
+}
+
+TEST_P(BackendOps, StoreEntriesAndArenaCopy) {
+  for (KvDtype dt : kDtypes) {
+    Rng r(11);
+    ref::Arena a = random_arena(r, 4, 16, 8, main_codec(dt, 64, 16), index_codec(dt, 32), true, 10, 3);
+    ref::Batch b = mixed_batch();
+    auto entries = ref::completed_entries(b, 4);
+    ASSERT_EQ(entries.size(), 3u);
+    KvLayerView v = upload_arena(a);
+    BatchMeta meta = upload_meta(b);
+    EntryList el = upload_entries(entries);
+    for (bool indexer : {false, true}) {
+      const int dim = indexer ? 32 : 64;
+      auto src = r.vec(entries.size() * size_t(dim), -3, 3);
+      be->store_entries(up(src, DType::F32, {int64_t(entries.size()), dim}), el, meta, v, indexer);
+      ref::store_entries(src, entries, b, a, indexer);
+      EXPECT_TRUE(download_arena(v) == a.bytes)
+          << "store_entries arena bytes, " << kv_dtype_name(dt) << (indexer ? " indexer" : " main");
+    }
+    // Copies: a whole block, part of a slot into another slot, an unaligned small range.
+    const int64_t bb = a.shape.block_bytes;
+    std::vector<int64_t> copies{bb * 2,
+                                bb * 9,
+                                bb,
+                                a.shape.slot_offset(0) + 16,
+                                a.shape.slot_offset(2) + 16,
+                                a.shape.slot_bytes - 32,
+                                bb * 3 + 5,
+                                bb * 4 + 3,
+                                77};
+    be->arena_copy(v.arena, up(copies, DType::I64, {3, 3}), 3);
+    ref::arena_copy(a, copies);
+    EXPECT_TRUE(download_arena(v) == a.bytes) << "arena_copy, " << kv_dtype_name(dt);
+  }
+}
+
+TEST_P(BackendOps, AttentionEveryRatioAndKvDtype) {
+  const int64_t H = 4, hd = 64;
+  for (int ratio : {0, 4, 128})
+    for (KvDtype dt : kDtypes)
+      for (bool pbf16 : {false, true}) {
+        Rng r(uint64_t(12 + ratio));
+        const int bt = ratio == 128 ? 128 : 16;
+        ref::Arena a = random_arena(r, ratio, bt, 8, main_codec(dt, int(hd), 16), index_codec(dt, 16), false, 8, 3);
+        ref::Batch b = mixed_batch();
+        if (ratio == 128)  // entries visible at 300 (two), across the first boundary (127 sees entry 0), none
+          b.items = {item(300, 3, 0, 0, {0, 1, 2}), item(126, 4, 3, 1, {3, 4}), item(0, 2, 7, 2, {5})};
+        const int64_t M = b.M();
+        auto q = r.vec(size_t(M * H * hd), -1, 1), kv = r.vec(size_t(M * hd), -1, 1), sink = r.vec(size_t(H), -1, 2);
+        // ratio 4: up to 6 selections per row among its eligible entries, with -1 holes anywhere.
+        const int64_t K = 6;
+        std::vector<int32_t> sel(size_t(M * K), -1);
+        auto pos = b.pos();
+        for (int64_t m = 0; m < M; ++m) {
+          std::vector<int32_t> all((pos[size_t(m)] + 1) / 4);
+          std::iota(all.begin(), all.end(), 0);
+          for (size_t i = all.size(); i > 1; --i) std::swap(all[i - 1], all[size_t(r.below(int64_t(i)))]);
+          for (int64_t c = 0; c < K && c < int64_t(all.size()); ++c)
+            if (r.below(4)) sel[size_t(m * K + c)] = all[size_t(c)];
+        }
+        KvLayerView v = upload_arena(a);
+        BatchMeta meta = upload_meta(b);
+        AttentionArgs aa;
+        aa.q = up(q, DType::F32, {M, H, hd});
+        aa.kv = up(kv, DType::F32, {M, hd});
+        aa.sink = up(sink, DType::F32, {H});
+        aa.selected = up(sel, DType::I32, {M, K});
+        aa.meta = &meta;
+        aa.view = v;
+        aa.H = H;
+        aa.scale = 0.125f;
+        aa.probs_bf16 = pbf16;
+        aa.out = zeros(DType::F32, {M, H, hd});
+        be->attention(aa);
+        auto ref = ref::attention(q, kv, sink, sel, K, b, a, H, 0.125f, pbf16);
+        expect_close(down<float>(aa.out), ref, tol("attention"),
+                     "attention ratio " + std::to_string(ratio) + " " + kv_dtype_name(dt) +
+                         (pbf16 ? " probs_bf16" : ""),
+                     pbf16 ? 0.01 : 0, 1e-2);
+      }
+}
+
+TEST_P(BackendOps, IndexTopkTiesAndFewEligible) {
+  const int64_t IH = 3, ID = 16, K = 5;
+  for (KvDtype dt : kDtypes)
+    for (bool bf16 : {false, true})
+      for (bool all_equal : {false, true}) {
+        Rng r(13);
+        // Small-integer queries, weights and keys: every dot product is exact in any summation order, so the
+        // scores (and their ties) are the same on every backend.
+        ref::Arena a = random_arena(r, 4, 16, 8, main_codec(dt, 32, 16), index_codec(dt, int(ID)), false, 12, 3, true);
+        if (all_equal) {  // every key the same: every score ties, top-k must be 0, 1, 2, ...
+          const int64_t eb = a.shape.index.bytes();
+          for (int blk = 0; blk < 12; ++blk)
+            for (int j = 0; j < 4; ++j)
+              std::copy_n(a.block(0, a.layer.idx_off), eb, a.block(blk, a.layer.idx_off + j * eb));
+        }
+        ref::Batch b;
+        b.items = {item(0, 9, 0, 0, {0, 1}), item(40, 3, 9, 1, {2, 3, 4}), item(100, 1, 12, 2, {5, 6, 7, 8, 9, 10, 11})};
+        const int64_t M = b.M();
+        std::vector<float> q(size_t(M * IH * ID)), w(size_t(M * IH));
+        for (auto& x : q) x = float(r.below(5) - 2);
+        for (auto& x : w) x = float(r.below(4));
+        if (all_equal)
+          for (auto& x : w) x = 1.f;
+        KvLayerView v = upload_arena(a);
+        BatchMeta meta = upload_meta(b);
+        IndexTopkArgs ia;
+        ia.q = up(q, DType::F32, {M, IH, ID});
+        ia.w = up(w, DType::F32, {M, IH});
+        ia.meta = &meta;
+        ia.view = v;
+        ia.heads = IH;
+        ia.dim = ID;
+        ia.k = K;
+        ia.bf16 = bf16;
+        ia.scratch = zeros(DType::F32, {M, 32});
+        ia.out = zeros(DType::I32, {M, K});
+        be->index_topk(ia);
+        auto got = down<int32_t>(ia.out), ref = ref::index_topk(q, w, b, a, IH, ID, K, bf16);
+        EXPECT_EQ(got, ref) << "index_topk " << kv_dtype_name(dt) << (bf16 ? " bf16" : "") << (all_equal ? " ties" : "");
+        if (all_equal) {
+          // Row 12 (position 100, 25 entries): scores are all equal or all zero -> lowest indices first.
+          EXPECT_EQ(std::vector<int32_t>(got.begin() + 12 * K, got.begin() + 13 * K), (std::vector<int32_t>{0, 1, 2, 3, 4}));
+          // Row 3 (position 3): one eligible entry, the rest -1.
+          EXPECT_EQ(std::vector<int32_t>(got.begin() + 3 * K, got.begin() + 4 * K),
+                    (std::vector<int32_t>{0, -1, -1, -1, -1}));
+        }
+      }
+}
+
+TEST_P(BackendOps, CompressRatio4And128WithRingsAndSnapshots) {
+  struct Case {
+    int ratio, d, bt;
+    bool indexer;
+  };
+  for (Case c : {Case{4, 8, 8, false}, Case{4, 8, 8, true}, Case{128, 4, 128, false}}) {
+    Rng r(uint64_t(14 + c.ratio + c.indexer));
+    const int coff = c.ratio == 4 ? 2 : 1, w = coff * c.d;
+    ref::Arena a =
+        random_arena(r, c.ratio, c.bt, 8, main_codec(KvDtype::F32, c.d, 0), index_codec(KvDtype::F32, c.d), true, 8, 3);
+    ref::Batch b;
+    if (c.ratio == 4)  // entries 0, 1 from position 0; entry 3 needs tokens 8..12 from the ring; a lone token
+      b.items = {item(0, 9, 0, 0, {0, 1}), item(13, 6, 9, 1, {2, 3, 4}), item(6, 1, 15, 2, {5})};
+    else  // entry 0 from position 0; entry 1 takes tokens 128..199 from the ring
+      b.items = {item(0, 130, 0, 0, {0, 1}), item(200, 60, 130, 1, {2, 3})};
+    const int64_t M = b.M();
+    auto entries = ref::completed_entries(b, c.ratio);
+    auto snaps = ref::block_ends(b, c.bt);
+    ASSERT_FALSE(entries.empty());
+    ASSERT_FALSE(snaps.empty());
+    auto u = r.vec(size_t(M * w), -2, 2), g = r.vec(size_t(M * w), -3, 3), ape = r.vec(size_t(c.ratio * w), -1, 1);
+    KvLayerView v = upload_arena(a);
+    BatchMeta meta = upload_meta(b);
+    EntryList el = upload_entries(entries);
+    SnapshotList sl = upload_snaps(snaps);
+    CompressArgs ca;
+    ca.ratio = c.ratio;
+    ca.coff = coff;
+    ca.d = c.d;
+    ca.indexer = c.indexer;
+    ca.u = up(u, DType::F32, {M, w});
+    ca.g = up(g, DType::F32, {M, w});
+    ca.ape = up(ape, DType::F32, {c.ratio, w});
+    ca.meta = &meta;
+    ca.entries = &el;
+    ca.snapshots = &sl;
+    ca.view = v;
+    ca.out = zeros(DType::F32, {int64_t(entries.size()), c.d});
+    be->compress(ca);
+    auto ref = ref::compress(c.ratio, coff, c.d, c.indexer, u, g, ape, b, entries, snaps, a);
+    const std::string what = "compress ratio " + std::to_string(c.ratio) + (c.indexer ? " indexer" : " main");
+    expect_close(down<float>(ca.out), ref, tol("compress"), what);
+    EXPECT_TRUE(download_arena(v) == a.bytes) << what << ": rings / snapshots differ";
+  }
+}
+
+TEST_P(BackendOps, RouteScoreFuncsHashAndBias) {
+  Rng r(15);
+  const int64_t M = 6, E = 16, V = 10;
+  const int k = 4;
+  auto logits = r.vec(size_t(M * E), -3, 3);
+  for (int j = 0; j < 6; ++j) logits[size_t(j)] = 5.f;  // row 0: exact ties at the top -> lowest ids first
+  auto bias = r.vec(size_t(E), -0.2f, 0.2f);
+  std::vector<int32_t> tid2eid(size_t(V * k)), tokens(static_cast<size_t>(M));
+  for (auto& e : tid2eid) e = int32_t(r.below(E));
+  for (auto& t : tokens) t = int32_t(r.below(V));
+  Tensor lt = up(logits, DType::F32, {M, E}), bt = up(bias, DType::F32, {E}), ht = up(tid2eid, DType::I32, {V, k}),
+         tt = up(tokens, DType::I32, {M});
+  for (int sf = 0; sf < 3; ++sf)
+    for (int mode = 0; mode < 3; ++mode)  // 0: no bias, 1: bias, 2: hash routing
+      for (bool norm : {true, false}) {
+        RouteArgs ra;
+        ra.logits = lt;
+        ra.k = k;
+        ra.score_func = sf;
+        if (mode == 1) ra.bias = bt;
+        if (mode == 2) {
+          ra.tid2eid = ht;
+          ra.tokens = tt;
+        }
+        ra.normalize = norm;
+        ra.route_scale = 1.5f;
+        ra.experts = zeros(DType::I32, {M, k});
+        ra.weights = zeros(DType::F32, {M, k});
+        be->route(ra);
+        std::vector<int32_t> ex;
+        std::vector<float> wt;
+        ref::route(logits, M, E, k, sf, mode == 1 ? bias.data() : nullptr, mode == 2 ? tid2eid.data() : nullptr,
+                   tokens.data(), norm, 1.5f, ex, wt);
+        const std::string what = "route sf " + std::to_string(sf) + " mode " + std::to_string(mode) +
+                                 (norm ? " normalized" : "");
+        EXPECT_EQ(down<int32_t>(ra.experts), ex) << what;
+        expect_close(down<float>(ra.weights), wt, tol("route"), what);
+      }
+}
+
+TEST_P(BackendOps, MoeWithActFp8AndRounding) {
+  const int64_t M = 5, D = 64, I = 32, E = 4, K = 2;
+  Rng r(16);
+  std::vector<ref::Expert> routed(static_cast<size_t>(E));
+  for (auto& e : routed)  // FP4 experts, as V4's routed experts
+    e = {random_weight(r, WeightFormat::FP4Group32, I, D), random_weight(r, WeightFormat::FP4Group32, D, I),
+         random_weight(r, WeightFormat::FP4Group32, I, D)};
+  ref::Expert shared{random_weight(r, WeightFormat::FP8Block, I, D), random_weight(r, WeightFormat::FP8Block, D, I),
+                     random_weight(r, WeightFormat::FP8Block, I, D)};
+  std::vector<ExpertWeights> rw;
+  for (auto& e : routed) rw.push_back({upload_weight(e.w1), upload_weight(e.w2), upload_weight(e.w3)});
+  ExpertWeights sw{upload_weight(shared.w1), upload_weight(shared.w2), upload_weight(shared.w3)};
+  // Dyadic inputs (k / 8): the expert GEMMs are exact in any summation order, so bf16 / FP8 rounding of their
+  // outputs cannot flip between backends.
+  std::vector<float> x(size_t(M * D)), wts(size_t(M * K));
+  for (auto& v : x) v = float(r.below(33) - 16) / 8.f;
+  for (auto& v : wts) v = float(1 + r.below(15)) / 16.f;
+  std::vector<int32_t> ex(size_t(M * K));
+  for (int64_t m = 0; m < M; ++m) {
+    ex[size_t(m * K)] = int32_t(r.below(E));
+    ex[size_t(m * K + 1)] = int32_t((ex[size_t(m * K)] + 1 + r.below(E - 1)) % E);
+  }
+  Tensor xt = up(x, DType::F32, {M, D}), et = up(ex, DType::I32, {M, K}), wt = up(wts, DType::F32, {M, K});
+  for (bool refnum : {false, true})
+    for (float limit : {0.f, 1.f}) {
+      MoeArgs ma;
+      ma.x = xt;
+      ma.experts = et;
+      ma.weights = wt;
+      ma.routed = &rw;
+      ma.shared = &sw;
+      ma.inter = I;
+      ma.swiglu_limit = limit;
+      ma.lin.act_fp8 = refnum;
+      ma.lin.out_bf16 = refnum;
+      ma.round_hidden = refnum;
+      ma.round_out = refnum;
+      ma.scratch = zeros(DType::U8, {moe_scratch_bytes(M, K, D, I)});
+      ma.out = zeros(DType::F32, {M, D});
+      be->moe(ma);
+      auto ref = ref::moe(x, M, D, ex, wts, K, routed, shared, I, limit, ma.lin, refnum, refnum);
+      expect_close(down<float>(ma.out), ref, tol("moe"),
+                   std::string("moe") + (refnum ? " reference numerics" : "") + " limit " + std::to_string(limit),
+                   refnum ? 0.01 : 0, 1e-2);
+    }
+}

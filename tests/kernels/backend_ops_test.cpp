@@ -1,0 +1,265 @@
+// Every backend against the scalar reference (tests/kernels/reference_ops): dense ops. The KV cache ops and MoE
+// are in backend_kv_ops_test.cpp. Inputs are random with fixed seeds.
+#include <cmath>
+#include <cstring>
+
+#include "backend_ops_fixture.h"
+#include "core/dtype.h"
+#include "kernels/quant.h"
+#include "kernels/rope_table.h"
+
+using namespace dsv4;
+using namespace dsv4::test;
+
+namespace {
+
+std::vector<float> bf16_values(const std::vector<float>& v) {
+  std::vector<float> o(v);
+  for (auto& x : o) x = round_bf16(x);
+  return o;
+}
+
+}  // namespace
+
+TEST_P(BackendOps, LinearEveryFormatAndOption) {
+  Rng r(1);
+  const int64_t M = 3, in = 160, out = 200;  // a partial 128-block of K and of the output tiles
+  struct Case {
+    WeightFormat fmt;
+    bool f32_scale;
+  };
+  for (Case c : {Case{WeightFormat::F32, false}, Case{WeightFormat::BF16, false}, Case{WeightFormat::FP8Block, false},
+                 Case{WeightFormat::FP8Block, true}, Case{WeightFormat::FP4Group32, false}}) {
+    auto w = random_weight(r, c.fmt, out, in, c.f32_scale);
+    LinearWeight lw = upload_weight(w);
+    auto x = r.vec(size_t(M * in), -2, 2);
+    Tensor xt = up(x, DType::F32, {M, in});
+    for (int opt = 0; opt < 4; ++opt) {
+      LinearOpts o;
+      o.act_fp8 = opt & 1;
+      o.out_bf16 = opt & 2;
+      Tensor yt = zeros(DType::F32, {M, out});
+      be->linear(xt, lw, yt, o);
+      const std::string what = std::string("linear ") + weight_format_name(c.fmt) + (c.f32_scale ? " f32-scale" : "") +
+                               " act_fp8=" + std::to_string(o.act_fp8) + " out_bf16=" + std::to_string(o.out_bf16);
+      expect_close(down<float>(yt), ref::linear(x, M, w, o), tol("linear"), what, o.out_bf16 ? 0.01 : 0, 1e-2);
+    }
+  }
+}
+
+TEST_P(BackendOps, LinearFp8RowSliceInsideATileAndGroups) {
+  Rng r(2);
+  const int64_t M = 4, in = 256;
+  // Rows [64, 264) of a 320-row FP8 weight: the slice starts in the middle of the first 128-row scale tile.
+  auto w = random_weight(r, WeightFormat::FP8Block, 320, in);
+  LinearWeight lw = upload_weight(w);
+  auto x = r.vec(size_t(M * in), -2, 2);
+  Tensor xt = up(x, DType::F32, {M, in});
+  for (bool act : {false, true}) {
+    LinearOpts o;
+    o.act_fp8 = act;
+    Tensor yt = zeros(DType::F32, {M, 200});
+    be->linear(xt, lw.rows(64, 200), yt, o);
+    expect_close(down<float>(yt), ref::linear(x, M, w, o, 64, 200), tol("linear"),
+                 "fp8 rows(64, 200) act_fp8=" + std::to_string(act));
+  }
+  // groups = 2: x [M, 2 * in] -> y [M, 320]; each group's activation slice is quantized on its own (give the
+  // slices very different magnitudes so a shared scale would differ).
+  auto xg = r.vec(size_t(M * 2 * in), -1, 1);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = in; k < 2 * in; ++k) xg[size_t(m * 2 * in + k)] *= 300.f;
+  Tensor xgt = up(xg, DType::F32, {M, 2 * in});
+  for (WeightFormat f : {WeightFormat::FP8Block, WeightFormat::BF16, WeightFormat::FP4Group32}) {
+    auto wg = random_weight(r, f, 320, in);
+    LinearWeight lwg = upload_weight(wg);
+    for (int opt = 0; opt < 4; ++opt) {
+      LinearOpts o;
+      o.act_fp8 = opt & 1;
+      o.out_bf16 = opt & 2;
+      o.groups = 2;
+      Tensor yt = zeros(DType::F32, {M, 320});
+      be->linear(xgt, lwg, yt, o);
+      expect_close(down<float>(yt), ref::linear(xg, M, wg, o), tol("linear"),
+                   std::string("groups=2 ") + weight_format_name(f) + " opt " + std::to_string(opt),
+                   o.out_bf16 ? 0.01 : 0, 1e-2);
+    }
+  }
+}
+
+TEST_P(BackendOps, RmsNormWithAndWithoutWeightInPlace) {
+  Rng r(3);
+  const int64_t rows = 7, D = 96;
+  auto x = r.vec(size_t(rows * D), -3, 3), w = r.vec(size_t(D), 0.5, 1.5);
+  Tensor xt = up(x, DType::F32, {rows, D}), wt = up(w, DType::F32, {D}), yt = zeros(DType::F32, {rows, D});
+  be->rms_norm(xt, D, wt, 1e-6f, yt);
+  expect_close(down<float>(yt), ref::rms_norm(x, D, w.data(), 1e-6f), tol("rms_norm"), "rms_norm weighted");
+  be->rms_norm(xt, D, Tensor(), 1e-6f, xt);  // x == y, no weight (per-head q norm)
+  expect_close(down<float>(xt), ref::rms_norm(x, D, nullptr, 1e-6f), tol("rms_norm"), "rms_norm in place");
+}
+
+TEST_P(BackendOps, RopeBothDirectionsLargePositions) {
+  Rng r(4);
+  const int64_t H = 3, hd = 24;  // rotates the last 16 dims
+  auto t = RopeTable::make(16, 160000, 65536, 16, 32, 1);
+  std::vector<int32_t> pos{0, 1, 127, 65535, 1000003};
+  const int64_t M = int64_t(pos.size());
+  auto x = r.vec(size_t(M * H * hd));
+  Tensor xt = up(x, DType::F32, {M, H, hd}), pt = up(pos, DType::I32, {M}),
+         ft = up(t.freqs, DType::F64, {int64_t(t.freqs.size())});
+  for (bool inv : {false, true}) {
+    be->rope(xt, H, hd, pt, ft, inv);
+    ref::rope(x, H, hd, pos, t.freqs, inv);
+    expect_close(down<float>(xt), x, tol("rope"), inv ? "rope inverse" : "rope");
+  }
+  // F32 frequencies: the angle is taken from the float value of each frequency.
+  std::vector<float> f32(t.freqs.begin(), t.freqs.end());
+  std::vector<double> f32d(f32.begin(), f32.end());
+  be->rope(xt, H, hd, pt, up(f32, DType::F32, {int64_t(f32.size())}), false);
+  ref::rope(x, H, hd, pos, f32d, false);
+  expect_close(down<float>(xt), x, tol("rope"), "rope f32 freqs");
+}
+
+TEST_P(BackendOps, RoundingOps) {
+  Rng r(5);
+  auto x = r.vec(300, -5, 5);
+  x[7] = 1e-7f;
+  {
+    Tensor t = up(x, DType::F32, {300});
+    be->round_bf16(t);
+    EXPECT_EQ(down<float>(t), bf16_values(x)) << "round_bf16";
+  }
+  {
+    Tensor t = up(x, DType::F32, {15, 20});
+    be->fp8_roundtrip(t, 20, 14, 8);  // prefix 14 of every 20: blocks of 8 then a partial block of 6
+    auto ref = x;
+    ref::fp8_rows(ref, 20, 14, 8);
+    EXPECT_EQ(down<float>(t), ref) << "fp8_roundtrip";
+  }
+  {
+    auto h = r.vec(256, -2, 2);
+    Tensor t = up(h, DType::F32, {4, 64});
+    be->hadamard_fp4(t, 64);
+    auto ref = h;
+    ref::hadamard_fp4(ref, 64);
+    // The transform's sums may differ in the last bit and round to a neighbouring FP4 code on a tie.
+    expect_close(down<float>(t), ref, 1e-6, "hadamard_fp4", 0.02, 0.5);
+  }
+  {
+    Tensor t = up(x, DType::F32, {300});
+    be->scale(t, -0.375f);
+    auto ref = x;
+    for (auto& v : ref) v *= -0.375f;
+    EXPECT_EQ(down<float>(t), ref) << "scale";
+  }
+}
+
+TEST_P(BackendOps, KvRoundtripEveryCodec) {
+  Rng r(6);
+  auto x = r.vec(6 * 64, -3, 3);
+  for (KvCodec c : {main_codec(KvDtype::F32, 64, 16), main_codec(KvDtype::BF16, 64, 16),
+                    main_codec(KvDtype::FP8, 64, 16), main_codec(KvDtype::FP8, 192, 64), index_codec(KvDtype::FP8, 64),
+                    index_codec(KvDtype::BF16, 64)}) {
+    auto xc = r.vec(size_t(6 * c.dim), -3, 3);
+    Tensor t = up(xc, DType::F32, {6, c.dim});
+    be->kv_roundtrip(t, c);
+    auto ref = xc;
+    ref::kv_roundtrip(ref, c);
+    EXPECT_EQ(down<float>(t), ref) << "kv_roundtrip " << kv_dtype_name(c.dtype) << " dim " << c.dim
+                                   << (c.index_key ? " index" : "");
+  }
+}
+
+TEST_P(BackendOps, GatherRowsAndEmbed) {
+  Rng r(7);
+  const int64_t V = 11, D = 40;
+  auto table = r.vec(size_t(V * D));
+  std::vector<int32_t> rows{3, 0, 10, 3, 7};
+  Tensor tt = up(table, DType::F32, {V, D}), rt = up(rows, DType::I32, {5}), ot = zeros(DType::F32, {5, D});
+  be->gather_rows(tt, rt, ot);
+  EXPECT_EQ(down<float>(ot), ref::gather_rows(table, D, rows));
+  // embed from an f32 and a bf16 table, hc = 4 copies
+  Tensor X = zeros(DType::F32, {5, 4, D});
+  be->embed(rt, tt, 4, X);
+  EXPECT_EQ(down<float>(X), ref::embed(rows, table, D, 4)) << "embed f32";
+  std::vector<uint16_t> tb(table.size());
+  for (size_t i = 0; i < tb.size(); ++i) tb[i] = f32_to_bf16(table[i]);
+  Tensor tbt = up(tb, DType::BF16, {V, D});
+  be->embed(rt, tbt, 4, X);
+  EXPECT_EQ(down<float>(X), ref::embed(rows, bf16_values(table), D, 4)) << "embed bf16";
+}
+
+TEST_P(BackendOps, HyperConnections) {
+  Rng r(8);
+  const int hc = 4, D = 48;
+  const int64_t M = 3, rows = (2 + hc) * hc;
+  ref::Hc p;
+  p.hc = hc;
+  p.D = D;
+  p.fn = r.vec(size_t(rows * hc * D), -0.5, 0.5);
+  p.base = r.vec(size_t(rows), -1, 1);
+  p.scale = {0.7f, 1.3f, 0.5f};
+  auto X = r.vec(size_t(M * hc * D), -2, 2);
+  HcParams hp;
+  hp.fn = up(p.fn, DType::F32, {rows, hc * D});
+  hp.base = up(p.base, DType::F32, {rows});
+  hp.scale = up(p.scale, DType::F32, {3});
+  hp.hc = hc;
+  hp.D = D;
+  Tensor Xt = up(X, DType::F32, {M, hc, D}), yt = zeros(DType::F32, {M, D}), postt = zeros(DType::F32, {M, hc}),
+         combt = zeros(DType::F32, {M, hc, hc});
+  be->hc_pre(Xt, hp, yt, postt, combt);
+  std::vector<float> y, post, comb;
+  ref::hc_pre(X, M, p, y, post, comb);
+  expect_close(down<float>(yt), y, tol("hc"), "hc_pre y");
+  expect_close(down<float>(postt), post, tol("hc"), "hc_pre post");
+  expect_close(down<float>(combt), comb, tol("hc") * 10, "hc_pre comb");  // 20 Sinkhorn rounds of fp32 divisions
+  // hc_post on the reference's own outputs (so only hc_post is measured)
+  Tensor Xo = zeros(DType::F32, {M, hc, D}), yin = up(y, DType::F32, {M, D}), pin = up(post, DType::F32, {M, hc}),
+         cin = up(comb, DType::F32, {M, hc, hc});
+  be->hc_post(yin, Xt, pin, cin, hc, Xo);
+  expect_close(down<float>(Xo), ref::hc_post(y, X, post, comb, M, hc, D), tol("hc"), "hc_post");
+  // hc_head: 4 rows of fn, one scale
+  ref::Hc ph = p;
+  ph.fn.resize(size_t(hc * hc * D));
+  ph.base.resize(size_t(hc));
+  ph.scale = {0.9f};
+  HcParams hh = hp;
+  hh.fn = up(ph.fn, DType::F32, {hc, hc * D});
+  hh.base = up(ph.base, DType::F32, {hc});
+  hh.scale = up(ph.scale, DType::F32, {1});
+  Tensor yh = zeros(DType::F32, {M, D});
+  be->hc_head(Xt, hh, yh);
+  expect_close(down<float>(yh), ref::hc_head(X, M, ph), tol("hc"), "hc_head");
+}
+
+TEST_P(BackendOps, CountersCountOpsAndTransfers) {
+  const auto c0 = be->counters();
+  Tensor t = zeros(DType::F32, {8});  // a fill
+  be->upload(t, std::vector<float>(8, 1.f).data(), 32);
+  be->scale(t, 2.f);
+  std::vector<float> h(8);
+  be->download(h.data(), t, 32);
+  const auto c1 = be->counters();
+  EXPECT_EQ(c1.ops - c0.ops, 1u);
+  EXPECT_EQ(c1.uploads - c0.uploads, 1u);
+  EXPECT_EQ(c1.upload_bytes - c0.upload_bytes, 32u);
+  EXPECT_EQ(c1.downloads - c0.downloads, 1u);
+  EXPECT_EQ(c1.download_bytes - c0.download_bytes, 32u);
+  EXPECT_EQ(h, std::vector<float>(8, 2.f));
+  const MemoryInfo mi = be->memory_info();
+  EXPECT_GT(mi.total, 0u);
+  EXPECT_LE(mi.free, mi.total);
+}
+
+TEST(BackendFactory, CpuAutoAndCuda) {
+  EXPECT_EQ(make_backend("cpu")->name(), "cpu");
+  std::string why;
+  auto cuda = make_cuda_backend(0, &why);
+  auto a = make_backend("auto");  // cuda when make_cuda_backend gives one, else the CPU
+  EXPECT_EQ(a->name(), cuda ? cuda->name() : std::string("cpu"));
+  if (!cuda) {
+    EXPECT_FALSE(why.empty());
+    EXPECT_THROW(make_backend("cuda"), Error);
+  }
+  EXPECT_THROW(make_backend("tpu"), Error);
+}
