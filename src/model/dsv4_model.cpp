@@ -39,7 +39,7 @@ struct Dsv4Model::Step {
   BatchMeta meta;
   EntryList e4, e128;
   SnapshotList snaps;
-  Tensor tokens, head_rows;
+  Tensor blob, tokens, head_rows;  // blob: every I32 table, one upload
   // activations
   Tensor X, X2, y, sub, post, comb;
   Tensor qr, q, kv, o, z;
@@ -51,7 +51,7 @@ struct Dsv4Model::Step {
 
   void carve(Workspace& ws, const ModelConfig& c) {
     const int64_t M = std::max<int64_t>(d.M, 1), D = c.dim, hc = c.hc_mult;
-    Tensor blob = ws.take(DType::I32, {std::max<int64_t>(d.blob(), 1)});
+    blob = ws.take(DType::I32, {std::max<int64_t>(d.blob(), 1)});
     int64_t off = 0;
     auto ints = [&](int64_t n) {
       Tensor t = blob;
@@ -226,7 +226,7 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
     for (auto& v : k) put(v);
   put(snap_item), put(snap_end), put(head_rows);
   DSV4_CHECK(int64_t(blob.size()) == s.d.blob(), "forward: step tables out of step");
-  be_.upload(s.tokens, blob.data(), blob.size() * 4);  // one upload: every table is a view of this blob
+  be_.upload(s.blob, blob.data(), blob.size() * 4);  // one upload: every table is a view of this blob
 
   // ---- device
   const uint64_t ops0 = be_.counters().ops, dl0 = be_.counters().downloads;

@@ -107,10 +107,10 @@ TEST(Inspect, OfficialFlashLayoutParameterCount) {
   // KV bytes per token (spec §5.2): fp8 main entries 584 B + fp8 indexer keys 132 B -> 3,850.25 B/token.
   auto fp8 = KvLayout::make(c, 256, KvDtype::FP8, false), bf16 = KvLayout::make(c, 256, KvDtype::BF16, false);
   // (plus at most 0.2% of 64-byte alignment between layers' regions)
-  EXPECT_GE(double(fp8.block_bytes) / 256, 3850.25);
-  EXPECT_LE(double(fp8.block_bytes) / 256, 3850.25 * 1.002);
+  EXPECT_GE(double(fp8.block_bytes()) / 256, 3850.25);
+  EXPECT_LE(double(fp8.block_bytes()) / 256, 3850.25 * 1.002);
   const double bf16_tok = 21 * (1024 + 256) / 4.0 + 20 * 1024 / 128.0;  // 6,880 B/token, spec §5.1
-  EXPECT_GE(double(bf16.block_bytes) / 256, bf16_tok);
-  EXPECT_LE(double(bf16.block_bytes) / 256, bf16_tok * 1.002);
+  EXPECT_GE(double(bf16.block_bytes()) / 256, bf16_tok);
+  EXPECT_LE(double(bf16.block_bytes()) / 256, bf16_tok * 1.002);
   std::filesystem::remove_all(dir);
 }
