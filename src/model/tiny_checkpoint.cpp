@@ -367,6 +367,15 @@ void make_tiny_checkpoint(const std::string& out_dir, uint64_t seed, const std::
   write_safetensors((dir / "model.safetensors").string(), make_tensors(cfg, seed));  // last, atomically
 }
 
+void make_random_checkpoint(const std::string& out_dir, const json& config, uint64_t seed) {
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec || !fs::is_directory(out_dir)) fail("cannot create directory '{}': {}", out_dir, ec.message());
+  const ModelConfig cfg = ModelConfig::from_json(config);
+  write_text(fs::path(out_dir) / "config.json", config.dump(2) + "\n");
+  write_safetensors((fs::path(out_dir) / "model.safetensors").string(), make_tensors(cfg, seed));
+}
+
 std::string default_tokenizer_json() {
   std::error_code ec;
   const fs::path exe = fs::read_symlink("/proc/self/exe", ec);

@@ -27,6 +27,10 @@ ModelConfig tiny_demo_config();
 // hc/gate parameters; activations stay O(1) and the logits have a standard deviation around 1.
 void make_tiny_checkpoint(const std::string& out_dir, uint64_t seed, const std::string& tokenizer_json);
 
+// A random checkpoint of any DeepSeek-V4 config (same tensor rules as the demo model): config.json and
+// model.safetensors only. For tests of other shapes and for benchmarks at full dimensions.
+void make_random_checkpoint(const std::string& out_dir, const nlohmann::json& config, uint64_t seed);
+
 // <directory of the running executable>/../assets/tokenizer/tokenizer.json when that file exists, else "".
 std::string default_tokenizer_json();
 

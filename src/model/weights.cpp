@@ -2,11 +2,14 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
+#include <functional>
 #include <map>
 
 #include "core/error.h"
 #include "kernels/rope_table.h"
+#include "model/weight_schema.h"
 
 namespace dsv4 {
 
@@ -60,13 +63,14 @@ class Placer {
     }
     // Zero copy where the backend addresses host memory: one buffer per checkpoint file.
     std::map<const std::string*, Buffer*> imported;
-    for (auto& f : mw_.ckpt->files()) {
-      auto buf = be_.import_host(f->mapping(), f->file_size(), BufferUsage::Weights);
-      if (!buf) break;
-      imported[&f->path()] = buf.get();
-      mw_.placed_bytes += f->file_size();
-      mw_.buffers.push_back(std::move(buf));
-    }
+    if (mw_.ckpt)
+      for (auto& f : mw_.ckpt->files()) {
+        auto buf = be_.import_host(f->mapping(), f->file_size(), BufferUsage::Weights);
+        if (!buf) break;
+        imported[&f->path()] = buf.get();
+        mw_.placed_bytes += f->file_size();
+        mw_.buffers.push_back(std::move(buf));
+      }
     if (!imported.empty()) {
       for (auto& m : mapped_) {
         Buffer* b = imported.at(m.file);
@@ -107,9 +111,19 @@ class Placer {
   std::vector<Mapped> mapped_;
 };
 
+// Where the loader finds tensors by name: the checkpoint, or the dummy tensors of --load-format dummy.
+struct TensorSource {
+  std::function<const TensorInfo*(const std::string&)> find;
+  const TensorInfo& get(const std::string& name) const {
+    const TensorInfo* t = find(name);
+    if (!t) fail("missing tensor '{}'", name);
+    return *t;
+  }
+};
+
 class Loader {
  public:
-  Loader(const Checkpoint& ck, Placer& placer, Placement p, int64_t block) : ck_(ck), pl_(placer), p_(p), block_(block) {}
+  Loader(const TensorSource& ck, Placer& placer, Placement p, int64_t block) : ck_(ck), pl_(placer), p_(p), block_(block) {}
 
   const TensorInfo& tensor(const std::string& name, std::vector<int64_t> shape) {
     const TensorInfo& t = ck_.get(name);
@@ -276,11 +290,18 @@ class Loader {
   }
 
  private:
-  const Checkpoint& ck_;
+  const TensorSource& ck_;
   Placer& pl_;
   Placement p_;
   int64_t block_;
 };
+
+}  // namespace
+
+namespace {
+
+void place_all(const ModelConfig& c, const TensorSource& src, Backend& be, ModelWeights* mw, Placement placement,
+               const LoadProgress& progress);
 
 }  // namespace
 
@@ -291,8 +312,86 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const ModelConfig& c, const std
   auto mw = std::make_unique<ModelWeights>();
   mw->placement = placement;
   mw->ckpt = std::make_unique<Checkpoint>(dir);
+  const Checkpoint& ck = *mw->ckpt;
+  TensorSource src{[&ck](const std::string& n) { return ck.find(n); }};
+  place_all(c, src, be, mw.get(), placement, progress);
+  return mw;
+}
+
+std::unique_ptr<ModelWeights> ModelWeights::load_dummy(const ModelConfig& c, Backend& be, uint64_t seed,
+                                                       Placement placement, const LoadProgress& progress) {
+  auto mw = std::make_unique<ModelWeights>();
+  mw->placement = placement;
+  // Per dtype one pool of valid random values as large as the largest tensor of that dtype; every tensor's
+  // bytes come from its dtype's pool (values do not matter for speed, only that they are finite codes).
+  const auto specs = expected_tensors(c, c.expert_format);
+  std::map<DType, size_t> need;
+  for (auto& t : specs) {
+    size_t n = dtype_size(t.dtypes.at(0));
+    for (int64_t d : t.shape) n *= size_t(d);
+    need[t.dtypes.at(0)] = std::max(need[t.dtypes.at(0)], n);
+  }
+  std::map<DType, std::vector<uint8_t>> pools;
+  uint64_t st = seed * 0x9e3779b97f4a7c15ull + 1;
+  auto next = [&] {
+    st ^= st << 13, st ^= st >> 7, st ^= st << 17;
+    return st;
+  };
+  for (auto& [dt, n] : need) {
+    auto& p = pools[dt];
+    p.resize(n);
+    switch (dt) {
+      case DType::F8_E8M0: std::fill(p.begin(), p.end(), uint8_t(120)); break;  // 2^-7
+      case DType::F8_E4M3:
+        for (auto& b : p) b = uint8_t(next() % 0x7f) | uint8_t(next() & 0x80);  // never the NaN codes
+        break;
+      case DType::BF16:
+      case DType::F32:
+        for (size_t i = 0; i + dtype_size(dt) <= n; i += dtype_size(dt)) {
+          const float v = (float(next() % 2001) - 1000.f) * 2e-5f;
+          if (dt == DType::F32) std::memcpy(&p[i], &v, 4);
+          else {
+            const uint16_t h = f32_to_bf16(v);
+            std::memcpy(&p[i], &h, 2);
+          }
+        }
+        break;
+      case DType::I64:
+        for (size_t i = 0; i < n / 8; ++i) {
+          const int64_t e = int64_t(i * 7 % size_t(std::max(c.n_routed_experts, 1)));
+          std::memcpy(&p[i * 8], &e, 8);
+        }
+        break;
+      default:
+        for (auto& b : p) b = uint8_t(next());
+    }
+  }
+  static const std::string kDummy = "<dummy weights>";
+  std::map<std::string, TensorInfo> infos;
+  for (auto& t : specs) {
+    TensorInfo ti;
+    ti.name = t.name;
+    ti.dtype = t.dtypes.at(0);
+    ti.shape = t.shape;
+    ti.nbytes = size_t(ti.numel()) * dtype_size(ti.dtype);
+    ti.data = pools.at(ti.dtype).data();
+    ti.file = &kDummy;
+    infos[t.name] = ti;
+  }
+  TensorSource src{[&infos](const std::string& n) -> const TensorInfo* {
+    auto it = infos.find(n);
+    return it == infos.end() ? nullptr : &it->second;
+  }};
+  place_all(c, src, be, mw.get(), placement, progress);
+  return mw;
+}
+
+namespace {
+
+void place_all(const ModelConfig& c, const TensorSource& src, Backend& be, ModelWeights* mw, Placement placement,
+               const LoadProgress& progress) {
   Placer P(be, *mw);
-  Loader L(*mw->ckpt, P, placement, c.weight_block);
+  Loader L(src, P, placement, c.weight_block);
   const int64_t D = c.dim, V = c.vocab_size, H = c.n_heads, hd = c.head_dim;
   // Column-parallel (SplitOut) and row-parallel (SplitIn) cuts of the official convert.py (spec §4.4). The
   // embedding stays whole on every rank here: a rank needs every token's row.
@@ -349,7 +448,8 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const ModelConfig& c, const std
   P.staged(&mw->rope_main, DType::F64, {int64_t(rm.freqs.size())}, rm.freqs.data(), rm.freqs.size() * 8);
   P.staged(&mw->rope_compress, DType::F64, {int64_t(rc.freqs.size())}, rc.freqs.data(), rc.freqs.size() * 8);
   P.finish(progress);
-  return mw;
 }
+
+}  // namespace
 
 }  // namespace dsv4

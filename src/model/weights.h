@@ -75,6 +75,10 @@ struct ModelWeights {
   // Loads, validates (errors name the file and tensor) and places every tensor the config needs.
   static std::unique_ptr<ModelWeights> load(const ModelConfig& c, const std::string& dir, Backend& be,
                                             Placement placement = {}, const LoadProgress& progress = {});
+  // --load-format dummy: every tensor of the config with valid random values, placed as a checkpoint's would be
+  // (no checkpoint on disk; for benchmarks at full size).
+  static std::unique_ptr<ModelWeights> load_dummy(const ModelConfig& c, Backend& be, uint64_t seed = 1,
+                                                  Placement placement = {}, const LoadProgress& progress = {});
 };
 
 }  // namespace dsv4

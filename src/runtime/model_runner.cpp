@@ -13,7 +13,9 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   cfg_ = ModelConfig::load((std::filesystem::path(opts_.model_dir) / "config.json").string());
   if (opts_.n_slots < 1) fail("the runner needs at least one sequence slot");
   be_ = make_backend(opts_.device);
-  weights_ = ModelWeights::load(cfg_, opts_.model_dir, *be_, {}, opts_.progress);
+  if (opts_.load_format == "dummy") weights_ = ModelWeights::load_dummy(cfg_, *be_, 1, {}, opts_.progress);
+  else if (opts_.load_format == "auto") weights_ = ModelWeights::load(cfg_, opts_.model_dir, *be_, {}, opts_.progress);
+  else fail("unknown --load-format '{}' (auto or dummy)", opts_.load_format);
   model_ = std::make_unique<Dsv4Model>(cfg_, *weights_, *be_, opts_.numerics);
   mem_.weights = weights_->placed_bytes;
 

@@ -15,6 +15,7 @@ namespace dsv4 {
 struct RunnerOptions {
   std::string model_dir;
   std::string device = "auto";  // cpu | cuda | auto
+  std::string load_format = "auto";  // auto (the checkpoint) | dummy (random weights for model_dir's config.json)
   Numerics numerics = Numerics::Reference;
   KvDtype kv_dtype = KvDtype::BF16;
   int block_tokens = 256;
