@@ -1,7 +1,7 @@
 // The CUDA Backend: device memory (cudaMalloc only), one stream, pinned staging for uploads, and every op as
 // kernels in kernels/cuda/*.cu. Shapes are checked here on the host; indices that live in device tables are
 // checked by the kernels, which report into a device error slot read at every synchronize/download.
-// Compiled by the host compiler (fmt does not build under nvcc); empty without CUDA except the null factory.
+// Compiled by the host compiler (fmt does not build under nvcc); empty without CUDA.
 #include "kernels/backend.h"
 
 #if DSV4_HAVE_CUDA
@@ -69,7 +69,7 @@ class CudaBackend final : public Backend {
   }
 
   std::string name() const override { return name_; }
-  cudaStream_t stream() const { return stream_; }
+  const Launch& launch() const { return L_; }
 
   // ---- memory
   std::unique_ptr<Buffer> alloc(size_t bytes, BufferUsage usage) override {
@@ -663,6 +663,12 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
+cuda::Launch cuda::launch_of(Backend& be) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  DSV4_CHECK(c, "launch_of: {} is not a CUDA backend", be.name());
+  return c->launch();
+}
+
 std::unique_ptr<Backend> make_cuda_backend(int device, std::string* why) {
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
@@ -684,13 +690,4 @@ std::unique_ptr<Backend> make_cuda_backend(int device, std::string* why) {
 
 }  // namespace dsv4
 
-#else  // built without CUDA
-
-namespace dsv4 {
-std::unique_ptr<Backend> make_cuda_backend(int, std::string* why) {
-  if (why) *why = "this build has no CUDA support (nvcc was not found at configure time)";
-  return nullptr;
-}
-}  // namespace dsv4
-
-#endif
+#endif  // DSV4_HAVE_CUDA (without CUDA, kernels/backend_factory.cpp defines the null make_cuda_backend)

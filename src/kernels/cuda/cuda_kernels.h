@@ -215,3 +215,11 @@ void reduce_sum(const Launch& L, const float* x, int64_t n, float* out);
 double fp8_mma_peak(const Launch& L, float* sink, int iters);
 
 }  // namespace dsv4::cuda
+
+namespace dsv4 {
+class Backend;
+}
+namespace dsv4::cuda {
+// The launch context of a CUDA backend (bench and tests time kernels on its stream); throws for other backends.
+Launch launch_of(Backend& be);
+}  // namespace dsv4::cuda
