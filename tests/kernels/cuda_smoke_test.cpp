@@ -240,9 +240,10 @@ TEST_F(CudaSmoke, HyperConnections) {
   cpu->hc_post(y.c, X.c, post.c, comb.c, hc, Xo.c);
   gpu->hc_post(y.g, X.g, post.g, comb.g, hc, Xo.g);
   expect_close(Xo, 1e-4, "hc_post");
-  T2 fh = up(rnd(size_t(4 * flat), 0.02f), DType::F32, {4, flat});
-  pc.fn = fh.c;
-  pg.fn = fh.g;
+  T2 fh = up(rnd(size_t(4 * flat), 0.02f), DType::F32, {4, flat}), bh = up(rnd(4, 0.5f), DType::F32, {4}),
+     sh = up(std::vector<float>{0.8f}, DType::F32, {1});
+  pc.fn = fh.c, pc.base = bh.c, pc.scale = sh.c;
+  pg.fn = fh.g, pg.base = bh.g, pg.scale = sh.g;
   T2 yh = zeros(DType::F32, {M, D});
   cpu->hc_head(X.c, pc, yh.c);
   gpu->hc_head(X.g, pg, yh.g);
