@@ -1,0 +1,354 @@
+// KV cache ops over the paged arena (kv_format.h), the compressor and attention. Every address comes from the
+// device tables (positions, items, block tables): the host never reads them, and every table entry is checked
+// against the arena (errors reported through the device error slot).
+#include <cfloat>
+
+#include "kernels/cuda/cuda_common.cuh"
+
+namespace dsv4::cuda {
+namespace {
+
+struct Item {
+  int start, row0, len, slot;
+};
+__device__ __forceinline__ Item item_of(const DevMeta& m, int i) {
+  const int32_t* p = m.items + int64_t(i) * 4;
+  return {p[0], p[1], p[2], p[3]};
+}
+
+// ---- window_store. Phase 1: block-end snapshots of the window (before the ring changes); phase 2: the ring.
+__global__ void window_snap_k(const float* kv, int64_t hd, DevMeta m, const int32_t* s_item, const int32_t* s_end,
+                              int64_t n, DevView v, int* err) {
+  const int lane = threadIdx.x & 31, W = v.window;
+  const int64_t total = n * W, bytes = v.main.bytes;
+  for (int64_t wi = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5; wi < total;
+       wi += (int64_t(gridDim.x) * blockDim.x) >> 5) {
+    const int64_t s = wi / W, q = wi % W;
+    const int i = s_item[s];
+    const int64_t B = s_end[s], t = B - W + q;
+    if (t < 0) continue;
+    const Item it = item_of(m, i);
+    uint8_t* blk = block_ptr(m, v, i, B / v.block_tokens - 1, err);
+    if (!blk) continue;
+    uint8_t* dst = blk + v.tail_off + q * bytes;
+    if (t >= it.start) {
+      codec_encode_warp(v.main, kv + (it.row0 + t - it.start) * hd, dst, lane);
+    } else {
+      const uint8_t* sp = slot_ptr(v, it.slot, err);
+      if (!sp) continue;
+      const uint8_t* src = sp + v.ring_off + (t % W) * bytes;
+      for (int64_t b = lane; b < bytes; b += 32) dst[b] = src[b];
+    }
+  }
+}
+
+__global__ void window_ring_k(const float* kv, int64_t hd, DevMeta m, DevView v, int* err) {
+  const int lane = threadIdx.x & 31, W = v.window;
+  for (int64_t r = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5; r < m.M;
+       r += (int64_t(gridDim.x) * blockDim.x) >> 5) {
+    const int i = m.row_item[r];
+    const Item it = item_of(m, i);
+    const int64_t t = m.pos[r];
+    if (t < it.start + it.len - W) continue;
+    uint8_t* sp = slot_ptr(v, it.slot, err);
+    if (!sp) continue;
+    codec_encode_warp(v.main, kv + r * hd, sp + v.ring_off + (t % W) * v.main.bytes, lane);
+  }
+}
+
+__global__ void store_entries_k(const float* src, int64_t dim, const int32_t* e_item, const int32_t* e_index,
+                                int64_t n, DevMeta m, DevView v, int indexer, int* err) {
+  const int lane = threadIdx.x & 31;
+  const DevCodec& c = indexer ? v.index : v.main;
+  const int64_t per = v.block_tokens / v.ratio, off = indexer ? v.idx_off : v.comp_off;
+  for (int64_t e = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5; e < n;
+       e += (int64_t(gridDim.x) * blockDim.x) >> 5) {
+    const int i = e_item[e];
+    const int64_t j = e_index[e];
+    uint8_t* blk = block_ptr(m, v, i, j / per, err);
+    if (!blk) continue;
+    codec_encode_warp(c, src + e * dim, blk + off + (j % per) * c.bytes, lane);
+  }
+}
+
+__global__ void arena_copy_k(uint8_t* arena, int64_t arena_bytes, const int64_t* copies, int64_t n, int* err) {
+  for (int64_t c = blockIdx.x; c < n; c += gridDim.x) {
+    const int64_t s = copies[c * 3], d = copies[c * 3 + 1], b = copies[c * 3 + 2];
+    if (s < 0 || d < 0 || b < 0 || s + b > arena_bytes || d + b > arena_bytes) {
+      if (threadIdx.x == 0) report(err, kErrCopy, s, d, b);
+      continue;
+    }
+    const uint8_t* src = arena + s;
+    uint8_t* dst = arena + d;
+    if ((s | d | b) % 16 == 0) {
+      for (int64_t i = threadIdx.x; i < b / 16; i += blockDim.x)
+        reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(src)[i];
+    } else {
+      for (int64_t i = threadIdx.x; i < b; i += blockDim.x) dst[i] = src[i];
+    }
+  }
+}
+
+// ---- compressor
+// Token t's ring record pointer (slot ring), or null.
+__device__ __forceinline__ const float* ring_rec(const DevCompress& a, const Item& it, int64_t t, int* err) {
+  const uint8_t* sp = slot_ptr(a.view, it.slot, err);
+  if (!sp) return nullptr;
+  const int64_t rt = int64_t(a.coff) * a.ratio, rtf = 2LL * a.coff * a.d;
+  return reinterpret_cast<const float*>(sp + (a.indexer ? a.view.iring_off : a.view.cring_off) + (t % rt) * rtf * 4);
+}
+
+// One thread per (entry, channel); slots in the host's order, so the softmax sums are the host's.
+__global__ void compress_pool_k(DevCompress a, int* err) {
+  const int64_t total = a.n_entries * a.d, w = int64_t(a.coff) * a.d;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t e = idx / a.d, ch = idx % a.d;
+    const Item it = item_of(a.meta, a.e_item[e]);
+    const int64_t j = a.e_index[e], nslots = int64_t(a.coff) * a.ratio, t0 = (j + 1) * a.ratio - nslots;
+    float mx = -INFINITY;
+    for (int64_t q = 0; q < nslots; ++q) {
+      const int64_t t = t0 + q;
+      if (t < 0) continue;
+      const int64_t col = a.coff == 2 ? (q < a.ratio ? ch : a.d + ch) : ch;
+      float lg;
+      if (t >= it.start) {
+        const int64_t r = it.row0 + t - it.start;
+        lg = a.g[r * w + col] + a.ape[(t % a.ratio) * w + col];
+      } else {
+        const float* rr = ring_rec(a, it, t, err);
+        lg = rr ? rr[w + col] : 0.f;
+      }
+      mx = fmaxf(mx, lg);
+    }
+    float den = 0.f, acc = 0.f;
+    for (int64_t q = 0; q < nslots; ++q) {
+      const int64_t t = t0 + q;
+      if (t < 0) continue;
+      const int64_t col = a.coff == 2 ? (q < a.ratio ? ch : a.d + ch) : ch;
+      float lg, val;
+      if (t >= it.start) {
+        const int64_t r = it.row0 + t - it.start;
+        lg = a.g[r * w + col] + a.ape[(t % a.ratio) * w + col];
+        val = a.u[r * w + col];
+      } else {
+        const float* rr = ring_rec(a, it, t, err);
+        lg = rr ? rr[w + col] : 0.f;
+        val = rr ? rr[col] : 0.f;
+      }
+      const float ex = expf(lg - mx);
+      den += ex;
+      acc += ex * val;
+    }
+    a.out[e * a.d + ch] = acc / den;
+  }
+}
+
+// Token t's record [u | g + ape] value f (f < 2w).
+__device__ __forceinline__ float token_rec(const DevCompress& a, const Item& it, int64_t t, int64_t f, int* err) {
+  const int64_t w = int64_t(a.coff) * a.d;
+  if (t >= it.start) {
+    const int64_t r = it.row0 + t - it.start;
+    return f < w ? a.u[r * w + f] : a.g[r * w + f - w] + a.ape[(t % a.ratio) * w + f - w];
+  }
+  const float* rr = ring_rec(a, it, t, err);
+  return rr ? rr[f] : 0.f;
+}
+
+__global__ void compress_snap_k(DevCompress a, int* err) {
+  const int64_t rtf = 2LL * a.coff * a.d, total = a.n_snaps * 4 * rtf;
+  const int64_t off = a.indexer ? a.view.istate_off : a.view.cstate_off;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t s = idx / (4 * rtf), q = (idx / rtf) % 4, f = idx % rtf;
+    const int i = a.s_item[s];
+    const int64_t B = a.s_end[s], t = B - 4 + q;
+    if (t < 0) continue;
+    const Item it = item_of(a.meta, i);
+    uint8_t* blk = block_ptr(a.meta, a.view, i, B / a.view.block_tokens - 1, err);
+    if (!blk) continue;
+    reinterpret_cast<float*>(blk + off)[q * rtf + f] = token_rec(a, it, t, f, err);
+  }
+}
+
+__global__ void compress_ring_k(DevCompress a, int* err) {
+  const int64_t rtf = 2LL * a.coff * a.d, rt = int64_t(a.coff) * a.ratio, total = a.meta.M * rtf;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = idx / rtf, f = idx % rtf;
+    const Item it = item_of(a.meta, a.meta.row_item[r]);
+    const int64_t t = a.meta.pos[r];
+    if (t < it.start + it.len - rt) continue;
+    uint8_t* sp = slot_ptr(a.view, it.slot, err);
+    if (!sp) continue;
+    float* rec = reinterpret_cast<float*>(sp + (a.indexer ? a.view.iring_off : a.view.cring_off) + (t % rt) * rtf * 4);
+    rec[f] = token_rec(a, it, t, f, err);
+  }
+}
+
+// ---- attention. Block = (query row, group of 8 heads), one warp per head; every key tile is decoded once into
+// shared memory for the 8 heads. Two passes over the keys (max and denominator, then probabilities times
+// values) so the probabilities are final before P.V, as the reference's bf16 rounding of P needs.
+constexpr int kAttnHeads = 8, kAttnTile = 32;
+
+__device__ __forceinline__ void load_key(const DevAttention& a, const Item& it, int item, int64_t m, int64_t p,
+                                         int64_t idx, int64_t t0, int64_t nw, float* dst, bool* valid, int lane,
+                                         int* err) {
+  const DevView& v = a.view;
+  const int64_t hd = a.hd;
+  const uint8_t* src = nullptr;
+  const float* f = nullptr;
+  if (idx < nw) {
+    const int64_t t = t0 + idx;
+    if (t >= it.start) {
+      f = a.kv + (it.row0 + t - it.start) * hd;
+    } else {
+      const uint8_t* sp = slot_ptr(v, it.slot, err);
+      if (sp) src = sp + v.ring_off + (t % v.window) * v.main.bytes;
+    }
+  } else {
+    const int64_t c = idx - nw;
+    int64_t j = c;
+    if (v.ratio == 4) j = a.selected[m * a.n_sel + c];
+    if (j >= 0) {
+      const int64_t per = v.block_tokens / v.ratio;
+      const uint8_t* blk = block_ptr(a.meta, v, item, j / per, err);
+      if (blk) src = blk + v.comp_off + (j % per) * v.main.bytes;
+    }
+  }
+  const bool ok = f || src;
+  for (int64_t d = lane; d < hd; d += 32) dst[d] = f ? f[d] : src ? codec_decode(v.main, src, int(d)) : 0.f;
+  if (lane == 0) *valid = ok;
+}
+
+__global__ void __launch_bounds__(256) attention_k(DevAttention a, int* err) {
+  extern __shared__ float sm[];
+  const int64_t hd = a.hd, ld = hd + 1;  // +1: lane-per-key dot products hit distinct banks
+  float* Ks = sm;                         // [kAttnTile][hd + 1]
+  float* Qs = Ks + kAttnTile * ld;        // [kAttnHeads][hd]
+  __shared__ bool valid[kAttnTile];
+  const int64_t m = blockIdx.x, h0 = int64_t(blockIdx.y) * kAttnHeads;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t h = h0 + warp;
+  const bool head_ok = h < a.H;
+  const int item = a.meta.row_item[m];
+  const Item it = item_of(a.meta, item);
+  const int64_t p = a.meta.pos[m], W = a.view.window;
+  const int64_t t0 = p - W + 1 > 0 ? p - W + 1 : 0, nw = p - t0 + 1;
+  int64_t nc = 0;
+  if (a.view.ratio == 128) nc = (p + 1) / 128;
+  if (a.view.ratio == 4) nc = a.n_sel;
+  const int64_t L = nw + nc;
+  for (int64_t i = threadIdx.x; i < kAttnHeads * hd; i += blockDim.x) {
+    const int64_t hh = h0 + i / hd;
+    Qs[i] = hh < a.H ? a.q[(m * a.H + hh) * hd + i % hd] : 0.f;
+  }
+  const float sink = head_ok ? a.sink[h] : 0.f;
+  float mx = sink, den = 1.f;  // the sink's own exp(sink - mx) term
+  float o[16];
+#pragma unroll
+  for (int i = 0; i < 16; ++i) o[i] = 0.f;
+  float inv = 0.f;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int64_t k0 = 0; k0 < L; k0 += kAttnTile) {
+      __syncthreads();
+      for (int e = warp; e < kAttnTile; e += kAttnHeads) {
+        if (k0 + e < L)
+          load_key(a, it, item, m, p, k0 + e, t0, nw, Ks + e * ld, &valid[e], lane, err);
+        else if (lane == 0)
+          valid[e] = false;
+      }
+      __syncthreads();
+      if (!head_ok) continue;
+      const float* q = Qs + warp * hd;
+      float s = 0.f;
+      const float* kr = Ks + lane * ld;
+      for (int64_t d = 0; d < hd; ++d) s += q[d] * kr[d];
+      s = valid[lane] ? s * a.scale : -INFINITY;
+      if (pass == 0) {
+        const float nm = fmaxf(mx, warp_max(s));
+        const float e = valid[lane] ? expf(s - nm) : 0.f;
+        den = den * expf(mx - nm) + warp_sum(e);
+        mx = nm;
+      } else {
+        float pr = valid[lane] ? expf(s - mx) * inv : 0.f;
+        if (a.probs_bf16) pr = rbf16(pr);
+        for (int e = 0; e < kAttnTile; ++e) {
+          const float pe = __shfl_sync(0xffffffffu, pr, e);
+          if (pe == 0.f) continue;  // warp-uniform: masked keys and underflow add exactly nothing
+          const float* kr2 = Ks + e * ld;
+#pragma unroll
+          for (int i = 0; i < 16; ++i)
+            if (lane + 32 * i < hd) o[i] += pe * kr2[lane + 32 * i];
+        }
+      }
+    }
+    inv = 1.f / den;
+  }
+  if (head_ok)
+#pragma unroll
+    for (int i = 0; i < 16; ++i)
+      if (lane + 32 * i < hd) a.out[(m * a.H + h) * hd + lane + 32 * i] = o[i];
+}
+
+}  // namespace
+
+void window_store(const Launch& L, const float* kv, int64_t hd, const DevMeta& m, const int32_t* snap_item,
+                  const int32_t* snap_end, int64_t n_snaps, const DevView& v) {
+  if (n_snaps > 0) {
+    window_snap_k<<<grid1d(n_snaps * v.window * 32, 256), 256, 0, L.stream>>>(kv, hd, m, snap_item, snap_end, n_snaps,
+                                                                              v, L.err);
+    DSV4_CUDA_LAUNCHED();
+  }
+  if (m.M > 0) {
+    window_ring_k<<<grid1d(m.M * 32, 256), 256, 0, L.stream>>>(kv, hd, m, v, L.err);
+    DSV4_CUDA_LAUNCHED();
+  }
+}
+
+void store_entries(const Launch& L, const float* src, int64_t dim, const int32_t* e_item, const int32_t* e_index,
+                   int64_t n, const DevMeta& m, const DevView& v, bool indexer) {
+  if (!n) return;
+  store_entries_k<<<grid1d(n * 32, 256), 256, 0, L.stream>>>(src, dim, e_item, e_index, n, m, v, indexer, L.err);
+  DSV4_CUDA_LAUNCHED();
+}
+
+void arena_copy(const Launch& L, uint8_t* arena, int64_t arena_bytes, const int64_t* copies, int64_t n) {
+  if (!n) return;
+  arena_copy_k<<<unsigned(n < 65535 ? n : 65535), 256, 0, L.stream>>>(arena, arena_bytes, copies, n, L.err);
+  DSV4_CUDA_LAUNCHED();
+}
+
+void compress(const Launch& L, const DevCompress& a) {
+  if (a.n_entries > 0) {
+    compress_pool_k<<<grid1d(a.n_entries * a.d, 256), 256, 0, L.stream>>>(a, L.err);
+    DSV4_CUDA_LAUNCHED();
+  }
+  const int64_t rtf = 2LL * a.coff * a.d;
+  const int64_t state_off = a.indexer ? a.view.istate_off : a.view.cstate_off;
+  if (a.n_snaps > 0 && a.ratio == 4 && a.view.with_tail && state_off >= 0) {
+    compress_snap_k<<<grid1d(a.n_snaps * 4 * rtf, 256), 256, 0, L.stream>>>(a, L.err);
+    DSV4_CUDA_LAUNCHED();
+  }
+  if (a.meta.M > 0) {
+    compress_ring_k<<<grid1d(a.meta.M * rtf, 256), 256, 0, L.stream>>>(a, L.err);
+    DSV4_CUDA_LAUNCHED();
+  }
+}
+
+void attention(const Launch& L, const DevAttention& a) {
+  if (!a.meta.M) return;
+  DSV4_CUDA_REQUIRE(a.hd % 32 == 0 && a.hd <= 512, "attention on CUDA: head_dim must be a multiple of 32, <= 512");
+  const size_t sm = (size_t(kAttnTile) * size_t(a.hd + 1) + size_t(kAttnHeads) * size_t(a.hd)) * 4;
+  static bool attr = false;
+  if (!attr) {
+    DSV4_CUDA_CHECK(cudaFuncSetAttribute(attention_k, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024));
+    attr = true;
+  }
+  DSV4_CUDA_REQUIRE(a.meta.M < (1LL << 31), "attention: too many rows");
+  dim3 grid(unsigned(a.meta.M), unsigned(cdiv(a.H, kAttnHeads)));
+  attention_k<<<grid, 256, sm, L.stream>>>(a, L.err);
+  DSV4_CUDA_LAUNCHED();
+}
+
+}  // namespace dsv4::cuda
