@@ -3,9 +3,11 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 
 #include "core/error.h"
+#include "kernels/timing_backend.h"
 
 namespace dsv4 {
 
@@ -13,10 +15,14 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   cfg_ = ModelConfig::load((std::filesystem::path(opts_.model_dir) / "config.json").string());
   if (opts_.n_slots < 1) fail("the runner needs at least one sequence slot");
   be_ = make_backend(opts_.device);
+  if (opts_.profile_ops) be_ = std::make_unique<TimingBackend>(std::move(be_));
+  const auto t_load = std::chrono::steady_clock::now();
   if (opts_.load_format == "dummy") weights_ = ModelWeights::load_dummy(cfg_, *be_, 1, {}, opts_.progress);
   else if (opts_.load_format == "auto") weights_ = ModelWeights::load(cfg_, opts_.model_dir, *be_, {}, opts_.progress);
   else fail("unknown --load-format '{}' (auto or dummy)", opts_.load_format);
   model_ = std::make_unique<Dsv4Model>(cfg_, *weights_, *be_, opts_.numerics);
+  be_->synchronize();
+  load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
   mem_.weights = weights_->placed_bytes;
 
   const KvLayout layout = KvLayout::make(cfg_, opts_.block_tokens, opts_.kv_dtype, opts_.prefix_tails);

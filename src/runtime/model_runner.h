@@ -28,6 +28,7 @@ struct RunnerOptions {
   double memory_utilization = 0.9;
   int64_t max_model_len = 0;  // 0: what fits (capped by max_position_embeddings)
   LoadProgress progress;
+  bool profile_ops = false;  // wrap the backend in a TimingBackend (per-op times; slower steps)
 };
 
 struct StepResult {
@@ -53,6 +54,9 @@ class ModelRunner {
   const KvLayout& kv_layout() const { return kv_->layout(); }
   const MemoryPlan& memory() const { return mem_; }
   Backend& backend() { return *be_; }
+  const ModelWeights& weights() const { return *weights_; }
+  KvStorage& kv_storage() { return *kv_; }
+  double load_seconds() const { return load_seconds_; }
   const RunnerOptions& options() const { return opts_; }
 
  private:
@@ -66,6 +70,7 @@ class ModelRunner {
   std::unique_ptr<Buffer> copy_buf_;  // arena copy lists
   Tensor copy_list_;
   MemoryPlan mem_;
+  double load_seconds_ = 0;
 };
 
 }  // namespace dsv4
