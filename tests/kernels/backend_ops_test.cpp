@@ -86,6 +86,36 @@ TEST_P(BackendOps, LinearFp8RowSliceInsideATileAndGroups) {
   }
 }
 
+// Prefill-sized M: the GPU's tensor-core (FP8 x FP8, act_fp8) and tiled paths, not the decode GEMV.
+TEST_P(BackendOps, LinearPrefillSizedRows) {
+  Rng r(21);
+  const int64_t M = 97, in = 384, out = 264;
+  for (WeightFormat f : {WeightFormat::FP8Block, WeightFormat::FP4Group32, WeightFormat::BF16}) {
+    auto w = random_weight(r, f, out, in);
+    LinearWeight lw = upload_weight(w);
+    auto x = r.vec(size_t(M * in), -2, 2);
+    Tensor xt = up(x, DType::F32, {M, in});
+    for (int opt = 0; opt < 4; ++opt) {
+      LinearOpts o;
+      o.act_fp8 = opt & 1;
+      o.out_bf16 = opt & 2;
+      Tensor yt = zeros(DType::F32, {M, out});
+      be->linear(xt, lw, yt, o);
+      expect_close(down<float>(yt), ref::linear(x, M, w, o), tol("linear"),
+                   std::string("M=97 ") + weight_format_name(f) + " opt " + std::to_string(opt), o.out_bf16 ? 0.01 : 0,
+                   1e-2);
+    }
+    // A row slice inside a scale tile at prefill size.
+    if (f == WeightFormat::FP8Block) {
+      LinearOpts o;
+      o.act_fp8 = true;
+      Tensor yt = zeros(DType::F32, {M, 136});
+      be->linear(xt, lw.rows(64, 136), yt, o);
+      expect_close(down<float>(yt), ref::linear(x, M, w, o, 64, 136), tol("linear"), "M=97 fp8 rows(64, 136) act_fp8");
+    }
+  }
+}
+
 TEST_P(BackendOps, RmsNormWithAndWithoutWeightInPlace) {
   Rng r(3);
   const int64_t rows = 7, D = 96;
