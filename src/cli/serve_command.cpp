@@ -10,12 +10,12 @@
 #include <thread>
 
 #include "cli/commands.h"
+#include "cli/serve_command.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "model/tiny_checkpoint.h"
 #include "runtime/engine.h"
 #include "server/http_server.h"
-#include "server/scripted_backend.h"
 #include "server/weight_preload.h"
 #include "tokenizer/tokenizer.h"
 
@@ -26,27 +26,9 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-struct ServeOpts {
-  std::string model, tokenizer;
-  std::vector<std::string> served_model_name;
-  std::string host = "0.0.0.0";
-  int port = 8000;
-  int64_t max_model_len = 0;
-  int max_num_seqs = 64, max_num_batched_tokens = 2048, block_size = 256;
-  std::string kv_cache_dtype = "auto", kv_cache_memory = "1GiB";
-  bool enable_prefix_caching = true;
-  std::string api_key, numerics = "reference";
-  std::string generation_config = "auto", override_generation_config, default_chat_template_kwargs;
-  std::string default_thinking = "off", default_reasoning_effort = "none";
-  std::string max_request_body_bytes = "32MiB";
-  int http_threads = 0;
-  std::string scripted_output;
-  // vLLM flags accepted for drop-in command lines; they change nothing here.
-  bool trust_remote_code = false, enable_auto_tool_choice = false;
-  std::string tool_call_parser, reasoning_parser;
-};
 
-constexpr int64_t kDemoMaxModelLen = 8192;
+// Coding agents send 12-20K-token first requests; the demo model's KV budget holds far more.
+constexpr int64_t kDemoMaxModelLen = 65536;
 constexpr int64_t kDemoMaxNewTokens = 256;
 
 uint64_t parse_size(const std::string& s, const char* flag) {
@@ -119,7 +101,9 @@ void apply_generation_config(const json& j, server::SamplingDefaults& d, const s
   }
 }
 
-void run_serve(const ServeOpts& o) {
+}  // namespace
+
+void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
   // Signals go to one waiting thread (below), never to engine or HTTP threads; a closed client socket must
   // not kill the process.
   sigset_t sigs;
@@ -214,26 +198,26 @@ void run_serve(const ServeOpts& o) {
   }
 
   const int64_t max_len = o.max_model_len > 0 ? o.max_model_len : (demo ? kDemoMaxModelLen : 0);
-  std::unique_ptr<server::Backend> backend;
-  if (!o.scripted_output.empty()) {
-    spdlog::warn("--scripted-output: replaying {} instead of running the model (testing aid)", o.scripted_output);
-    backend = server::ScriptedBackend::from_file(o.scripted_output, tok, max_len > 0 ? max_len : kDemoMaxModelLen);
+  ServeSetup setup{tok, model_dir, demo, {}};
+  EngineConfig& ec = setup.engine;
+  ec.model_dir = model_dir;
+  ec.numerics = parse_numerics(o.numerics);
+  ec.max_num_seqs = o.max_num_seqs;
+  ec.max_num_batched_tokens = o.max_num_batched_tokens;
+  ec.max_model_len = max_len;
+  ec.block_size = o.block_size;
+  ec.kv_cache_dtype = o.kv_cache_dtype;
+  ec.enable_prefix_caching = o.enable_prefix_caching;
+  ec.kv_cache_memory = parse_size(o.kv_cache_memory, "--kv-cache-memory");
+  std::unique_ptr<server::Generator> generator;
+  if (make) {
+    generator = make(setup);
   } else {
     server::preload_weights(model_dir);
-    EngineConfig ec;
-    ec.model_dir = model_dir;
-    ec.numerics = parse_numerics(o.numerics);
-    ec.max_num_seqs = o.max_num_seqs;
-    ec.max_num_batched_tokens = o.max_num_batched_tokens;
-    ec.max_model_len = max_len;
-    ec.block_size = o.block_size;
-    ec.kv_cache_dtype = o.kv_cache_dtype;
-    ec.enable_prefix_caching = o.enable_prefix_caching;
-    ec.kv_cache_memory = parse_size(o.kv_cache_memory, "--kv-cache-memory");
-    backend = std::make_unique<server::EngineBackend>(std::make_unique<Engine>(ec));
+    generator = std::make_unique<server::EngineGenerator>(std::make_unique<Engine>(ec));
   }
 
-  server::ServerContext ctx(std::move(so), tok, *backend);
+  server::ServerContext ctx(std::move(so), tok, *generator);
   const int threads = o.http_threads > 0 ? o.http_threads : std::max(32, 2 * o.max_num_seqs + 8);
   server::HttpServer http(ctx, threads);
   const int port = http.bind(o.host, o.port);
@@ -243,8 +227,8 @@ void run_serve(const ServeOpts& o) {
     spdlog::info("signal {}: shutting down", sig);
     http.stop();
   });
-  spdlog::info("model {} ({}), max model len {}, serving as {}", ctx.opt.model_dir,
-               o.scripted_output.empty() ? "engine" : "scripted", backend->max_model_len(),
+  spdlog::info("model {} ({}), max model len {}, serving as {}", ctx.opt.model_dir, make ? "test generator" : "engine",
+               generator->max_model_len(),
                fmt::join(ctx.opt.model_names, ", "));
   spdlog::info("listening on http://{}:{}", o.host, port);
   http.run();
@@ -253,14 +237,9 @@ void run_serve(const ServeOpts& o) {
   spdlog::info("server stopped");
 }
 
-}  // namespace
-
-void add_serve_command(CLI::App& app) {
-  auto o = std::make_shared<ServeOpts>();
-  auto* cmd =
-      app.add_subcommand("serve",
-                         "OpenAI- and Anthropic-compatible HTTP server (vLLM's flags where they exist). Without "
-                         "--model it serves the embedded tiny demo model (random weights: meaningless text)");
+void add_serve_options(CLI::App& app, ServeOpts& opts) {
+  auto* cmd = &app;
+  auto* o = &opts;
   cmd->add_option("--model", o->model,
                   "checkpoint directory (config.json, *.safetensors, tokenizer.json). Default: the demo model "
                   "<dsv4 dir>/tiny-model, created on the fly if missing");
@@ -272,7 +251,7 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--host", o->host, "address to listen on")->capture_default_str();
   cmd->add_option("--port", o->port, "port to listen on (0: any free port, printed at start)")->capture_default_str();
   cmd->add_option("--max-model-len", o->max_model_len,
-                  "prompt + output limit in tokens (default: what the model and KV cache allow; 8192 for the demo)");
+                  "prompt + output limit in tokens (default: what the model and KV cache allow; 65536 for the demo)");
   cmd->add_option("--max-num-seqs", o->max_num_seqs, "sequences running at once")->capture_default_str();
   cmd->add_option("--max-num-batched-tokens", o->max_num_batched_tokens, "tokens per engine step")
       ->capture_default_str();
@@ -313,9 +292,6 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--http-threads", o->http_threads,
                   "connection threads (each open stream holds one; default max(32, 2 x max-num-seqs + 8))");
-  cmd->add_option("--scripted-output", o->scripted_output,
-                  "testing aid: no model; answer every request with texts from this JSON file "
-                  "({\"replies\": [{\"when\": \"prompt substring\", \"text\": \"...\"}], \"token_delay_ms\": 2})");
   auto* compat = "vLLM compatibility (accepted, no effect)";
   cmd->add_flag("--trust-remote-code", o->trust_remote_code, "no effect: nothing remote runs")->group(compat);
   cmd->add_flag("--enable-auto-tool-choice", o->enable_auto_tool_choice, "no effect: tool calls are always parsed")
@@ -324,6 +300,15 @@ void add_serve_command(CLI::App& app) {
       ->group(compat);
   cmd->add_option("--reasoning-parser", o->reasoning_parser, "no effect: the DeepSeek-V4 reasoning parser is built in")
       ->group(compat);
+}
+
+void add_serve_command(CLI::App& app) {
+  auto o = std::make_shared<ServeOpts>();
+  auto* cmd =
+      app.add_subcommand("serve",
+                         "OpenAI- and Anthropic-compatible HTTP server (vLLM's flags where they exist). Without "
+                         "--model it serves the embedded tiny demo model (random weights: meaningless text)");
+  add_serve_options(*cmd, *o);
   cmd->callback([o] { run_serve(*o); });
 }
 

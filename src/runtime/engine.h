@@ -23,7 +23,7 @@ struct EngineConfig {
   int64_t max_model_len = 0;             // prompt + output limit; 0 = min(max_position_embeddings, what fits)
   int block_size = 256;                  // KV block, in tokens (multiple of 128)
   std::string kv_cache_dtype = "bf16";   // bf16 | fp8
-  bool enable_prefix_caching = false;
+  bool enable_prefix_caching = true;   // as in vLLM v1 (`dsv4 serve` reads its defaults from here)
   uint64_t kv_cache_memory = 1ull << 30;  // bytes for KV blocks + per-sequence state
 };
 

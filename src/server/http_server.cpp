@@ -196,7 +196,7 @@ HttpServer::HttpServer(ServerContext& ctx, int threads) : impl_(std::make_unique
     res.set_content(R"({"version":"dsv4"})", "application/json");
   });
   svr.Get("/metrics", [I](const httplib::Request&, httplib::Response& res) {
-    res.set_content(I->ctx.metrics.render(I->ctx.backend.stats()), "text/plain; version=0.0.4; charset=utf-8");
+    res.set_content(I->ctx.metrics.render(I->ctx.generator.stats()), "text/plain; version=0.0.4; charset=utf-8");
   });
 }
 

@@ -133,23 +133,25 @@ Reply handle_chat_completions(ServerContext& ctx, const HttpRequest& hreq) {
           case GenEvent::Kind::Content:
             ok = chunk(e.choice, Json{{"content", e.text}}, nullptr, nullptr);
             break;
-          case GenEvent::Kind::ToolCall: {
-            // The name first, then the arguments, as vLLM streams them: clients concatenate argument deltas.
-            const int k = tool_index[size_t(e.choice)]++;
-            ok =
-                chunk(
-                    e.choice,
-                    Json{{"tool_calls", Json::array({Json{{"index", k},
-                                                          {"id", e.call.id},
-                                                          {"type", "function"},
-                                                          {"function", {{"name", e.call.name}, {"arguments", ""}}}}})}},
-                    nullptr, nullptr) &&
-                chunk(e.choice,
-                      Json{{"tool_calls",
-                            Json::array({Json{{"index", k}, {"function", {{"arguments", e.call.arguments}}}}})}},
-                      nullptr, nullptr);
+          case GenEvent::Kind::ToolCallStart:
+            // The id and name first, then the arguments as they are generated (clients concatenate them).
+            ok = chunk(e.choice,
+                       Json{{"tool_calls",
+                             Json::array({Json{{"index", tool_index[size_t(e.choice)]},
+                                               {"id", e.call.id},
+                                               {"type", "function"},
+                                               {"function", {{"name", e.call.name}, {"arguments", ""}}}}})}},
+                       nullptr, nullptr);
             break;
-          }
+          case GenEvent::Kind::ToolCallArguments:
+            ok = chunk(e.choice,
+                       Json{{"tool_calls", Json::array({Json{{"index", tool_index[size_t(e.choice)]},
+                                                             {"function", {{"arguments", e.text}}}}})}},
+                       nullptr, nullptr);
+            break;
+          case GenEvent::Kind::ToolCall:
+            ++tool_index[size_t(e.choice)];
+            break;
           case GenEvent::Kind::Finished: {
             const ChoiceResult& r = gen->result(e.choice);
             if (r.finish_reason == "error")
@@ -194,8 +196,8 @@ Reply handle_completions(ServerContext& ctx, const HttpRequest& hreq) {
     for (const auto& t : a) {
       if (!t.is_number_integer()) throw ApiError(400, "'prompt' token ids must be integers", "prompt");
       const int64_t v = t.get<int64_t>();
-      if (v < 0 || v >= ctx.backend.vocab_size())
-        throw ApiError(400, fmt::format("token id {} is out of range [0, {})", v, ctx.backend.vocab_size()), "prompt");
+      if (v < 0 || v >= ctx.generator.vocab_size())
+        throw ApiError(400, fmt::format("token id {} is out of range [0, {})", v, ctx.generator.vocab_size()), "prompt");
       ids.push_back(int32_t(v));
     }
     std::string text;
@@ -247,7 +249,7 @@ Reply handle_completions(ServerContext& ctx, const HttpRequest& hreq) {
   for (const auto& p : prompts) longest = std::max(longest, int64_t(p.size()));
   check_prompt_length(ctx, longest);
   auto mt = get_int(body, "max_tokens");
-  if (!mt) mt = std::min<int64_t>(16, ctx.backend.max_model_len() - longest);
+  if (!mt) mt = std::min<int64_t>(16, ctx.generator.max_model_len() - longest);
   gr.params.max_tokens = resolve_max_tokens(ctx, mt, longest, "max_tokens");
   gr.params.logprobs = int(lp);
   gr.skip_special_tokens = get_bool(body, "skip_special_tokens").value_or(true);

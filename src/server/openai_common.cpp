@@ -84,7 +84,7 @@ void apply_openai_sampling(const Json& body, SamplingParams& p) {
 }
 
 void check_prompt_length(const ServerContext& ctx, int64_t prompt_tokens) {
-  const int64_t max_len = ctx.backend.max_model_len();
+  const int64_t max_len = ctx.generator.max_model_len();
   if (prompt_tokens >= max_len)
     throw ApiError(400,
                    fmt::format("This model's maximum context length is {} tokens. However, your request has {} "
@@ -96,7 +96,7 @@ void check_prompt_length(const ServerContext& ctx, int64_t prompt_tokens) {
 int resolve_max_tokens(const ServerContext& ctx, std::optional<int64_t> requested, int64_t prompt_tokens,
                        const char* field) {
   check_prompt_length(ctx, prompt_tokens);
-  const int64_t room = ctx.backend.max_model_len() - prompt_tokens;
+  const int64_t room = ctx.generator.max_model_len() - prompt_tokens;
   if (requested) {
     if (*requested < 1) throw ApiError(400, fmt::format("'{}' must be at least 1, got {}", field, *requested), field);
     // An upper bound, clamped to the room the context leaves: agents ask for 32K and more on any model.

@@ -1,4 +1,4 @@
-// What every handler shares: options, the tokenizer, the backend and the metrics.
+// What every handler shares: options, the tokenizer, the generator and the metrics.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "server/backend.h"
+#include "server/generator.h"
 #include "server/metrics.h"
 #include "tokenizer/chat_encoding.h"
 
@@ -37,10 +37,10 @@ struct ServerOptions {
 };
 
 struct ServerContext {
-  ServerContext(ServerOptions o, const Tokenizer& t, Backend& b) : opt(std::move(o)), tok(t), backend(b) {}
+  ServerContext(ServerOptions o, const Tokenizer& t, Generator& b) : opt(std::move(o)), tok(t), generator(b) {}
   ServerOptions opt;
   const Tokenizer& tok;
-  Backend& backend;
+  Generator& generator;
   Metrics metrics;
   std::atomic<bool> stopping{false};  // shutdown: handlers abort what they stream
   const std::chrono::system_clock::time_point started = std::chrono::system_clock::now();

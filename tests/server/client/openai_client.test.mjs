@@ -113,7 +113,7 @@ test('errors map to the SDK error classes', async () => {
     (e) => e instanceof OpenAI.NotFoundError && e.status === 404 && e.code === 'model_not_found');
   await assert.rejects(demo.chat.completions.create({ model, messages: user('x'), temperature: -1 }),
     (e) => e instanceof OpenAI.BadRequestError && /temperature/.test(e.message));
-  await assert.rejects(demo.chat.completions.create({ model, messages: user('word '.repeat(9000)) }),
+  await assert.rejects(demo.chat.completions.create({ model, messages: user('word '.repeat(70000)) }),
     (e) => e instanceof OpenAI.BadRequestError && e.code === 'context_length_exceeded');
 });
 

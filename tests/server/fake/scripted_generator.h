@@ -1,7 +1,7 @@
-// A Backend that answers every request with a fixed text instead of running a model: the first reply whose
+// A Generator that answers every request with a fixed text instead of running a model: the first reply whose
 // `when` occurs in the (detokenized) prompt, tokenized with the real tokenizer and streamed one token per
 // `token_delay`, then EOS. It exists to test what a random demo model never outputs (reasoning, DSML tool
-// calls) through the real HTTP stack and official clients. Script file (`dsv4 serve --scripted-output`):
+// calls) through the real HTTP stack and official clients. Script file (`dsv4-test-server --scripted-output`):
 //   {"token_delay_ms": 2, "replies": [{"when": "<tool_result>", "text": "It is sunny."}, {"text": "..."}]}
 #pragma once
 #include <atomic>
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "server/backend.h"
+#include "server/generator.h"
 
 namespace dsv4 {
 class Tokenizer;
@@ -24,11 +24,11 @@ struct ScriptedReply {
   std::string text;
 };
 
-class ScriptedBackend final : public Backend {
+class ScriptedGenerator final : public Generator {
  public:
-  ScriptedBackend(const Tokenizer& tok, std::vector<ScriptedReply> replies, int64_t max_model_len,
+  ScriptedGenerator(const Tokenizer& tok, std::vector<ScriptedReply> replies, int64_t max_model_len,
                   std::chrono::milliseconds token_delay);
-  static std::unique_ptr<ScriptedBackend> from_file(const std::string& path, const Tokenizer& tok,
+  static std::unique_ptr<ScriptedGenerator> from_file(const std::string& path, const Tokenizer& tok,
                                                     int64_t max_model_len);
 
   std::unique_ptr<OutputStream> submit(std::vector<int32_t> prompt, SamplingParams params) override;

@@ -1,4 +1,4 @@
-#include "server/scripted_backend.h"
+#include "fake/scripted_generator.h"
 
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -9,7 +9,7 @@
 
 namespace dsv4::server {
 
-struct ScriptedBackend::State {
+struct ScriptedGenerator::State {
   uint64_t id = 0;
   std::vector<int32_t> tokens;  // the reply, EOS last unless ignore_eos
   SamplingParams params;
@@ -19,7 +19,7 @@ struct ScriptedBackend::State {
 
 class ScriptedStream final : public OutputStream {
  public:
-  ScriptedStream(ScriptedBackend& b, std::shared_ptr<ScriptedBackend::State> s)
+  ScriptedStream(ScriptedGenerator& b, std::shared_ptr<ScriptedGenerator::State> s)
       : b_(b), s_(std::move(s)), due_(std::chrono::steady_clock::now() + b.delay_) {}
   ~ScriptedStream() override { b_.abort(s_->id); }
   uint64_t id() const override { return s_->id; }
@@ -73,20 +73,20 @@ class ScriptedStream final : public OutputStream {
   }
 
  private:
-  ScriptedBackend& b_;
-  std::shared_ptr<ScriptedBackend::State> s_;
+  ScriptedGenerator& b_;
+  std::shared_ptr<ScriptedGenerator::State> s_;
   std::chrono::steady_clock::time_point due_;
   int64_t generated_ = 0;
   bool done_ = false;
 };
 
-ScriptedBackend::ScriptedBackend(const Tokenizer& tok, std::vector<ScriptedReply> replies, int64_t max_model_len,
+ScriptedGenerator::ScriptedGenerator(const Tokenizer& tok, std::vector<ScriptedReply> replies, int64_t max_model_len,
                                  std::chrono::milliseconds token_delay)
     : tok_(tok), replies_(std::move(replies)), max_len_(max_model_len), delay_(token_delay) {
   if (replies_.empty()) fail("scripted output: no replies");
 }
 
-std::unique_ptr<ScriptedBackend> ScriptedBackend::from_file(const std::string& path, const Tokenizer& tok,
+std::unique_ptr<ScriptedGenerator> ScriptedGenerator::from_file(const std::string& path, const Tokenizer& tok,
                                                             int64_t max_model_len) {
   std::ifstream f(path);
   if (!f) fail("cannot open scripted output file '{}'", path);
@@ -102,13 +102,13 @@ std::unique_ptr<ScriptedBackend> ScriptedBackend::from_file(const std::string& p
   } catch (const nlohmann::json::exception& e) {
     fail("{}: expected {{\"replies\": [{{\"when\": ..., \"text\": ...}}]}} ({})", path, e.what());
   }
-  return std::make_unique<ScriptedBackend>(tok, std::move(replies), max_model_len,
+  return std::make_unique<ScriptedGenerator>(tok, std::move(replies), max_model_len,
                                            std::chrono::milliseconds(j.value("token_delay_ms", 2)));
 }
 
-int64_t ScriptedBackend::vocab_size() const { return tok_.vocab_size(); }
+int64_t ScriptedGenerator::vocab_size() const { return tok_.vocab_size(); }
 
-std::unique_ptr<OutputStream> ScriptedBackend::submit(std::vector<int32_t> prompt, SamplingParams params) {
+std::unique_ptr<OutputStream> ScriptedGenerator::submit(std::vector<int32_t> prompt, SamplingParams params) {
   const int64_t V = vocab_size();
   if (prompt.empty()) fail("the prompt is empty");
   for (int32_t t : prompt)
@@ -136,7 +136,7 @@ std::unique_ptr<OutputStream> ScriptedBackend::submit(std::vector<int32_t> promp
   return std::make_unique<ScriptedStream>(*this, s);
 }
 
-void ScriptedBackend::abort(uint64_t id) {
+void ScriptedGenerator::abort(uint64_t id) {
   std::lock_guard lk(mu_);
   auto it = live_.find(id);
   if (it == live_.end()) return;
@@ -144,7 +144,7 @@ void ScriptedBackend::abort(uint64_t id) {
   live_.erase(it);
 }
 
-EngineStats ScriptedBackend::stats() const {
+EngineStats ScriptedGenerator::stats() const {
   std::lock_guard lk(mu_);
   EngineStats s;
   s.running = int(live_.size());
