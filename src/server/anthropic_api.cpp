@@ -39,7 +39,8 @@ Json usage_of(const Generation& g) {
   return Json{{"input_tokens", g.prompt_tokens() - g.cached_tokens()},
               {"cache_creation_input_tokens", 0},
               {"cache_read_input_tokens", g.cached_tokens()},
-              {"output_tokens", g.completion_tokens()}};
+              {"output_tokens", g.completion_tokens()},
+              {"output_tokens_details", {{"reasoning_tokens", g.reasoning_tokens()}}}};
 }
 
 }  // namespace
