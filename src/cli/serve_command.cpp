@@ -154,6 +154,7 @@ void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
       }
   so.max_body_bytes = parse_size(o.max_request_body_bytes, "--max-request-body-bytes");
   so.max_choices = std::max(1, o.max_num_seqs);
+  so.max_stored_responses = std::max<size_t>(1, o.max_stored_responses);
 
   // Sampling defaults: generation_config.json (auto) or a given directory's, then the overrides.
   if (o.generation_config != "vllm") {
@@ -292,6 +293,10 @@ void add_serve_options(CLI::App& app, ServeOpts& opts) {
       ->capture_default_str();
   cmd->add_option("--http-threads", o->http_threads,
                   "connection threads (each open stream holds one; default max(32, 2 x max-num-seqs + 8))");
+  cmd->add_option("--max-stored-responses", o->max_stored_responses,
+                  "Responses API: `store: true` responses kept in memory for previous_response_id and GET (oldest "
+                  "evicted first)")
+      ->capture_default_str();
   auto* compat = "vLLM compatibility (accepted, no effect)";
   cmd->add_flag("--trust-remote-code", o->trust_remote_code, "no effect: nothing remote runs")->group(compat);
   cmd->add_flag("--enable-auto-tool-choice", o->enable_auto_tool_choice, "no effect: tool calls are always parsed")

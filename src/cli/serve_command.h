@@ -38,6 +38,7 @@ struct ServeOpts {
   std::string default_thinking = "off", default_reasoning_effort = "none";
   std::string max_request_body_bytes = "32MiB";
   int http_threads = 0;
+  size_t max_stored_responses = 1024;
   // vLLM flags accepted for drop-in command lines; they change nothing here.
   bool trust_remote_code = false, enable_auto_tool_choice = false;
   std::string tool_call_parser, reasoning_parser;
