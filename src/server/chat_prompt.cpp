@@ -94,6 +94,10 @@ ChatPrompt render(Json messages, Json tools, const Json* response_format, const 
     const ChatRequest r = parse_chat_request(req, opts);
     p.text = encode_chat_messages(r.messages, r.options);
     p.thinking = r.options.thinking_mode;
+    // The encoder opens the assistant turn only after a user turn; agents (Claude Code) end with a system turn,
+    // and the model must still answer rather than continue the system text.
+    if (!r.messages.empty() && r.messages.back().value("role", "") == "system")
+      p.text += p.thinking == ThinkingMode::Thinking ? "<｜Assistant｜><think>" : "<｜Assistant｜></think>";
   } catch (const Error& e) {
     bad("messages", e.what());
   }

@@ -170,6 +170,11 @@ TEST(ServerChatPrompt, AnthropicSystemTurnsRenderWhereTheyStand) {
                               {});
   EXPECT_EQ(a.text, o.text);
   EXPECT_NE(a.text.find("<｜User｜>HiEnv A\n\nEnv B<｜User｜>Go"), std::string::npos) << a.text;
+  // Claude Code's order: the environment after the user turn; the model must still be asked to answer.
+  auto last = anthropic_chat_prompt(
+      parse(R"({"messages":[{"role":"user","content":"Hi"},{"role":"system","content":"Env"}],"thinking":{"type":"adaptive"}})"),
+      {});
+  EXPECT_TRUE(ends_with(last.text, "<｜User｜>HiEnv<｜Assistant｜><think>")) << last.text;
   try {
     anthropic_chat_prompt(parse(R"({"messages":[{"role":"user","content":"Hi"},{"role":"system","content":[{"type":"image"}]}]})"),
                           {});
