@@ -20,7 +20,7 @@ struct ScriptedGenerator::State {
 class ScriptedStream final : public OutputStream {
  public:
   ScriptedStream(ScriptedGenerator& b, std::shared_ptr<ScriptedGenerator::State> s)
-      : b_(b), s_(std::move(s)), due_(std::chrono::steady_clock::now() + b.delay_) {}
+      : b_(b), s_(std::move(s)), due_(std::chrono::steady_clock::now() + b.delay_), rng_(b.burst_seed_ + s_->id) {}
   ~ScriptedStream() override { b_.abort(s_->id); }
   uint64_t id() const override { return s_->id; }
 
@@ -41,28 +41,8 @@ class ScriptedStream final : public OutputStream {
     if (s_->aborted) {
       o.finish = FinishReason::Abort;
     } else {
-      const auto& p = s_->params;
-      const int32_t tok = s_->tokens[size_t(generated_) % s_->tokens.size()];
-      ++generated_;
-      ++b_.generated_total_;
-      o.new_tokens.push_back(tok);
-      if (p.logprobs >= 0) {
-        TokenLogprobs lp;
-        lp.token = tok;
-        lp.logprob = -0.25f;
-        lp.rank = 1;
-        for (int k = 0; k < p.logprobs; ++k)
-          lp.top.push_back({k == 0 ? tok : int32_t((tok + k) % b_.vocab_size()), -0.25f - float(k)});
-        o.logprobs.push_back(std::move(lp));
-      }
-      bool stop_token = false;
-      for (int32_t t : p.stop_token_ids) stop_token |= t == tok;
-      if ((tok == b_.eos_token_id() && !p.ignore_eos) || stop_token) {
-        o.finish = FinishReason::Stop;
-        if (stop_token) o.stop_reason = std::to_string(tok);
-      } else if (generated_ >= p.max_tokens || s_->prompt_len + generated_ >= b_.max_len_) {
-        o.finish = FinishReason::Length;
-      }
+      const int n = b_.burst_ > 1 ? 1 + int(rng_() % uint64_t(b_.burst_)) : 1;
+      for (int i = 0; i < n && !o.finished(); ++i) emit_one(o);
     }
     o.generated_tokens = generated_;
     if (o.finished()) {
@@ -73,11 +53,37 @@ class ScriptedStream final : public OutputStream {
   }
 
  private:
+  void emit_one(RequestOutput& o) {
+    const auto& p = s_->params;
+    const int32_t tok = s_->tokens[size_t(generated_) % s_->tokens.size()];
+    ++generated_;
+    ++b_.generated_total_;
+    o.new_tokens.push_back(tok);
+    if (p.logprobs >= 0) {
+      TokenLogprobs lp;
+      lp.token = tok;
+      lp.logprob = -0.25f;
+      lp.rank = 1;
+      for (int k = 0; k < p.logprobs; ++k)
+        lp.top.push_back({k == 0 ? tok : int32_t((tok + k) % b_.vocab_size()), -0.25f - float(k)});
+      o.logprobs.push_back(std::move(lp));
+    }
+    bool stop_token = false;
+    for (int32_t t : p.stop_token_ids) stop_token |= t == tok;
+    if ((tok == b_.eos_token_id() && !p.ignore_eos) || stop_token) {
+      o.finish = FinishReason::Stop;
+      if (stop_token) o.stop_reason = std::to_string(tok);
+    } else if (generated_ >= p.max_tokens || s_->prompt_len + generated_ >= b_.max_len_) {
+      o.finish = FinishReason::Length;
+    }
+  }
+
   ScriptedGenerator& b_;
   std::shared_ptr<ScriptedGenerator::State> s_;
   std::chrono::steady_clock::time_point due_;
   int64_t generated_ = 0;
   bool done_ = false;
+  std::mt19937_64 rng_;
 };
 
 ScriptedGenerator::ScriptedGenerator(const Tokenizer& tok, std::vector<ScriptedReply> replies, int64_t max_model_len,

@@ -6,7 +6,9 @@
 #pragma once
 #include <atomic>
 #include <chrono>
+#include <algorithm>
 #include <map>
+#include <random>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -31,6 +33,13 @@ class ScriptedGenerator final : public Generator {
   static std::unique_ptr<ScriptedGenerator> from_file(const std::string& path, const Tokenizer& tok,
                                                     int64_t max_model_len);
 
+  // Each output then carries 1..max_tokens tokens (seeded), so that text reaches the server in pieces of
+  // random size, as from an engine that decodes several tokens per step.
+  void set_burst(int max_tokens, uint64_t seed) {
+    burst_ = std::max(1, max_tokens);
+    burst_seed_ = seed;
+  }
+
   std::unique_ptr<OutputStream> submit(std::vector<int32_t> prompt, SamplingParams params) override;
   void abort(uint64_t id) override;
   EngineStats stats() const override;
@@ -45,6 +54,8 @@ class ScriptedGenerator final : public Generator {
   std::vector<ScriptedReply> replies_;
   int64_t max_len_;
   std::chrono::milliseconds delay_;
+  int burst_ = 1;
+  uint64_t burst_seed_ = 0;
   mutable std::mutex mu_;
   std::map<uint64_t, std::shared_ptr<State>> live_;
   uint64_t next_id_ = 1;
