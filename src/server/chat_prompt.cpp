@@ -323,6 +323,9 @@ ChatPrompt anthropic_chat_prompt(const Json& body, const ChatEncodeOptions& defa
   ChatEncodeOptions opts = defaults;
   if (const Json* t = find_field(body, "thinking"))
     opts.thinking_mode = parse_thinking_switch(*t, "thinking") ? ThinkingMode::Thinking : ThinkingMode::Chat;
+  // Anthropic's effort knob (Claude Code sends it) maps to DSV4's reasoning effort; thinking stays as switched.
+  if (const Json* oc = get_object(body, "output_config"))
+    if (const Json* e = find_field(*oc, "effort")) opts.reasoning_effort = parse_effort_field(*e, "output_config.effort");
   Json tools = conv.contains("tools") ? conv["tools"] : Json::array();
   tools = apply_tool_choice(std::move(tools), find_field(body, "tool_choice"), true);
   return render(std::move(conv["messages"]), std::move(tools), nullptr, opts);
