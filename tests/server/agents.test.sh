@@ -8,7 +8,7 @@
 source "$(dirname "$0")/lib.sh"
 AG="$SRC/tests/server/agents"
 command -v node >/dev/null && command -v npm >/dev/null || fail "node and npm are needed (scripts/setup.sh installs them)"
-if ! (cd "$AG" && npm ci --no-audit --no-fund --loglevel=error >"$T/npm.log" 2>&1); then
+if ! (cd "$AG" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error >"$T/npm.log" 2>&1); then
   cat "$T/npm.log"; fail "npm ci in tests/server/agents"
 fi
 mkdir -p "$T/work" "$T/home"

@@ -4,7 +4,7 @@
 source "$(dirname "$0")/lib.sh"
 CLIENT="$SRC/tests/server/client"
 command -v node >/dev/null && command -v npm >/dev/null || fail "node and npm are needed (scripts/setup.sh installs them)"
-if ! (cd "$CLIENT" && npm ci --no-audit --no-fund --loglevel=error >"$T/npm.log" 2>&1); then
+if ! (cd "$CLIENT" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error >"$T/npm.log" 2>&1); then
   cat "$T/npm.log"; fail "npm ci"
 fi
 start_server demo
