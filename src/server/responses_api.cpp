@@ -200,7 +200,7 @@ const char* finalize(Json& resp, const Generation& g, bool cancelled) {
   return "response.completed";
 }
 
-Json not_found(const std::string& id) {
+[[noreturn]] void not_found(const std::string& id) {
   throw ApiError(404, fmt::format("Response with id '{}' not found.", id), "response_id", "not_found");
 }
 
