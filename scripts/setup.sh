@@ -30,9 +30,14 @@ GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
 if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
   cmake -S . -B "$BUILD_DIR" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release
 fi
-cmake --build "$BUILD_DIR" -j"$(nproc)"
+cmake --build "$BUILD_DIR" -j"$(nproc)"  # dsv4, dsv4-test-server and the tests
 # The embedded demo model `dsv4 serve` runs without --model (deterministic; ~140 MB, about a second).
 if [ ! -f "$BUILD_DIR/tiny-model/model.safetensors" ]; then
   "$BUILD_DIR/dsv4" make-tiny --out "$BUILD_DIR/tiny-model" --tokenizer assets/tokenizer/tokenizer.json
 fi
+# The pinned npm clients the server tests drive (the openai SDK; Claude Code and Codex CLI): the tests run
+# `npm ci` again, which then only needs the npm cache.
+for d in tests/server/client tests/server/agents; do
+  (cd "$d" && npm ci --no-audit --no-fund --loglevel=error) || echo "setup: npm ci in $d failed (offline?)"
+done
 echo "setup: built $BUILD_DIR/dsv4"

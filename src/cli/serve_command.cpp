@@ -10,12 +10,12 @@
 #include <thread>
 
 #include "cli/commands.h"
+#include "cli/serve_command.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "model/tiny_checkpoint.h"
 #include "runtime/engine.h"
 #include "server/http_server.h"
-#include "server/scripted_backend.h"
 #include "server/weight_preload.h"
 #include "tokenizer/tokenizer.h"
 
@@ -26,27 +26,9 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-struct ServeOpts {
-  std::string model, tokenizer;
-  std::vector<std::string> served_model_name;
-  std::string host = "0.0.0.0";
-  int port = 8000;
-  int64_t max_model_len = 0;
-  int max_num_seqs = 64, max_num_batched_tokens = 2048, block_size = 256;
-  std::string kv_cache_dtype = "auto", kv_cache_memory = "1GiB";
-  bool enable_prefix_caching = true;
-  std::string api_key, numerics = "reference";
-  std::string generation_config = "auto", override_generation_config, default_chat_template_kwargs;
-  std::string default_thinking = "off", default_reasoning_effort = "none";
-  std::string max_request_body_bytes = "32MiB";
-  int http_threads = 0;
-  std::string scripted_output;
-  // vLLM flags accepted for drop-in command lines; they change nothing here.
-  bool trust_remote_code = false, enable_auto_tool_choice = false;
-  std::string tool_call_parser, reasoning_parser;
-};
 
-constexpr int64_t kDemoMaxModelLen = 8192;
+// Coding agents send 12-20K-token first requests; the demo model's KV budget holds far more.
+constexpr int64_t kDemoMaxModelLen = 65536;
 constexpr int64_t kDemoMaxNewTokens = 256;
 
 uint64_t parse_size(const std::string& s, const char* flag) {
@@ -119,7 +101,9 @@ void apply_generation_config(const json& j, server::SamplingDefaults& d, const s
   }
 }
 
-void run_serve(const ServeOpts& o) {
+}  // namespace
+
+void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
   // Signals go to one waiting thread (below), never to engine or HTTP threads; a closed client socket must
   // not kill the process.
   sigset_t sigs;
@@ -170,6 +154,7 @@ void run_serve(const ServeOpts& o) {
       }
   so.max_body_bytes = parse_size(o.max_request_body_bytes, "--max-request-body-bytes");
   so.max_choices = std::max(1, o.max_num_seqs);
+  so.max_stored_responses = std::max<size_t>(1, o.max_stored_responses);
 
   // Sampling defaults: generation_config.json (auto) or a given directory's, then the overrides.
   if (o.generation_config != "vllm") {
@@ -214,26 +199,31 @@ void run_serve(const ServeOpts& o) {
   }
 
   const int64_t max_len = o.max_model_len > 0 ? o.max_model_len : (demo ? kDemoMaxModelLen : 0);
-  std::unique_ptr<server::Backend> backend;
-  if (!o.scripted_output.empty()) {
-    spdlog::warn("--scripted-output: replaying {} instead of running the model (testing aid)", o.scripted_output);
-    backend = server::ScriptedBackend::from_file(o.scripted_output, tok, max_len > 0 ? max_len : kDemoMaxModelLen);
+  ServeSetup setup{tok, model_dir, demo, {}};
+  EngineConfig& ec = setup.engine;
+  ec.model_dir = model_dir;
+  ec.numerics = parse_numerics(o.numerics);
+  ec.max_num_seqs = o.max_num_seqs;
+  ec.max_num_batched_tokens = o.max_num_batched_tokens;
+  ec.max_model_len = max_len;
+  ec.block_size = o.block_size;
+  ec.kv_cache_dtype = o.kv_cache_dtype;
+  ec.enable_prefix_caching = o.enable_prefix_caching;
+  ec.kv_cache_memory = o.kv_cache_memory == "auto" ? 0 : parse_size(o.kv_cache_memory, "--kv-cache-memory");
+  if (o.gpu_memory_utilization <= 0 || o.gpu_memory_utilization > 1)
+    fail("--gpu-memory-utilization {} must be in (0, 1]", o.gpu_memory_utilization);
+  ec.gpu_memory_utilization = o.gpu_memory_utilization;
+  ec.device = o.device;
+  ec.load_format = o.load_format;
+  std::unique_ptr<server::Generator> generator;
+  if (make) {
+    generator = make(setup);
   } else {
-    server::preload_weights(model_dir);
-    EngineConfig ec;
-    ec.model_dir = model_dir;
-    ec.numerics = parse_numerics(o.numerics);
-    ec.max_num_seqs = o.max_num_seqs;
-    ec.max_num_batched_tokens = o.max_num_batched_tokens;
-    ec.max_model_len = max_len;
-    ec.block_size = o.block_size;
-    ec.kv_cache_dtype = o.kv_cache_dtype;
-    ec.enable_prefix_caching = o.enable_prefix_caching;
-    ec.kv_cache_memory = parse_size(o.kv_cache_memory, "--kv-cache-memory");
-    backend = std::make_unique<server::EngineBackend>(std::make_unique<Engine>(ec));
+    if (o.load_format != "dummy") server::preload_weights(model_dir);
+    generator = std::make_unique<server::EngineGenerator>(std::make_unique<Engine>(ec));
   }
 
-  server::ServerContext ctx(std::move(so), tok, *backend);
+  server::ServerContext ctx(std::move(so), tok, *generator);
   const int threads = o.http_threads > 0 ? o.http_threads : std::max(32, 2 * o.max_num_seqs + 8);
   server::HttpServer http(ctx, threads);
   const int port = http.bind(o.host, o.port);
@@ -243,8 +233,8 @@ void run_serve(const ServeOpts& o) {
     spdlog::info("signal {}: shutting down", sig);
     http.stop();
   });
-  spdlog::info("model {} ({}), max model len {}, serving as {}", ctx.opt.model_dir,
-               o.scripted_output.empty() ? "engine" : "scripted", backend->max_model_len(),
+  spdlog::info("model {} ({}), max model len {}, serving as {}", ctx.opt.model_dir, make ? "test generator" : "engine",
+               generator->max_model_len(),
                fmt::join(ctx.opt.model_names, ", "));
   spdlog::info("listening on http://{}:{}", o.host, port);
   http.run();
@@ -253,14 +243,9 @@ void run_serve(const ServeOpts& o) {
   spdlog::info("server stopped");
 }
 
-}  // namespace
-
-void add_serve_command(CLI::App& app) {
-  auto o = std::make_shared<ServeOpts>();
-  auto* cmd =
-      app.add_subcommand("serve",
-                         "OpenAI- and Anthropic-compatible HTTP server (vLLM's flags where they exist). Without "
-                         "--model it serves the embedded tiny demo model (random weights: meaningless text)");
+void add_serve_options(CLI::App& app, ServeOpts& opts) {
+  auto* cmd = &app;
+  auto* o = &opts;
   cmd->add_option("--model", o->model,
                   "checkpoint directory (config.json, *.safetensors, tokenizer.json). Default: the demo model "
                   "<dsv4 dir>/tiny-model, created on the fly if missing");
@@ -272,7 +257,7 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--host", o->host, "address to listen on")->capture_default_str();
   cmd->add_option("--port", o->port, "port to listen on (0: any free port, printed at start)")->capture_default_str();
   cmd->add_option("--max-model-len", o->max_model_len,
-                  "prompt + output limit in tokens (default: what the model and KV cache allow; 8192 for the demo)");
+                  "prompt + output limit in tokens (default: what the model and KV cache allow; 65536 for the demo)");
   cmd->add_option("--max-num-seqs", o->max_num_seqs, "sequences running at once")->capture_default_str();
   cmd->add_option("--max-num-batched-tokens", o->max_num_batched_tokens, "tokens per engine step")
       ->capture_default_str();
@@ -280,7 +265,20 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--kv-cache-dtype", o->kv_cache_dtype,
                   "auto (bf16; f32 under exact numerics) | bf16 | fp8 (also fp8_e4m3, fp8_ds_mla) | f32")
       ->capture_default_str();
-  cmd->add_option("--kv-cache-memory", o->kv_cache_memory, "memory for KV blocks + per-sequence state (e.g. 8GiB)")
+  cmd->add_option("--kv-cache-memory", o->kv_cache_memory,
+                  "memory for KV blocks + per-sequence state (e.g. 8GiB); auto: the device's free memory after "
+                  "weights and workspace, times --gpu-memory-utilization (at most what --max-num-seqs full-length "
+                  "sequences can use twice over)")
+      ->capture_default_str();
+  cmd->add_option("--gpu-memory-utilization", o->gpu_memory_utilization,
+                  "share of the device's memory the server may take (vLLM's flag; with --kv-cache-memory auto)")
+      ->capture_default_str();
+  cmd->add_option("--device", o->device, "cpu | cuda | auto (cuda when a GPU is present)")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+  cmd->add_option("--load-format", o->load_format,
+                  "auto (the checkpoint) | dummy (random weights of the checkpoint's config.json, for benchmarks)")
+      ->check(CLI::IsMember({"auto", "dummy"}))
       ->capture_default_str();
   cmd->add_flag("--enable-prefix-caching", o->enable_prefix_caching,
                 "reuse the KV of shared prompt prefixes (the default, as in vLLM v1)");
@@ -313,9 +311,10 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--http-threads", o->http_threads,
                   "connection threads (each open stream holds one; default max(32, 2 x max-num-seqs + 8))");
-  cmd->add_option("--scripted-output", o->scripted_output,
-                  "testing aid: no model; answer every request with texts from this JSON file "
-                  "({\"replies\": [{\"when\": \"prompt substring\", \"text\": \"...\"}], \"token_delay_ms\": 2})");
+  cmd->add_option("--max-stored-responses", o->max_stored_responses,
+                  "Responses API: `store: true` responses kept in memory for previous_response_id and GET (oldest "
+                  "evicted first)")
+      ->capture_default_str();
   auto* compat = "vLLM compatibility (accepted, no effect)";
   cmd->add_flag("--trust-remote-code", o->trust_remote_code, "no effect: nothing remote runs")->group(compat);
   cmd->add_flag("--enable-auto-tool-choice", o->enable_auto_tool_choice, "no effect: tool calls are always parsed")
@@ -324,6 +323,15 @@ void add_serve_command(CLI::App& app) {
       ->group(compat);
   cmd->add_option("--reasoning-parser", o->reasoning_parser, "no effect: the DeepSeek-V4 reasoning parser is built in")
       ->group(compat);
+}
+
+void add_serve_command(CLI::App& app) {
+  auto o = std::make_shared<ServeOpts>();
+  auto* cmd =
+      app.add_subcommand("serve",
+                         "OpenAI- and Anthropic-compatible HTTP server (vLLM's flags where they exist). Without "
+                         "--model it serves the embedded tiny demo model (random weights: meaningless text)");
+  add_serve_options(*cmd, *o);
   cmd->callback([o] { run_serve(*o); });
 }
 

@@ -1,4 +1,5 @@
 // dsv4 tokenize | detokenize | encode-chat: the tokenizer and the DeepSeek-V4 prompt encoder from the shell.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -10,6 +11,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "tokenizer/chat_encoding.h"
+#include "tokenizer/dsml_parser.h"
 #include "tokenizer/tokenizer.h"
 
 namespace dsv4::cli {
@@ -163,6 +165,67 @@ void add_tokenizer_commands(CLI::App& app) {
       } else {
         write(ids_json(load_tokenizer(*tok_path).encode(prompt)) + "\n");
       }
+    });
+  }
+  {
+    auto* cmd = app.add_subcommand("parse-completion",
+                                   "The assistant message the DeepSeek-V4 output parser makes of a raw completion "
+                                   "(the counterpart of encode-chat): {role, content, reasoning_content, tool_calls}");
+    auto completion = std::make_shared<std::string>();
+    auto mode = std::make_shared<std::string>("chat");
+    auto tools = std::make_shared<std::string>();
+    cmd->add_option("--completion", *completion,
+                    "the generated text ('-' = stdin), special tokens kept; a trailing <｜end▁of▁sentence｜> is "
+                    "the end of output")
+        ->required();
+    cmd->add_option("--thinking-mode", *mode, "chat | thinking (thinking: reasoning up to </think>)")
+        ->check(CLI::IsMember({"chat", "thinking"}))
+        ->capture_default_str();
+    cmd->add_option("--tools", *tools,
+                    "JSON file: the request's tools (OpenAI shape); calls to a tool not listed are reported on stderr "
+                    "and make the exit status 2");
+    cmd->callback([=] {
+      std::string text = read_all(*completion);
+      constexpr std::string_view kEos = "<｜end▁of▁sentence｜>";
+      if (text.size() >= kEos.size() && text.compare(text.size() - kEos.size(), kEos.size(), kEos) == 0)
+        text.resize(text.size() - kEos.size());
+      std::vector<std::string> known;
+      if (!tools->empty()) {
+        nlohmann::json tj;
+        try {
+          tj = nlohmann::json::parse(read_all(*tools));
+        } catch (const nlohmann::json::exception& e) {
+          fail("{}: not valid JSON: {}", *tools, e.what());
+        }
+        if (tj.is_object() && tj.contains("tools")) tj = tj["tools"];
+        if (!tj.is_array()) fail("{}: expected an array of tools (or {{\"tools\": [...]}})", *tools);
+        for (const auto& t : tj) {
+          const auto& f = t.contains("function") ? t["function"] : t;
+          if (!f.is_object() || !f.contains("name") || !f["name"].is_string())
+            fail("{}: every tool needs a function name", *tools);
+          known.push_back(f["name"].get<std::string>());
+        }
+      }
+      const ParsedOutput r = parse_output(text, parse_thinking_mode(*mode));
+      nlohmann::ordered_json msg = {{"role", "assistant"}, {"content", r.content}};
+      msg["reasoning_content"] = r.reasoning.empty() && !r.summary.reasoning_ended ? nlohmann::ordered_json(nullptr)
+                                                                                    : nlohmann::ordered_json(r.reasoning);
+      nlohmann::ordered_json calls = nlohmann::ordered_json::array();
+      bool unknown = false;
+      for (const auto& c : r.tool_calls) {
+        calls.push_back({{"type", "function"}, {"function", {{"name", c.name}, {"arguments", c.arguments}}}});
+        if (!tools->empty() && std::find(known.begin(), known.end(), c.name) == known.end()) {
+          std::fprintf(stderr, "warning: tool call to '%s', which is not in %s\n", c.name.c_str(), tools->c_str());
+          unknown = true;
+        }
+      }
+      msg["tool_calls"] = std::move(calls);
+      if (r.summary.tool_call_malformed)
+        std::fprintf(stderr, "warning: a tool-call block breaks the DSML grammar; its text is content\n");
+      if (r.summary.tool_call_truncated)
+        std::fprintf(stderr, "warning: the completion ends inside a tool-call block; its text is content\n");
+      write(msg.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+      if (unknown) throw CLI::RuntimeError(2);
     });
   }
 }

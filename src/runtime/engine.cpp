@@ -151,6 +151,7 @@ Engine::Engine(EngineConfig cfg, const Tokenizer* tokenizer) : impl_(std::make_u
   RunnerOptions ro;
   ro.model_dir = I.cfg.model_dir;
   ro.device = I.cfg.device;
+  ro.load_format = I.cfg.load_format;
   ro.numerics = I.cfg.numerics;
   ro.kv_dtype = I.cfg.kv_cache_dtype == "auto" ? default_kv_dtype(I.cfg.numerics) : parse_kv_dtype(I.cfg.kv_cache_dtype);
   ro.block_tokens = I.cfg.block_size;

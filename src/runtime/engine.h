@@ -20,15 +20,16 @@ class Tokenizer;  // src/tokenizer: used for stop strings and text output when g
 struct EngineConfig {
   std::string model_dir;
   std::string device = "auto";           // cpu | cuda | auto (cuda when a GPU is present)
+  std::string load_format = "auto";      // auto (the checkpoint) | dummy (random weights, benchmarks)
   Numerics numerics = Numerics::Reference;
   int max_num_seqs = 64;                 // running sequences at once
   int max_num_batched_tokens = 2048;     // tokens per step (decodes + prefill chunks)
   int64_t max_model_len = 0;             // prompt + output limit; 0 = min(max_position_embeddings, what fits)
   int block_size = 256;                  // KV block, in tokens (multiple of 128)
   std::string kv_cache_dtype = "bf16";   // bf16 | fp8
-  bool enable_prefix_caching = false;
+  bool enable_prefix_caching = true;   // as in vLLM v1 (`dsv4 serve` reads its defaults from here)
   // Bytes for KV blocks + per-sequence state; 0 = from the device's free memory after weights and workspace
-  // (times gpu_memory_utilization).
+  // (times gpu_memory_utilization), capped at what max_num_seqs full-length sequences can use twice over.
   uint64_t kv_cache_memory = 0;
   double gpu_memory_utilization = 0.9;
 };

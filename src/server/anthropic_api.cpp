@@ -39,7 +39,8 @@ Json usage_of(const Generation& g) {
   return Json{{"input_tokens", g.prompt_tokens() - g.cached_tokens()},
               {"cache_creation_input_tokens", 0},
               {"cache_read_input_tokens", g.cached_tokens()},
-              {"output_tokens", g.completion_tokens()}};
+              {"output_tokens", g.completion_tokens()},
+              {"output_tokens_details", {{"reasoning_tokens", g.reasoning_tokens()}}}};
 }
 
 }  // namespace
@@ -147,22 +148,25 @@ Reply handle_messages(ServerContext& ctx, const HttpRequest& hreq) {
                                                   {"index", index},
                                                   {"delta", {{"type", "text_delta"}, {"text", e.text}}}});
             break;
-          case GenEvent::Kind::ToolCall:
+          case GenEvent::Kind::ToolCallStart:
             ok = close();
             ++index;
-            ok = ok &&
-                 send("content_block_start", Json{{"type", "content_block_start"},
-                                                  {"index", index},
-                                                  {"content_block",
-                                                   {{"type", "tool_use"},
-                                                    {"id", tool_use_id(e.call.id)},
-                                                    {"name", e.call.name},
-                                                    {"input", Json::object()}}}}) &&
-                 send("content_block_delta",
+            ok = ok && send("content_block_start", Json{{"type", "content_block_start"},
+                                                        {"index", index},
+                                                        {"content_block",
+                                                         {{"type", "tool_use"},
+                                                          {"id", tool_use_id(e.call.id)},
+                                                          {"name", e.call.name},
+                                                          {"input", Json::object()}}}});
+            break;
+          case GenEvent::Kind::ToolCallArguments:  // streamed as generated: partial_json pieces
+            ok = send("content_block_delta",
                       Json{{"type", "content_block_delta"},
                            {"index", index},
-                           {"delta", {{"type", "input_json_delta"}, {"partial_json", e.call.arguments}}}}) &&
-                 send("content_block_stop", Json{{"type", "content_block_stop"}, {"index", index}});
+                           {"delta", {{"type", "input_json_delta"}, {"partial_json", e.text}}}});
+            break;
+          case GenEvent::Kind::ToolCall:
+            ok = send("content_block_stop", Json{{"type", "content_block_stop"}, {"index", index}});
             break;
           case GenEvent::Kind::Finished: {
             const ChoiceResult& r = gen->result(0);

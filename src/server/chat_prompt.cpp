@@ -94,6 +94,10 @@ ChatPrompt render(Json messages, Json tools, const Json* response_format, const 
     const ChatRequest r = parse_chat_request(req, opts);
     p.text = encode_chat_messages(r.messages, r.options);
     p.thinking = r.options.thinking_mode;
+    // The encoder opens the assistant turn only after a user turn; agents (Claude Code) end with a system turn,
+    // and the model must still answer rather than continue the system text.
+    if (!r.messages.empty() && r.messages.back().value("role", "") == "system")
+      p.text += p.thinking == ThinkingMode::Thinking ? "<｜Assistant｜><think>" : "<｜Assistant｜></think>";
   } catch (const Error& e) {
     bad("messages", e.what());
   }
@@ -124,6 +128,16 @@ ReasoningEffort parse_effort_field(const Json& v, const char* field) {
     if (s == "max" || s == "xhigh") return ReasoningEffort::Max;
   }
   bad(field, fmt::format("'{}' must be one of none, low, medium, high, max", field));
+}
+
+void apply_thinking(std::optional<bool> thinking, const Json* effort, const char* effort_field, ChatEncodeOptions& opts) {
+  if (effort) {
+    opts.reasoning_effort = parse_effort_field(*effort, effort_field);
+    // Generic clients have no portable thinking switch; asking for any effort is asking for reasoning.
+    const bool none = effort->is_null() || (effort->is_string() && (*effort == "none" || *effort == ""));
+    if (!thinking && !none) thinking = true;
+  }
+  if (thinking) opts.thinking_mode = *thinking ? ThinkingMode::Thinking : ThinkingMode::Chat;
 }
 
 ChatPrompt openai_chat_prompt(const Json& body, const ChatEncodeOptions& defaults) {
@@ -159,13 +173,14 @@ ChatPrompt openai_chat_prompt(const Json& body, const ChatEncodeOptions& default
   const Json* kw = get_object(body, "chat_template_kwargs");
   static const Json kEmpty = Json::object();
   if (!kw) kw = &kEmpty;
+  std::optional<bool> thinking;
   for (const auto& [src, key] :
        {std::pair{&body, "thinking"}, {kw, "thinking"}, {kw, "enable_thinking"}, {kw, "thinking_mode"}})
-    if (const Json* v = find_field(*src, key))
-      opts.thinking_mode = parse_thinking_switch(*v, key) ? ThinkingMode::Thinking : ThinkingMode::Chat;
+    if (const Json* v = find_field(*src, key)) thinking = parse_thinking_switch(*v, key);
+  const Json* effort = nullptr;
   for (const Json* src : {&body, kw})
-    if (src->contains("reasoning_effort"))
-      opts.reasoning_effort = parse_effort_field((*src)["reasoning_effort"], "reasoning_effort");
+    if (src->contains("reasoning_effort")) effort = &(*src)["reasoning_effort"];
+  apply_thinking(thinking, effort, "reasoning_effort", opts);
 
   Json tools = Json::array();
   if (const Json* t = get_array(body, "tools")) tools = check_tools(*t);
@@ -181,24 +196,27 @@ ChatPrompt openai_chat_prompt(const Json& body, const ChatEncodeOptions& default
   return render(std::move(messages), std::move(tools), rf, opts);
 }
 
+namespace {
+// Anthropic system text: a string or an array of text blocks (joined by a blank line).
+std::string anthropic_system_text(const Json& sys, const std::string& where) {
+  const std::string msg = fmt::format("'{}' must be a string or an array of text blocks", where);
+  if (sys.is_string()) return sys.get<std::string>();
+  if (!sys.is_array()) bad(where, msg);
+  std::string text;
+  for (const auto& b : sys) {
+    if (!b.is_object() || b.value("type", "") != "text" || !b.contains("text") || !b["text"].is_string())
+      bad(where, msg);
+    if (!text.empty()) text += "\n\n";
+    text += b["text"].get<std::string>();
+  }
+  return text;
+}
+}  // namespace
+
 Json anthropic_to_openai(const Json& body) {
   Json messages = Json::array();
-  if (const Json* sys = find_field(body, "system")) {
-    std::string text;
-    if (sys->is_string()) {
-      text = sys->get<std::string>();
-    } else if (sys->is_array()) {
-      for (const auto& b : *sys) {
-        if (!b.is_object() || b.value("type", "") != "text" || !b.contains("text") || !b["text"].is_string())
-          bad("system", "'system' must be a string or an array of text blocks");
-        if (!text.empty()) text += "\n\n";
-        text += b["text"].get<std::string>();
-      }
-    } else {
-      bad("system", "'system' must be a string or an array of text blocks");
-    }
-    messages.push_back(Json{{"role", "system"}, {"content", text}});
-  }
+  if (const Json* sys = find_field(body, "system"))
+    messages.push_back(Json{{"role", "system"}, {"content", anthropic_system_text(*sys, "system")}});
   const Json* msgs = get_array(body, "messages");
   if (!msgs || msgs->empty()) bad("messages", "'messages' must be a non-empty array");
   for (size_t i = 0; i < msgs->size(); ++i) {
@@ -206,10 +224,14 @@ Json anthropic_to_openai(const Json& body) {
     const std::string w = fmt::format("messages[{}]", i);
     if (!m.is_object()) bad(w, fmt::format("'{}' must be an object", w));
     auto role = get_string(m, "role");
-    if (!role || (*role != "user" && *role != "assistant"))
-      bad(w, fmt::format("'{}.role' must be \"user\" or \"assistant\"", w));
+    if (!role || (*role != "user" && *role != "assistant" && *role != "system"))
+      bad(w, fmt::format("'{}.role' must be \"user\", \"assistant\" or \"system\"", w));
     const Json* content = find_field(m, "content");
     if (!content) bad(w, fmt::format("'{}.content' is required", w));
+    if (*role == "system") {  // Claude Code sends these; DSV4 renders a system turn wherever it stands
+      messages.push_back(Json{{"role", "system"}, {"content", anthropic_system_text(*content, w + ".content")}});
+      continue;
+    }
     if (content->is_string()) {
       messages.push_back(Json{{"role", *role}, {"content", *content}});
       continue;
@@ -301,6 +323,9 @@ ChatPrompt anthropic_chat_prompt(const Json& body, const ChatEncodeOptions& defa
   ChatEncodeOptions opts = defaults;
   if (const Json* t = find_field(body, "thinking"))
     opts.thinking_mode = parse_thinking_switch(*t, "thinking") ? ThinkingMode::Thinking : ThinkingMode::Chat;
+  // Anthropic's effort knob (Claude Code sends it) maps to DSV4's reasoning effort; thinking stays as switched.
+  if (const Json* oc = get_object(body, "output_config"))
+    if (const Json* e = find_field(*oc, "effort")) opts.reasoning_effort = parse_effort_field(*e, "output_config.effort");
   Json tools = conv.contains("tools") ? conv["tools"] : Json::array();
   tools = apply_tool_choice(std::move(tools), find_field(body, "tool_choice"), true);
   return render(std::move(conv["messages"]), std::move(tools), nullptr, opts);

@@ -2,6 +2,7 @@
 // Messages are rebuilt field by field (role, content, reasoning_content, tool_calls, tool_call_id) so a
 // client cannot reach encoder-internal fields (task, wo_eos, content_blocks). Errors are 400 ApiErrors.
 #pragma once
+#include <optional>
 #include <string>
 
 #include "server/api_error.h"
@@ -20,11 +21,15 @@ struct ChatPrompt {
 // top-level thinking ({"type": "enabled"} or a bool) and reasoning_effort.
 ChatPrompt openai_chat_prompt(const Json& body, const ChatEncodeOptions& defaults);
 
-// Anthropic Messages request converted to OpenAI-shaped messages (system first, tool_result blocks as tool
-// messages, thinking blocks as reasoning_content, tool_use blocks as tool_calls) plus tools and thinking.
+// Anthropic Messages request converted to OpenAI-shaped messages (system first, system turns where they stand
+// in messages, tool_result blocks as tool messages, thinking blocks as reasoning_content, tool_use blocks as
+// tool_calls) plus tools and thinking.
 Json anthropic_to_openai(const Json& body);
 ChatPrompt anthropic_chat_prompt(const Json& body, const ChatEncodeOptions& defaults);
 
 ReasoningEffort parse_effort_field(const Json& v, const char* field);  // none | low..high -> High | max/xhigh
+// An explicit thinking switch (if any) and a reasoning effort field (if present) onto `opts`: a non-none
+// effort without an explicit switch turns thinking on.
+void apply_thinking(std::optional<bool> thinking, const Json* effort, const char* effort_field, ChatEncodeOptions& opts);
 
 }  // namespace dsv4::server

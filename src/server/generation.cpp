@@ -13,36 +13,37 @@ double seconds(clock_type::duration d) { return std::chrono::duration<double>(d)
 }  // namespace
 
 struct Generation::Choice {
-  Choice(const Tokenizer& tok, bool skip_special) : detok(tok, skip_special) {}
   std::unique_ptr<OutputStream> stream;
   uint64_t engine_id = 0;
-  IncrementalDetokenizer detok;
-  std::unique_ptr<StreamingOutputParser> parser;  // chat only
-  std::unique_ptr<StopMatcher> stop;              // content channel; null without stop strings
+  std::unique_ptr<RequestText> text;
   int index = 0;
   ChoiceResult result;
   std::vector<TokenLogprobs> pending_logprobs;
   int64_t cached = 0;
   bool running = true;
+  bool in_reasoning = false;
   std::optional<clock_type::time_point> last_output;
 };
 
 Generation::Generation(ServerContext& ctx, GenerationRequest req) : ctx_(ctx), req_(std::move(req)) {
-  stops_ = std::move(req_.params.stop);
+  text_params_.stop = std::move(req_.params.stop);
+  text_params_.include_stop_str_in_output = req_.params.include_stop_str_in_output;
   req_.params.stop.clear();
-  std::erase_if(stops_, [](const std::string& s) { return s.empty(); });
+  TextOptions to;
+  to.skip_special_tokens = req_.skip_special_tokens;
+  if (req_.chat) to.chat = req_.thinking;
+  to.tool_calls = req_.tools;
   try {
     for (size_t p = 0; p < req_.prompts.size(); ++p)
       for (int j = 0; j < req_.n; ++j) {
-        // Chat output keeps special tokens: the parser needs `</think>` and the DSML markers.
-        auto c = std::make_unique<Choice>(ctx_.tok, !req_.chat && req_.skip_special_tokens);
+        auto c = std::make_unique<Choice>();
         c->index = int(choices_.size());
         c->result.prompt_index = int(p);
-        if (req_.chat) c->parser = std::make_unique<StreamingOutputParser>(req_.thinking);
-        if (!stops_.empty()) c->stop = std::make_unique<StopMatcher>(stops_, req_.params.include_stop_str_in_output);
+        c->text = std::make_unique<RequestText>(ctx_.tok, text_params_, to);
+        c->in_reasoning = req_.chat && req_.thinking == ThinkingMode::Thinking;
         SamplingParams sp = req_.params;
         if (sp.seed) sp.seed = *sp.seed + uint64_t(choices_.size());
-        c->stream = ctx_.backend.submit(req_.prompts[p], std::move(sp));
+        c->stream = ctx_.generator.submit(req_.prompts[p], std::move(sp));
         c->engine_id = c->stream->id();
         ctx_.metrics.add_prompt_tokens(int64_t(req_.prompts[p].size()));
         choices_.push_back(std::move(c));
@@ -62,7 +63,7 @@ Generation::~Generation() { abort_all(); }
 void Generation::abort_all() {
   for (auto& c : choices_) {
     if (!c->running) continue;
-    ctx_.backend.abort(c->engine_id);
+    ctx_.generator.abort(c->engine_id);
     c->running = false;
     c->result.finish_reason = "abort";
     c->stream.reset();
@@ -123,34 +124,23 @@ void Generation::process(Choice& c, RequestOutput& o, std::vector<GenEvent>& eve
   // The token that ended generation (EOS, a stop token id) is not part of the text, as in vLLM.
   size_t text_tokens = o.new_tokens.size();
   if (o.finish == FinishReason::Stop && text_tokens > 0 &&
-      (o.new_tokens.back() == ctx_.backend.eos_token_id() || !o.stop_reason.empty()))
+      (o.new_tokens.back() == ctx_.generator.eos_token_id() || !o.stop_reason.empty()))
     --text_tokens;
-  std::string text;
-  for (size_t k = 0; k < text_tokens; ++k) {
-    try {
-      c.detok.push(o.new_tokens[k], text);
-    } catch (const Error&) {  // an id the tokenizer lacks (model vocab larger than the tokenizer's)
-      text += "\xEF\xBF\xBD";
-    }
-  }
   for (auto& lp : o.logprobs) {
     c.result.logprobs.push_back(lp);
     c.pending_logprobs.push_back(std::move(lp));
   }
-  c.result.generated += int64_t(o.new_tokens.size());
-  if (!text.empty()) feed(c, text, events);
+  std::vector<OutputEvent> te;
+  for (size_t k = 0; k < o.new_tokens.size() && c.running; ++k) {
+    ++c.result.generated;
+    if (c.in_reasoning) ++c.result.reasoning_tokens;  // the token that ends reasoning counts as reasoning
+    if (k < text_tokens) c.text->add(o.new_tokens[k], false, te);
+    emit(c, te, events);
+  }
   if (!c.running || !o.finished()) return;
 
-  text = c.detok.finish();
-  if (!text.empty()) feed(c, text, events);
-  if (!c.running) return;
-  if (c.parser) {
-    std::vector<OutputEvent> pe;
-    c.parser->finish(pe);
-    handle_parser_events(c, pe, events);
-    if (!c.running) return;
-  }
-  if (c.stop) content(c, c.stop->flush(), events, /*through_stop=*/false);
+  c.text->finish(te);
+  emit(c, te, events);
   if (!c.running) return;
   std::string reason;
   Json stop_reason = nullptr;
@@ -178,60 +168,41 @@ void Generation::process(Choice& c, RequestOutput& o, std::vector<GenEvent>& eve
   finish(c, reason, std::move(stop_reason), events);
 }
 
-void Generation::feed(Choice& c, std::string_view text, std::vector<GenEvent>& events) {
-  if (!c.parser) {
-    content(c, text, events, true);
-    return;
-  }
-  std::vector<OutputEvent> pe;
-  c.parser->feed(text, pe);
-  handle_parser_events(c, pe, events);
-}
-
-void Generation::handle_parser_events(Choice& c, std::vector<OutputEvent>& pe, std::vector<GenEvent>& events) {
+void Generation::emit(Choice& c, std::vector<OutputEvent>& te, std::vector<GenEvent>& events) {
+  using K = OutputEvent::Kind;
   const int idx = c.index;
-  for (auto& e : pe) {
-    if (!c.running) return;
+  for (auto& e : te) {
     switch (e.kind) {
-      case OutputEvent::Kind::Reasoning:
+      case K::Reasoning:
         if (e.text.empty()) break;
         c.result.reasoning += e.text;
         events.push_back({GenEvent::Kind::Reasoning, idx, std::move(e.text), {}});
         break;
-      case OutputEvent::Kind::ReasoningEnd:
+      case K::ReasoningEnd:
+        c.in_reasoning = false;
         break;
-      case OutputEvent::Kind::Content:
-        content(c, e.text, events, true);
+      case K::Content:
+        c.result.content += e.text;
+        events.push_back({GenEvent::Kind::Content, idx, std::move(e.text), {}});
         break;
-      case OutputEvent::Kind::ToolCall:
-        if (!req_.tools) {
-          content(c, e.raw, events, true);
-          break;
-        }
-        // Content before a tool call is complete: release what a stop string prefix held back.
-        if (c.stop) {
-          content(c, c.stop->flush(), events, false);
-          c.stop = std::make_unique<StopMatcher>(stops_, req_.params.include_stop_str_in_output);
-        }
+      case K::ToolCallStart:
+        events.push_back({GenEvent::Kind::ToolCallStart, idx, {}, std::move(e.call)});
+        break;
+      case K::ToolCallArguments:
+        events.push_back({GenEvent::Kind::ToolCallArguments, idx, std::move(e.text), {}});
+        break;
+      case K::ToolCall:
         c.result.tool_calls.push_back(e.call);
         events.push_back({GenEvent::Kind::ToolCall, idx, {}, std::move(e.call)});
         break;
-      case OutputEvent::Kind::ToolCallsEnd:
-        if (!req_.tools) content(c, e.raw, events, true);
+      case K::ToolCallsEnd:
         break;
     }
   }
-}
-
-void Generation::content(Choice& c, std::string_view text, std::vector<GenEvent>& events, bool through_stop) {
-  std::string out = c.stop && through_stop ? c.stop->feed(text) : std::string(text);
-  if (!out.empty()) {
-    c.result.content += out;
-    events.push_back({GenEvent::Kind::Content, c.index, std::move(out), {}});
-  }
-  if (through_stop && c.stop && c.stop->stopped()) {
-    ctx_.backend.abort(c.engine_id);
-    finish(c, "stop", c.stop->stop_string(), events);
+  te.clear();
+  if (c.running && c.text->stopped()) {
+    ctx_.generator.abort(c.engine_id);
+    finish(c, "stop", c.text->stop_string(), events);
   }
 }
 
@@ -263,6 +234,12 @@ int64_t Generation::prompt_tokens() const {
 int64_t Generation::cached_tokens() const {
   int64_t s = 0;
   for (size_t p = 0; p < req_.prompts.size(); ++p) s += choices_[p * size_t(req_.n)]->cached;
+  return s;
+}
+
+int64_t Generation::reasoning_tokens() const {
+  int64_t s = 0;
+  for (const auto& c : choices_) s += c->result.reasoning_tokens;
   return s;
 }
 

@@ -1,11 +1,11 @@
-// One API request's generation: submits its prompts (x n choices) to the backend, detokenizes what comes back,
-// splits chat output into reasoning / content / tool calls with the DSML parser, applies stop strings, and
-// turns it all into ordered events per choice that the OpenAI and Anthropic shapers render.
+// One API request's generation: submits its prompts (x n choices) to the generator, renders what comes back
+// with RequestText (runtime/request_text.h: the one place for detokenization, the reasoning / content /
+// tool-call split and stop strings), and turns it into ordered events per choice that the OpenAI, Anthropic
+// and Responses shapers render.
 //
-// Stop strings are applied here, on the content channel after the parser, never by the engine (it gets
-// none): a stop string must not fire inside reasoning or inside a tool-call block, and only the parser
-// knows where those are. When one fires, the engine request is aborted at once. Stop token ids do go to the
-// engine (they are tokens, not text).
+// Stop strings go to RequestText's content channel, not to the generator (it gets none): a stop string must
+// not fire inside reasoning or inside a tool-call block. When one fires, the engine request is aborted at
+// once. Stop token ids do go to the engine (they are tokens, not text).
 #pragma once
 #include <chrono>
 #include <memory>
@@ -13,20 +13,20 @@
 #include <string>
 #include <vector>
 
-#include "runtime/stop_matcher.h"
+#include "runtime/request_text.h"
 #include "server/api_error.h"
 #include "server/server_context.h"
-#include "tokenizer/dsml_parser.h"
-#include "tokenizer/incremental_detokenizer.h"
 
 namespace dsv4::server {
 
 struct GenEvent {
-  enum class Kind { Reasoning, Content, ToolCall, Finished };
+  // ToolCallStart (id, name), then ToolCallArguments deltas as the call is generated, then ToolCall (the
+  // complete call; its arguments == the deltas concatenated). Only tool-enabled chat requests get them.
+  enum class Kind { Reasoning, Content, ToolCallStart, ToolCallArguments, ToolCall, Finished };
   Kind kind = Kind::Content;
   int choice = 0;
-  std::string text;     // Reasoning / Content delta
-  ParsedToolCall call;  // ToolCall: one complete call
+  std::string text;     // Reasoning / Content / ToolCallArguments delta
+  ParsedToolCall call;  // ToolCallStart, ToolCall
 };
 
 struct ChoiceResult {
@@ -37,6 +37,7 @@ struct ChoiceResult {
   Json stop_reason;                     // the matched stop string, the stop token id, or null
   std::string error;
   int64_t generated = 0;
+  int64_t reasoning_tokens = 0;  // generated tokens before the reasoning ended (thinking mode)
   int prompt_index = 0;
 };
 
@@ -53,7 +54,7 @@ struct GenerationRequest {
 
 class Generation {
  public:
-  // Submits every choice; a request the backend rejects is a 400 (nothing stays submitted).
+  // Submits every choice; a request the generator rejects is a 400 (nothing stays submitted).
   Generation(ServerContext& ctx, GenerationRequest req);
   ~Generation();  // aborts what is still running (client gone, shutdown)
   Generation(const Generation&) = delete;
@@ -71,20 +72,18 @@ class Generation {
   int64_t prompt_tokens() const;  // summed over prompts (each counted once, not per choice)
   int64_t cached_tokens() const;
   int64_t completion_tokens() const;  // summed over choices
+  int64_t reasoning_tokens() const;   // summed over choices
   const std::vector<int32_t>& prompt(int i) const { return req_.prompts[size_t(i)]; }
 
  private:
   struct Choice;
   void process(Choice& c, RequestOutput& o, std::vector<GenEvent>& events);
-  void feed(Choice& c, std::string_view text, std::vector<GenEvent>& events);
-  void handle_parser_events(Choice& c, std::vector<OutputEvent>& pe, std::vector<GenEvent>& events);
-  // Appends content; through_stop runs it through the stop matcher (false: text the matcher released).
-  void content(Choice& c, std::string_view text, std::vector<GenEvent>& events, bool through_stop);
+  void emit(Choice& c, std::vector<OutputEvent>& te, std::vector<GenEvent>& events);
   void finish(Choice& c, const std::string& reason, Json stop_reason, std::vector<GenEvent>& events);
 
   ServerContext& ctx_;
   GenerationRequest req_;
-  std::vector<std::string> stops_;
+  SamplingParams text_params_;  // what RequestText needs (stop strings); the generator gets none
   std::vector<std::unique_ptr<Choice>> choices_;
   int active_ = 0;
   size_t rr_ = 0;  // round-robin start when several choices run

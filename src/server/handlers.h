@@ -5,6 +5,8 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "server/api_error.h"
 #include "server/server_context.h"
@@ -23,10 +25,12 @@ struct Reply {
   std::string content_type = "application/json";
   std::string body;
   std::function<void(StreamSink&)> stream;  // set: a text/event-stream response
+  std::vector<std::pair<std::string, std::string>> headers;  // extra response headers
 };
 
 struct HttpRequest {
   std::string_view body;
+  std::string path_id;  // the {id} of /v1/responses/{id} routes
   std::function<bool()> client_gone = [] { return false; };
 };
 
@@ -42,5 +46,10 @@ Reply handle_detokenize(ServerContext& ctx, const HttpRequest& req);
 // Anthropic Messages API.
 Reply handle_messages(ServerContext& ctx, const HttpRequest& req);
 Reply handle_count_tokens(ServerContext& ctx, const HttpRequest& req);
+// OpenAI Responses API (responses_api.cpp): create, and retrieve / cancel / delete stored responses.
+Reply handle_responses(ServerContext& ctx, const HttpRequest& req);
+Reply handle_get_response(ServerContext& ctx, const HttpRequest& req);
+Reply handle_cancel_response(ServerContext& ctx, const HttpRequest& req);
+Reply handle_delete_response(ServerContext& ctx, const HttpRequest& req);
 
 }  // namespace dsv4::server

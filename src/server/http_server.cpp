@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "server/handlers.h"
+#include "server/openai_common.h"
 
 namespace dsv4::server {
 
@@ -86,6 +87,7 @@ class Sink final : public StreamSink {
 
 void send(const Reply& rep, httplib::Response& res, int fd = -1) {
   res.status = rep.status;
+  for (const auto& [k, v] : rep.headers) res.set_header(k.c_str(), v);
   if (!rep.stream) {
     res.set_content(rep.body, rep.content_type.c_str());
     return;
@@ -131,7 +133,11 @@ struct HttpServer::Impl {
   httplib::Server::Handler wrap(Api api, Fn fn) {
     return [this, api, fn](const httplib::Request& req, httplib::Response& res) {
       const int fd = connection_fd(req);
-      HttpRequest hr{req.body, [fd] { return peer_closed(fd); }};
+      HttpRequest hr{req.body, req.matches.size() > 1 ? req.matches[1].str() : std::string(),
+                     [fd] { return peer_closed(fd); }};
+      // Clients log these to correlate failures: the caller's X-Request-Id when it sent one, else ours.
+      std::string rid = req.get_header_value("x-request-id");
+      if (rid.empty() || rid.size() > 128) rid = random_id("req_");
       Reply rep;
       try {
         check_key(req);
@@ -144,6 +150,8 @@ struct HttpServer::Impl {
         spdlog::error("{} {}: {}", req.method, req.path, e.what());
         rep = error_reply(api, ApiError(500, std::string("internal error: ") + e.what()));
       }
+      rep.headers.emplace_back("x-request-id", rid);
+      rep.headers.emplace_back("request-id", rid);
       send(rep, res, fd);
     };
   }
@@ -188,6 +196,10 @@ HttpServer::HttpServer(ServerContext& ctx, int threads) : impl_(std::make_unique
   svr.Post("/v1/completions", I->wrap(Api::OpenAI, handle_completions));
   svr.Post("/v1/messages", I->wrap(Api::Anthropic, handle_messages));
   svr.Post("/v1/messages/count_tokens", I->wrap(Api::Anthropic, handle_count_tokens));
+  svr.Post("/v1/responses", I->wrap(Api::OpenAI, handle_responses));
+  svr.Get(R"(/v1/responses/([A-Za-z0-9_\-]+))", I->wrap(Api::OpenAI, handle_get_response));
+  svr.Delete(R"(/v1/responses/([A-Za-z0-9_\-]+))", I->wrap(Api::OpenAI, handle_delete_response));
+  svr.Post(R"(/v1/responses/([A-Za-z0-9_\-]+)/cancel)", I->wrap(Api::OpenAI, handle_cancel_response));
   svr.Post("/tokenize", I->wrap(Api::OpenAI, handle_tokenize));
   svr.Post("/detokenize", I->wrap(Api::OpenAI, handle_detokenize));
   svr.Get("/v1/models", I->wrap(Api::OpenAI, [](ServerContext& c, const HttpRequest&) { return handle_models(c); }));
@@ -196,7 +208,7 @@ HttpServer::HttpServer(ServerContext& ctx, int threads) : impl_(std::make_unique
     res.set_content(R"({"version":"dsv4"})", "application/json");
   });
   svr.Get("/metrics", [I](const httplib::Request&, httplib::Response& res) {
-    res.set_content(I->ctx.metrics.render(I->ctx.backend.stats()), "text/plain; version=0.0.4; charset=utf-8");
+    res.set_content(I->ctx.metrics.render(I->ctx.generator.stats()), "text/plain; version=0.0.4; charset=utf-8");
   });
 }
 

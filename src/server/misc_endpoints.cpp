@@ -30,7 +30,7 @@ Reply handle_models(ServerContext& ctx) {
                         {"owned_by", "dsv4"},
                         {"root", ctx.opt.model_dir},
                         {"parent", nullptr},
-                        {"max_model_len", ctx.backend.max_model_len()}});
+                        {"max_model_len", ctx.generator.max_model_len()}});
   return json_reply(Json{{"object", "list"}, {"data", std::move(data)}});
 }
 
@@ -48,7 +48,7 @@ Reply handle_tokenize(ServerContext& ctx, const HttpRequest& req) {
       ids.push_back(Tokenizer::kBos);
     ctx.tok.encode_append(*prompt, ids);
   }
-  Json out = {{"count", ids.size()}, {"max_model_len", ctx.backend.max_model_len()}, {"tokens", ids}};
+  Json out = {{"count", ids.size()}, {"max_model_len", ctx.generator.max_model_len()}, {"tokens", ids}};
   if (get_bool(body, "return_token_strs").value_or(false)) {
     Json strs = Json::array();
     for (int32_t id : ids) strs.push_back(ctx.tok.id_to_token(id).value_or(""));

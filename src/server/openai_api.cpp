@@ -13,27 +13,6 @@ namespace dsv4::server {
 
 namespace {
 
-int parse_n(const ServerContext& ctx, const Json& body, size_t prompts) {
-  const int64_t n = get_int(body, "n").value_or(1);
-  if (n < 1) throw ApiError(400, fmt::format("'n' must be at least 1, got {}", n), "n");
-  if (n * int64_t(prompts) > ctx.opt.max_choices)
-    throw ApiError(400, fmt::format("at most {} choices per request (n x prompts)", ctx.opt.max_choices), "n");
-  return int(n);
-}
-
-// Shared streaming state: stream_options.include_usage adds "usage": null to every chunk and a final
-// usage-only chunk.
-struct StreamOpts {
-  bool include_usage = false;
-};
-
-StreamOpts parse_stream_options(const Json& body) {
-  StreamOpts s;
-  if (const Json* so = get_object(body, "stream_options"))
-    s.include_usage = get_bool(*so, "include_usage").value_or(false);
-  return s;
-}
-
 Json tool_calls_json(const std::vector<ParsedToolCall>& calls) {
   Json a = Json::array();
   for (const auto& c : calls)
@@ -51,8 +30,7 @@ Reply handle_chat_completions(ServerContext& ctx, const HttpRequest& hreq) {
   std::vector<int32_t> ids = ctx.tok.encode(cp.text);
 
   GenerationRequest gr;
-  gr.params = default_sampling(ctx);
-  apply_openai_sampling(body, gr.params);
+  const OpenAIFields of = apply_openai_fields(ctx, body, 1, gr);
   auto mct = get_int(body, "max_completion_tokens");
   const char* mt_field = mct ? "max_completion_tokens" : "max_tokens";
   gr.params.max_tokens =
@@ -64,19 +42,16 @@ Reply handle_chat_completions(ServerContext& ctx, const HttpRequest& hreq) {
                    "top_logprobs");
   if (top > 0 && !logprobs) throw ApiError(400, "'top_logprobs' requires 'logprobs' to be true", "top_logprobs");
   if (logprobs) gr.params.logprobs = int(top);
-  gr.n = parse_n(ctx, body, 1);
   gr.chat = true;
   gr.thinking = cp.thinking;
   gr.tools = cp.tools;
   gr.arrival = arrival;
   gr.prompts.push_back(std::move(ids));
-  const bool stream = get_bool(body, "stream").value_or(false);
-  const StreamOpts so = parse_stream_options(body);
   auto gen = std::make_shared<Generation>(ctx, std::move(gr));
   const std::string id = random_id("chatcmpl-");
   const int64_t created = unix_time();
 
-  if (!stream) {
+  if (!of.stream) {
     run_non_streaming(ctx, *gen, hreq);
     Json choices = Json::array();
     for (int i = 0; i < gen->num_choices(); ++i) {
@@ -101,7 +76,8 @@ Reply handle_chat_completions(ServerContext& ctx, const HttpRequest& hreq) {
 
   Reply rep;
   rep.content_type = "text/event-stream";
-  rep.stream = [&ctx, gen, id, created, model, logprobs, top, so](StreamSink& sink) {
+  rep.stream = [&ctx, gen, id, created, model, logprobs, top, of](StreamSink& sink) {
+    const OpenAIChunkHead head{id, "chat.completion.chunk", created, model, of.include_usage};
     auto chunk = [&](int i, Json delta, const char* finish, const Json& stop_reason) {
       Json choice = {{"index", i}, {"delta", std::move(delta)}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
       if (logprobs) {
@@ -112,13 +88,7 @@ Reply handle_chat_completions(ServerContext& ctx, const HttpRequest& hreq) {
         choice["finish_reason"] = finish;
         choice["stop_reason"] = stop_reason;
       }
-      Json c = {{"id", id},
-                {"object", "chat.completion.chunk"},
-                {"created", created},
-                {"model", model},
-                {"choices", Json::array({std::move(choice)})}};
-      if (so.include_usage) c["usage"] = nullptr;
-      return sink.write(sse_data(dump(c)));
+      return sink.write(sse_data(dump(head.chunk(Json::array({std::move(choice)})))));
     };
     for (int i = 0; i < gen->num_choices(); ++i)
       if (!chunk(i, Json{{"role", "assistant"}, {"content", ""}}, nullptr, nullptr)) return;
@@ -133,23 +103,25 @@ Reply handle_chat_completions(ServerContext& ctx, const HttpRequest& hreq) {
           case GenEvent::Kind::Content:
             ok = chunk(e.choice, Json{{"content", e.text}}, nullptr, nullptr);
             break;
-          case GenEvent::Kind::ToolCall: {
-            // The name first, then the arguments, as vLLM streams them: clients concatenate argument deltas.
-            const int k = tool_index[size_t(e.choice)]++;
-            ok =
-                chunk(
-                    e.choice,
-                    Json{{"tool_calls", Json::array({Json{{"index", k},
-                                                          {"id", e.call.id},
-                                                          {"type", "function"},
-                                                          {"function", {{"name", e.call.name}, {"arguments", ""}}}}})}},
-                    nullptr, nullptr) &&
-                chunk(e.choice,
-                      Json{{"tool_calls",
-                            Json::array({Json{{"index", k}, {"function", {{"arguments", e.call.arguments}}}}})}},
-                      nullptr, nullptr);
+          case GenEvent::Kind::ToolCallStart:
+            // The id and name first, then the arguments as they are generated (clients concatenate them).
+            ok = chunk(e.choice,
+                       Json{{"tool_calls",
+                             Json::array({Json{{"index", tool_index[size_t(e.choice)]},
+                                               {"id", e.call.id},
+                                               {"type", "function"},
+                                               {"function", {{"name", e.call.name}, {"arguments", ""}}}}})}},
+                       nullptr, nullptr);
             break;
-          }
+          case GenEvent::Kind::ToolCallArguments:
+            ok = chunk(e.choice,
+                       Json{{"tool_calls", Json::array({Json{{"index", tool_index[size_t(e.choice)]},
+                                                             {"function", {{"arguments", e.text}}}}})}},
+                       nullptr, nullptr);
+            break;
+          case GenEvent::Kind::ToolCall:
+            ++tool_index[size_t(e.choice)];
+            break;
           case GenEvent::Kind::Finished: {
             const ChoiceResult& r = gen->result(e.choice);
             if (r.finish_reason == "error")
@@ -163,12 +135,7 @@ Reply handle_chat_completions(ServerContext& ctx, const HttpRequest& hreq) {
       return true;
     };
     if (!run_generation(ctx, *gen, on_events, [&] { return sink.client_gone(); })) return;
-    if (so.include_usage) {
-      Json c = {{"id", id},       {"object", "chat.completion.chunk"}, {"created", created},
-                {"model", model}, {"choices", Json::array()},          {"usage", usage_json(*gen)}};
-      if (!sink.write(sse_data(dump(c)))) return;
-    }
-    sink.write(sse_data("[DONE]"));
+    head.finish(sink, *gen);
   };
   return rep;
 }
@@ -194,8 +161,8 @@ Reply handle_completions(ServerContext& ctx, const HttpRequest& hreq) {
     for (const auto& t : a) {
       if (!t.is_number_integer()) throw ApiError(400, "'prompt' token ids must be integers", "prompt");
       const int64_t v = t.get<int64_t>();
-      if (v < 0 || v >= ctx.backend.vocab_size())
-        throw ApiError(400, fmt::format("token id {} is out of range [0, {})", v, ctx.backend.vocab_size()), "prompt");
+      if (v < 0 || v >= ctx.generator.vocab_size())
+        throw ApiError(400, fmt::format("token id {} is out of range [0, {})", v, ctx.generator.vocab_size()), "prompt");
       ids.push_back(int32_t(v));
     }
     std::string text;
@@ -237,9 +204,7 @@ Reply handle_completions(ServerContext& ctx, const HttpRequest& hreq) {
   if (echo && lp >= 0) throw ApiError(400, "'echo' together with 'logprobs' is not supported", "echo");
 
   GenerationRequest gr;
-  gr.params = default_sampling(ctx);
-  apply_openai_sampling(body, gr.params);
-  gr.n = parse_n(ctx, body, prompts.size());
+  const OpenAIFields of = apply_openai_fields(ctx, body, prompts.size(), gr);
   if (auto bo = get_int(body, "best_of"); bo && *bo != gr.n)
     throw ApiError(400, "'best_of' other than n is not supported", "best_of");
   // OpenAI's legacy default is 16 tokens (vLLM keeps it).
@@ -247,19 +212,17 @@ Reply handle_completions(ServerContext& ctx, const HttpRequest& hreq) {
   for (const auto& p : prompts) longest = std::max(longest, int64_t(p.size()));
   check_prompt_length(ctx, longest);
   auto mt = get_int(body, "max_tokens");
-  if (!mt) mt = std::min<int64_t>(16, ctx.backend.max_model_len() - longest);
+  if (!mt) mt = std::min<int64_t>(16, ctx.generator.max_model_len() - longest);
   gr.params.max_tokens = resolve_max_tokens(ctx, mt, longest, "max_tokens");
   gr.params.logprobs = int(lp);
   gr.skip_special_tokens = get_bool(body, "skip_special_tokens").value_or(true);
   gr.arrival = arrival;
   gr.prompts = std::move(prompts);
-  const bool stream = get_bool(body, "stream").value_or(false);
-  const StreamOpts so = parse_stream_options(body);
   auto gen = std::make_shared<Generation>(ctx, std::move(gr));
   const std::string id = random_id("cmpl-");
   const int64_t created = unix_time();
 
-  if (!stream) {
+  if (!of.stream) {
     run_non_streaming(ctx, *gen, hreq);
     Json choices = Json::array();
     for (int i = 0; i < gen->num_choices(); ++i) {
@@ -282,7 +245,8 @@ Reply handle_completions(ServerContext& ctx, const HttpRequest& hreq) {
 
   Reply rep;
   rep.content_type = "text/event-stream";
-  rep.stream = [&ctx, gen, id, created, model, lp, echo, prompt_texts, so](StreamSink& sink) {
+  rep.stream = [&ctx, gen, id, created, model, lp, echo, prompt_texts, of](StreamSink& sink) {
+    const OpenAIChunkHead head{id, "text_completion", created, model, of.include_usage};
     std::vector<size_t> offsets(size_t(gen->num_choices()), 0);
     auto chunk = [&](int i, const std::string& text, const char* finish, const Json& stop_reason) {
       Json choice = {{"index", i}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
@@ -295,13 +259,7 @@ Reply handle_completions(ServerContext& ctx, const HttpRequest& hreq) {
         choice["finish_reason"] = finish;
         choice["stop_reason"] = stop_reason;
       }
-      Json c = {{"id", id},
-                {"object", "text_completion"},
-                {"created", created},
-                {"model", model},
-                {"choices", Json::array({std::move(choice)})}};
-      if (so.include_usage) c["usage"] = nullptr;
-      return sink.write(sse_data(dump(c)));
+      return sink.write(sse_data(dump(head.chunk(Json::array({std::move(choice)})))));
     };
     if (echo)
       for (int i = 0; i < gen->num_choices(); ++i)
@@ -322,12 +280,7 @@ Reply handle_completions(ServerContext& ctx, const HttpRequest& hreq) {
       return true;
     };
     if (!run_generation(ctx, *gen, on_events, [&] { return sink.client_gone(); })) return;
-    if (so.include_usage) {
-      Json c = {{"id", id},       {"object", "text_completion"}, {"created", created},
-                {"model", model}, {"choices", Json::array()},    {"usage", usage_json(*gen)}};
-      if (!sink.write(sse_data(dump(c)))) return;
-    }
-    sink.write(sse_data("[DONE]"));
+    head.finish(sink, *gen);
   };
   return rep;
 }

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "server/json_fields.h"
+#include "server/sse.h"
 #include "tokenizer/incremental_detokenizer.h"
 #include "tokenizer/tokenizer.h"
 
@@ -83,8 +84,38 @@ void apply_openai_sampling(const Json& body, SamplingParams& p) {
     throw ApiError(400, "'logit_bias' is not supported", "logit_bias");
 }
 
+OpenAIFields apply_openai_fields(const ServerContext& ctx, const Json& body, size_t prompts, GenerationRequest& gr) {
+  gr.params = default_sampling(ctx);
+  apply_openai_sampling(body, gr.params);
+  const int64_t n = get_int(body, "n").value_or(1);
+  if (n < 1) throw ApiError(400, fmt::format("'n' must be at least 1, got {}", n), "n");
+  if (n * int64_t(prompts) > ctx.opt.max_choices)
+    throw ApiError(400, fmt::format("at most {} choices per request (n x prompts)", ctx.opt.max_choices), "n");
+  gr.n = int(n);
+  OpenAIFields f;
+  f.stream = get_bool(body, "stream").value_or(false);
+  if (const Json* so = get_object(body, "stream_options"))
+    f.include_usage = get_bool(*so, "include_usage").value_or(false);
+  return f;
+}
+
+Json OpenAIChunkHead::chunk(Json choices) const {
+  Json c = {{"id", id}, {"object", object}, {"created", created}, {"model", model}, {"choices", std::move(choices)}};
+  if (include_usage) c["usage"] = nullptr;
+  return c;
+}
+
+void OpenAIChunkHead::finish(StreamSink& sink, const Generation& g) const {
+  if (include_usage) {
+    Json c = chunk(Json::array());
+    c["usage"] = usage_json(g);
+    if (!sink.write(sse_data(dump(c)))) return;
+  }
+  sink.write(sse_data("[DONE]"));
+}
+
 void check_prompt_length(const ServerContext& ctx, int64_t prompt_tokens) {
-  const int64_t max_len = ctx.backend.max_model_len();
+  const int64_t max_len = ctx.generator.max_model_len();
   if (prompt_tokens >= max_len)
     throw ApiError(400,
                    fmt::format("This model's maximum context length is {} tokens. However, your request has {} "
@@ -96,7 +127,7 @@ void check_prompt_length(const ServerContext& ctx, int64_t prompt_tokens) {
 int resolve_max_tokens(const ServerContext& ctx, std::optional<int64_t> requested, int64_t prompt_tokens,
                        const char* field) {
   check_prompt_length(ctx, prompt_tokens);
-  const int64_t room = ctx.backend.max_model_len() - prompt_tokens;
+  const int64_t room = ctx.generator.max_model_len() - prompt_tokens;
   if (requested) {
     if (*requested < 1) throw ApiError(400, fmt::format("'{}' must be at least 1, got {}", field, *requested), field);
     // An upper bound, clamped to the room the context leaves: agents ask for 32K and more on any model.
@@ -112,7 +143,8 @@ Json usage_json(const Generation& g) {
   return Json{{"prompt_tokens", p},
               {"completion_tokens", c},
               {"total_tokens", p + c},
-              {"prompt_tokens_details", {{"cached_tokens", g.cached_tokens()}}}};
+              {"prompt_tokens_details", {{"cached_tokens", g.cached_tokens()}}},
+              {"completion_tokens_details", {{"reasoning_tokens", g.reasoning_tokens()}}}};
 }
 
 namespace {

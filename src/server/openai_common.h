@@ -23,6 +23,25 @@ SamplingParams default_sampling(const ServerContext& ctx);
 // seed, stop, stop_token_ids, ignore_eos, include_stop_str_in_output. Type errors are 400s; value ranges
 // are checked by SamplingParams::validate() (also a 400).
 void apply_openai_sampling(const Json& body, SamplingParams& p);
+// The request fields /v1/chat/completions and /v1/completions share: the server's sampling defaults, then
+// the request's sampling fields, n (x prompts within --max-num-seqs), stream and stream_options.
+struct OpenAIFields {
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage: "usage": null per chunk, a final usage chunk
+};
+OpenAIFields apply_openai_fields(const ServerContext& ctx, const Json& body, size_t prompts, GenerationRequest& gr);
+
+// The envelope of a streamed chunk, and the end of the stream (the usage chunk when asked, then [DONE]).
+struct OpenAIChunkHead {
+  std::string id;
+  const char* object;
+  int64_t created;
+  std::string model;
+  bool include_usage;
+  Json chunk(Json choices) const;
+  void finish(StreamSink& sink, const Generation& g) const;
+};
+
 // Parses `stop`: a string or an array of strings.
 std::vector<std::string> parse_stop(const Json& v, const char* field);
 

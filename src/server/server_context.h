@@ -1,4 +1,4 @@
-// What every handler shares: options, the tokenizer, the backend and the metrics.
+// What every handler shares: options, the tokenizer, the generator and the metrics.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -6,8 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "server/backend.h"
+#include "server/generator.h"
 #include "server/metrics.h"
+#include "server/response_store.h"
 #include "tokenizer/chat_encoding.h"
 
 namespace dsv4 {
@@ -34,14 +35,17 @@ struct ServerOptions {
   ChatEncodeOptions chat;            // default thinking mode and reasoning effort
   bool completions_add_bos = false;  // tokenizer_config.json add_bos_token: /v1/completions prompts get BOS
   int max_choices = 64;              // n x prompts in one request
+  size_t max_stored_responses = 1024;  // Responses API `store: true` entries kept (oldest evicted)
 };
 
 struct ServerContext {
-  ServerContext(ServerOptions o, const Tokenizer& t, Backend& b) : opt(std::move(o)), tok(t), backend(b) {}
+  ServerContext(ServerOptions o, const Tokenizer& t, Generator& b)
+      : opt(std::move(o)), tok(t), generator(b), responses(opt.max_stored_responses) {}
   ServerOptions opt;
   const Tokenizer& tok;
-  Backend& backend;
+  Generator& generator;
   Metrics metrics;
+  ResponseStore responses;
   std::atomic<bool> stopping{false};  // shutdown: handlers abort what they stream
   const std::chrono::system_clock::time_point started = std::chrono::system_clock::now();
 };

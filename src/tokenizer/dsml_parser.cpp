@@ -22,7 +22,19 @@ constexpr std::string_view kParamEnd = "/｜DSML｜parameter";
 constexpr std::string_view kNextParam = ">\n<｜DSML｜parameter";
 constexpr std::string_view kCloseInvoke = ">\n</｜DSML｜invoke";
 constexpr std::string_view kLineEnd = ">\n";
+constexpr std::string_view kValueEnd = "</｜DSML｜parameter";
 constexpr size_t kMaxHeader = 1024;  // an invoke header longer than this is not one
+
+// Length of the longest prefix of `s` that does not end inside a UTF-8 sequence (previews send whole
+// characters only, so a value escaped in pieces equals the value escaped at once).
+size_t whole_utf8(std::string_view s) {
+  size_t n = s.size(), back = 0;
+  while (back < 4 && back < n && (static_cast<unsigned char>(s[n - 1 - back]) & 0xC0) == 0x80) ++back;
+  if (back == n) return n;
+  const unsigned char lead = static_cast<unsigned char>(s[n - 1 - back]);
+  const size_t len = lead < 0x80 ? 1 : (lead >> 5) == 6 ? 2 : (lead >> 4) == 14 ? 3 : (lead >> 3) == 30 ? 4 : 1;
+  return back + 1 < len ? n - 1 - back : n;
+}
 
 // Longest proper prefix of `marker` that `s` ends with: text that must wait for the next piece.
 size_t holdback(std::string_view s, std::string_view marker) {
@@ -159,12 +171,22 @@ bool StreamingOutputParser::step_block(std::vector<OutputEvent>& events) {
         return false;
       }
       call_.name = utf8_lossy(call_.name);
+      call_.id = new_call_id();
+      previewed_ = 0;
+      {
+        OutputEvent e;
+        e.kind = OutputEvent::Kind::ToolCallStart;
+        e.call = call_;
+        e.call.arguments.clear();
+        events.push_back(std::move(e));
+      }
       return param ? advance_to(Block::Param, p + kParam.size()) : advance_to(Block::InvokeClose, q + kInvokeEnd.size());
     }
     case Block::Param: {
       const size_t p = rest.find(kParamEnd);
       if (p == std::string_view::npos) {
         if (!compatible(rest, " name=\"")) malformed(events);
+        else preview_param(rest, events);
         return false;
       }
       std::string name, value;
@@ -181,6 +203,7 @@ bool StreamingOutputParser::step_block(std::vector<OutputEvent>& events) {
       call_.arguments += ": ";
       if (is_string || !nlohmann::json::accept(value)) python_json_string(utf8_lossy(value), call_.arguments);
       else call_.arguments += value;
+      preview_send(call_.arguments, events);
       return advance_to(Block::AfterParam, p + kParamEnd.size());
     }
     case Block::AfterParam: {
@@ -202,7 +225,7 @@ bool StreamingOutputParser::step_block(std::vector<OutputEvent>& events) {
       OutputEvent e;
       e.kind = OutputEvent::Kind::ToolCall;
       call_.arguments += '}';
-      call_.id = new_call_id();
+      preview_send(call_.arguments, events);
       e.call = std::move(call_);
       e.raw = buf_.substr(0, cur_ + kLineEnd.size());
       events.push_back(std::move(e));
@@ -214,6 +237,35 @@ bool StreamingOutputParser::step_block(std::vector<OutputEvent>& events) {
     }
   }
   return false;
+}
+
+void StreamingOutputParser::preview_send(const std::string& upto, std::vector<OutputEvent>& events) {
+  if (upto.size() <= previewed_) return;
+  OutputEvent e;
+  e.kind = OutputEvent::Kind::ToolCallArguments;
+  e.text = upto.substr(previewed_);
+  previewed_ = upto.size();
+  events.push_back(std::move(e));
+}
+
+// The current parameter's value so far, for a string parameter: the arguments as they will read once it
+// closes, minus the closing quote and whatever could still be the start of `</｜DSML｜parameter`.
+void StreamingOutputParser::preview_param(std::string_view rest, std::vector<OutputEvent>& events) {
+  const size_t t = rest.find("\" string=\"true\">"), f = rest.find("\" string=\"false\">");
+  if (t == std::string_view::npos || (f != std::string_view::npos && f < t)) return;  // not (yet) a string value
+  if (rest.substr(0, 7) != " name=\"") return;
+  const std::string name(rest.substr(7, t - 7));
+  if (std::find(param_names_.begin(), param_names_.end(), name) != param_names_.end()) return;  // will be malformed
+  std::string_view value = rest.substr(t + 16);
+  value = value.substr(0, value.size() - holdback(value, kValueEnd));
+  value = value.substr(0, whole_utf8(value));
+  std::string upto = call_.arguments;
+  if (!param_names_.empty()) upto += ", ";
+  python_json_string(utf8_lossy(name), upto);
+  upto += ": ";
+  python_json_string(utf8_lossy(value), upto);
+  upto.pop_back();  // the closing quote comes when the value is complete
+  preview_send(upto, events);
 }
 
 void StreamingOutputParser::process(std::vector<OutputEvent>& events) {

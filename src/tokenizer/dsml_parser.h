@@ -11,7 +11,11 @@
 // decode_dsml_to_arguments does (string="true" values JSON-encoded, others inserted as written; a value that
 // is not valid JSON is encoded as a string). The streaming parser emits text as soon as it cannot be the start
 // of a `</think>` or `\n\n<｜DSML｜tool_calls` marker, and each tool call when its `</｜DSML｜invoke>` line is
-// complete. Nothing is ever dropped: a block that breaks the grammar is returned as content from the point
+// complete. Before that it previews the call as it is generated (ToolCallStart once the name is known, then
+// ToolCallArguments deltas: a string parameter's value streams as it arrives, other values when their
+// parameter closes), so clients see arguments grow; the deltas of a call concatenated are exactly its final
+// `arguments`, and never contain markup. A call whose block later breaks the grammar was previewed but is
+// not emitted as ToolCall (its text goes to content, as below). Nothing is ever dropped: a block that breaks the grammar is returned as content from the point
 // after the last complete call (and the rest of the output is content too); a block cut off by the end of
 // output is returned as content and flagged as truncated. Feed decoded text without the EOS token.
 #pragma once
@@ -38,6 +42,9 @@ struct OutputEvent {
     Content,       // text: content delta
     ToolCall,      // call: one complete tool call
     ToolCallsEnd,  // the closing `</｜DSML｜tool_calls>` was consumed
+    // Previews (raw is empty: the text stays accounted for by the ToolCall that follows).
+    ToolCallStart,      // call: id and name of the call being generated
+    ToolCallArguments,  // text: the next piece of that call's arguments JSON
   };
   Kind kind = Kind::Content;
   std::string text;
@@ -75,8 +82,11 @@ class StreamingOutputParser {
   Block block_ = Block::Open;
   std::string buf_;  // text received and not yet emitted
   size_t cur_ = 0;   // Block state: how much of buf_ has been checked against the grammar
+  void preview_param(std::string_view rest, std::vector<OutputEvent>& events);  // Param state, value incomplete
+  void preview_send(const std::string& upto, std::vector<OutputEvent>& events);
   ParsedToolCall call_;
   std::vector<std::string> param_names_;
+  size_t previewed_ = 0;  // bytes of the current call's arguments sent as ToolCallArguments
   OutputSummary summary_;
   std::mt19937_64 rng_;
 };

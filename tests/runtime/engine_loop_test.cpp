@@ -19,6 +19,7 @@ std::unique_ptr<Engine> make_engine() {
   c.numerics = Numerics::Exact;
   c.kv_cache_dtype = "auto";
   c.kv_cache_memory = 64ull << 20;
+  c.enable_prefix_caching = false;  // the default is on; these block counts assume no cached blocks
   return std::make_unique<Engine>(c);
 }
 

@@ -31,6 +31,7 @@ EngineConfig config(uint64_t memory = 256ull << 20) {
   c.numerics = Numerics::Exact;
   c.kv_cache_dtype = "auto";
   c.kv_cache_memory = memory;
+  c.enable_prefix_caching = false;  // the default is on; these block counts assume no cached blocks
   c.max_num_seqs = 16;
   c.max_num_batched_tokens = 256;
   return c;

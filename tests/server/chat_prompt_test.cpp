@@ -148,7 +148,7 @@ TEST(ServerChatPrompt, AnthropicAndOpenAIRenderTheSameConversationAlike) {
       {});
   EXPECT_EQ(a.text, o.text);
   EXPECT_EQ(a.thinking, ThinkingMode::Thinking);
-  EXPECT_EQ(status_of(parse(R"({"messages":[{"role":"system","content":"S"}]})"), true), 400);
+  EXPECT_EQ(status_of(parse(R"({"messages":[{"role":"robot","content":"S"}]})"), true), 400);
   EXPECT_EQ(status_of(parse(R"({"messages":[{"role":"user","content":[{"type":"tool_use"}]}]})"), true), 200)
       << "non-text user blocks render as placeholders";
   EXPECT_EQ(
@@ -157,4 +157,41 @@ TEST(ServerChatPrompt, AnthropicAndOpenAIRenderTheSameConversationAlike) {
               R"({"messages":[{"role":"user","content":"x"}],"tools":[{"type":"web_search_20250305","name":"web_search"}]})"),
           true),
       400);
+}
+
+TEST(ServerChatPrompt, AnthropicSystemTurnsRenderWhereTheyStand) {
+  // Claude Code puts its environment block in a system turn inside messages (issue 18).
+  auto a = anthropic_chat_prompt(parse(R"({"system":"S","messages":[{"role":"user","content":"Hi"},
+      {"role":"system","content":[{"type":"text","text":"Env A"},{"type":"text","text":"Env B"}]},
+      {"role":"user","content":"Go"}]})"),
+                                 {});
+  auto o = openai_chat_prompt(parse(R"({"messages":[{"role":"system","content":"S"},{"role":"user","content":"Hi"},
+      {"role":"system","content":"Env A\n\nEnv B"},{"role":"user","content":"Go"}]})"),
+                              {});
+  EXPECT_EQ(a.text, o.text);
+  EXPECT_NE(a.text.find("<｜User｜>HiEnv A\n\nEnv B<｜User｜>Go"), std::string::npos) << a.text;
+  // Claude Code's order: the environment after the user turn; the model must still be asked to answer.
+  auto last = anthropic_chat_prompt(
+      parse(R"({"messages":[{"role":"user","content":"Hi"},{"role":"system","content":"Env"}],"thinking":{"type":"adaptive"}})"),
+      {});
+  EXPECT_TRUE(ends_with(last.text, "<｜User｜>HiEnv<｜Assistant｜><think>")) << last.text;
+  try {
+    anthropic_chat_prompt(parse(R"({"messages":[{"role":"user","content":"Hi"},{"role":"system","content":[{"type":"image"}]}]})"),
+                          {});
+    FAIL() << "expected a 400";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(e.param, "messages[1].content");
+  }
+}
+
+TEST(ServerChatPrompt, ReasoningEffortWithoutASwitchTurnsThinkingOn) {
+  auto on = openai_chat_prompt(parse(R"({"messages":[{"role":"user","content":"Hi"}],"reasoning_effort":"low"})"), {});
+  EXPECT_EQ(on.thinking, ThinkingMode::Thinking);
+  auto none = openai_chat_prompt(parse(R"({"messages":[{"role":"user","content":"Hi"}],"reasoning_effort":"none"})"), {});
+  EXPECT_EQ(none.thinking, ThinkingMode::Chat);
+  auto off = openai_chat_prompt(
+      parse(R"({"messages":[{"role":"user","content":"Hi"}],"reasoning_effort":"max","chat_template_kwargs":{"thinking":false}})"),
+      {});
+  EXPECT_EQ(off.thinking, ThinkingMode::Chat) << "an explicit switch wins";
 }

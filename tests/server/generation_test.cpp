@@ -1,4 +1,4 @@
-// The generation driver on a scripted backend: reasoning / content / tool-call split, stop strings only on
+// The generation driver on a scripted generator: reasoning / content / tool-call split, stop strings only on
 // content, finish reasons, n > 1, logprobs, and aborts.
 #include "server/generation.h"
 
@@ -55,7 +55,7 @@ TEST(ServerGeneration, StopStringsFireInContentButNeverInReasoning) {
   EXPECT_EQ(g.result(0).finish_reason, "stop");
   EXPECT_EQ(g.result(0).stop_reason, "STOP");
   EXPECT_EQ(r.events.back().kind, GenEvent::Kind::Finished);
-  EXPECT_EQ(s.backend.stats().running, 0) << "the engine request is aborted when the stop string fires";
+  EXPECT_EQ(s.generator.stats().running, 0) << "the engine request is aborted when the stop string fires";
 }
 
 TEST(ServerGeneration, IncludeStopStringAndEosFinish) {
@@ -152,9 +152,9 @@ TEST(ServerGeneration, DestroyingARunningGenerationAbortsIt) {
     Generation g(s.ctx, chat_request(*tokenizer(), ThinkingMode::Chat, false));
     std::vector<GenEvent> ev;
     g.poll(ev, 50ms);
-    EXPECT_EQ(s.backend.stats().running, 1);
+    EXPECT_EQ(s.generator.stats().running, 1);
   }
-  EXPECT_EQ(s.backend.stats().running, 0);
+  EXPECT_EQ(s.generator.stats().running, 0);
 }
 
 TEST(ServerGeneration, BackendRejectionIsA400AndLeavesNothingRunning) {
@@ -169,5 +169,5 @@ TEST(ServerGeneration, BackendRejectionIsA400AndLeavesNothingRunning) {
     EXPECT_EQ(e.status, 400);
     EXPECT_NE(std::string(e.what()).find("top_p"), std::string::npos);
   }
-  EXPECT_EQ(s.backend.stats().running, 0);
+  EXPECT_EQ(s.generator.stats().running, 0);
 }

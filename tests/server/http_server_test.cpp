@@ -1,4 +1,4 @@
-// The HTTP layer in-process on a loopback port with a scripted backend: auth, body limit, error shapes, the
+// The HTTP layer in-process on a loopback port with a scripted generator: auth, body limit, error shapes, the
 // OpenAI and Anthropic event streams with tool calls, and client disconnects.
 #include "server/http_server.h"
 
@@ -268,7 +268,7 @@ TEST(ServerHttp, ClientDisconnectAbortsTheRequest) {
     ASSERT_EQ(::send(fd, req.data(), req.size(), 0), ssize_t(req.size()));
     bool running = false;
     for (int i = 0; i < 300 && !running; ++i) {
-      running = srv.s.backend.stats().running == 1;
+      running = srv.s.generator.stats().running == 1;
       std::this_thread::sleep_for(10ms);
     }
     ASSERT_TRUE(running);
@@ -280,7 +280,7 @@ TEST(ServerHttp, ClientDisconnectAbortsTheRequest) {
     int left = 1;
     for (int i = 0; i < 300 && left; ++i) {
       std::this_thread::sleep_for(10ms);
-      left = srv.s.backend.stats().running;
+      left = srv.s.generator.stats().running;
     }
     EXPECT_EQ(left, 0) << (stream ? "streaming" : "non-streaming") << " request still running after the client left";
   }

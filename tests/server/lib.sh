@@ -1,6 +1,7 @@
 # Shared by the server test scripts (sourced): start `dsv4 serve` on a free loopback port, JSON checks.
 set -euo pipefail
 BIN=${DSV4_BIN:?}
+TEST_SERVER_BIN=${DSV4_TEST_SERVER_BIN:-$(dirname "$BIN")/dsv4-test-server}
 SRC=${DSV4_SOURCE_DIR:?}
 T=$(mktemp -d)
 SERVER_PIDS=()
@@ -18,10 +19,13 @@ fail() {
 
 # start_server NAME [serve flags...]: port 0 (the server prints the one it got); sets URL and PID, waits for
 # /health. Logs go to $T/NAME.log.
-start_server() {
+start_server() { launch_server "$1" "$BIN" serve "${@:2}"; }
+# start_test_server NAME SCRIPT [serve flags...]: the same on dsv4-test-server, replaying SCRIPT's replies.
+start_test_server() { launch_server "$1" "$TEST_SERVER_BIN" --scripted-output "$2" "${@:3}"; }
+launch_server() {
   local name=$1; shift
   local log="$T/$name.log" port=""
-  "$BIN" serve --host 127.0.0.1 --port 0 "$@" >"$log" 2>&1 &
+  "$@" --host 127.0.0.1 --port 0 >"$log" 2>&1 &
   PID=$!
   SERVER_PIDS+=("$PID")
   for _ in $(seq 1 900); do  # up to 90 s: the demo model may be created first

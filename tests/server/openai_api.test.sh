@@ -7,7 +7,7 @@ start_server demo --block-size 128
 
 # Models: the demo's default name and length limit.
 curl -sf "$URL/v1/models" >"$T/out.json" || fail "GET /v1/models"
-jcheck "$T/out.json" 'j["object"] == "list" and j["data"][0]["id"] == "dsv4-tiny" and j["data"][0]["max_model_len"] == 8192' "models"
+jcheck "$T/out.json" 'j["object"] == "list" and j["data"][0]["id"] == "dsv4-tiny" and j["data"][0]["max_model_len"] == 65536' "models"
 
 CHAT='{"model":"dsv4-tiny","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Name three colors."}],"max_tokens":6,"temperature":0}'
 expect_status 200 "$(post /v1/chat/completions "$CHAT")" "chat"
@@ -104,7 +104,7 @@ jcheck "$T/cchunks.json" '"".join(c["choices"][0]["text"] for c in j) == k["choi
 
 # Tokenize / detokenize round trip.
 expect_status 200 "$(post /tokenize '{"prompt":"Hello, wörld! 你好","return_token_strs":true}')" "tokenize"
-jcheck "$T/out.json" 'j["count"] == len(j["tokens"]) == len(j["token_strs"]) and j["max_model_len"] == 8192' "tokenize shape"
+jcheck "$T/out.json" 'j["count"] == len(j["tokens"]) == len(j["token_strs"]) and j["max_model_len"] == 65536' "tokenize shape"
 python3 -c 'import json,sys; print(json.dumps({"tokens": json.load(open(sys.argv[1]))["tokens"]}))' "$T/out.json" >"$T/ids.json"
 expect_status 200 "$(post /detokenize "$(cat "$T/ids.json")")" "detokenize"
 jcheck "$T/out.json" 'j["prompt"] == "Hello, wörld! 你好"' "round trip"

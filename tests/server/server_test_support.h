@@ -1,11 +1,11 @@
-// Shared by the server tests: the real tokenizer (tests skip without it) and a scripted backend context.
+// Shared by the server tests: the real tokenizer (tests skip without it) and a scripted generator context.
 #pragma once
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <memory>
 
-#include "server/scripted_backend.h"
+#include "fake/scripted_generator.h"
 #include "server/server_context.h"
 #include "tokenizer/tokenizer.h"
 
@@ -24,12 +24,12 @@ inline const Tokenizer* tokenizer() {
   if (!::dsv4::server::testing::tokenizer()) \
   GTEST_SKIP() << "assets/tokenizer/tokenizer.json missing (scripts/fetch_tokenizer.sh)"
 
-// A context whose backend answers every prompt with `reply`.
+// A context whose generator answers every prompt with `reply`.
 struct Scripted {
   explicit Scripted(const std::string& reply, int delay_ms = 0, ServerOptions opt = {})
-      : backend(*tokenizer(), {{"", reply}}, 4096, std::chrono::milliseconds(delay_ms)),
-        ctx(std::move(opt), *tokenizer(), backend) {}
-  ScriptedBackend backend;
+      : generator(*tokenizer(), {{"", reply}}, 4096, std::chrono::milliseconds(delay_ms)),
+        ctx(std::move(opt), *tokenizer(), generator) {}
+  ScriptedGenerator generator;
   ServerContext ctx;
 };
 

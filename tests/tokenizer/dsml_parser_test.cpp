@@ -208,14 +208,51 @@ TEST(DsmlParser, ToolCallEmittedWhenItsInvokeCloses) {
   StreamingOutputParser p(ThinkingMode::Chat, 1);
   std::vector<OutputEvent> ev;
   p.feed("\n\n<｜DSML｜tool_calls>\n" + kCall1, ev);
-  EXPECT_TRUE(ev.empty());
+  for (const auto& e : ev) EXPECT_TRUE(e.kind == Kind::ToolCallStart || e.kind == Kind::ToolCallArguments);
+  ev.clear();
   p.feed("\n", ev);
-  ASSERT_EQ(ev.size(), 1u);
-  EXPECT_EQ(ev[0].kind, Kind::ToolCall);
+  ASSERT_FALSE(ev.empty());
+  EXPECT_EQ(ev.back().kind, Kind::ToolCall);
   p.feed("</｜DSML｜tool_calls>", ev);
   EXPECT_EQ(ev.back().kind, Kind::ToolCallsEnd);
   p.finish(ev);
   EXPECT_FALSE(p.summary().tool_call_truncated);
+}
+
+TEST(DsmlParser, StringArgumentsStreamBeforeTheCallCloses) {
+  StreamingOutputParser p(ThinkingMode::Chat, 1);
+  std::vector<OutputEvent> ev;
+  std::string args;
+  auto take = [&] {
+    for (const auto& e : ev)
+      if (e.kind == Kind::ToolCallArguments) args += e.text;
+    ev.clear();
+  };
+  p.feed("\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"run\">\n", ev);
+  EXPECT_TRUE(ev.empty()) << "the name is known once the first parameter (or the invoke's end) begins";
+  p.feed("<｜DSML｜parameter", ev);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].kind, Kind::ToolCallStart);
+  EXPECT_EQ(ev[0].call.name, "run");
+  const std::string id = ev[0].call.id;
+  ev.clear();
+  p.feed(" name=\"cmd\" string=\"true\">ls -l \"a\"", ev);
+  take();
+  EXPECT_EQ(args, R"({"cmd": "ls -l \"a\")");
+  p.feed(" 中</｜DSML", ev);  // a possible end marker is held back, the character is not
+  take();
+  EXPECT_EQ(args, R"({"cmd": "ls -l \"a\" 中)");
+  p.feed("｜parameter>\n<｜DSML｜parameter name=\"n\" string=\"false\">1", ev);
+  take();
+  EXPECT_EQ(args, R"({"cmd": "ls -l \"a\" 中")") << "a non-string value waits for its end";
+  p.feed("2</｜DSML｜parameter>\n</｜DSML｜invoke>\n", ev);
+  ASSERT_FALSE(ev.empty());
+  const OutputEvent call = ev.back();
+  take();
+  ASSERT_EQ(call.kind, Kind::ToolCall);
+  EXPECT_EQ(call.call.id, id);
+  EXPECT_EQ(call.call.arguments, args);
+  EXPECT_EQ(args, R"({"cmd": "ls -l \"a\" 中", "n": 12})");
 }
 
 TEST(DsmlParser, RoundTripsWhatTheEncoderWrites) {

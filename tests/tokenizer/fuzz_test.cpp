@@ -112,10 +112,29 @@ TEST(Fuzz, DsmlParserNeverLosesBytes) {
       at += step;
     }
     p.finish(ev);
-    std::string raw, reasoning, content;
+    std::string raw, reasoning, content, previewed;
     size_t calls = 0;
+    bool previewing = false;
     for (const auto& e : ev) {
       raw += e.raw;
+      // Previews: a start, argument pieces that never hold markup, and (when the call completes) pieces
+      // that add up to its arguments exactly.
+      if (e.kind == OutputEvent::Kind::ToolCallStart) {
+        ASSERT_TRUE(e.raw.empty());
+        previewing = true;
+        previewed.clear();
+      }
+      if (e.kind == OutputEvent::Kind::ToolCallArguments) {
+        ASSERT_TRUE(previewing) << "case " << i;
+        previewed += e.text;
+        // A value ends at the first `/｜DSML｜parameter`, so the marker (or its `<` start) never leaks.
+        ASSERT_EQ(previewed.find("/｜DSML｜parameter"), std::string::npos) << "case " << i << ": " << previewed;
+      }
+      if (e.kind == OutputEvent::Kind::ToolCall) {
+        ASSERT_TRUE(previewing) << "case " << i;
+        ASSERT_EQ(previewed, e.call.arguments) << "case " << i;
+        previewing = false;
+      }
       if (e.kind == OutputEvent::Kind::Reasoning) reasoning += e.text;
       if (e.kind == OutputEvent::Kind::Content) content += e.text;
       if (e.kind == OutputEvent::Kind::ToolCall) {

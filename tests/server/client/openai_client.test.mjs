@@ -113,7 +113,7 @@ test('errors map to the SDK error classes', async () => {
     (e) => e instanceof OpenAI.NotFoundError && e.status === 404 && e.code === 'model_not_found');
   await assert.rejects(demo.chat.completions.create({ model, messages: user('x'), temperature: -1 }),
     (e) => e instanceof OpenAI.BadRequestError && /temperature/.test(e.message));
-  await assert.rejects(demo.chat.completions.create({ model, messages: user('word '.repeat(9000)) }),
+  await assert.rejects(demo.chat.completions.create({ model, messages: user('word '.repeat(70000)) }),
     (e) => e instanceof OpenAI.BadRequestError && e.code === 'context_length_exceeded');
 });
 
@@ -178,4 +178,87 @@ test('scripted: reasoning then content, streamed as reasoning_content deltas', a
   const plain = await scripted.chat.completions.create({ model, messages: user('Hi'), chat_template_kwargs: { thinking: false } });
   assert.equal(plain.choices[0].message.reasoning_content, null);
   assert.equal(plain.choices[0].message.content, 'Hello! How can I help?');
+});
+
+// ---- Responses API (POST /v1/responses)
+const weatherFn = { type: 'function', name: 'get_weather', description: 'Weather forecast for a city', parameters: weatherTool.function.parameters };
+
+test('responses: create, text output, usage, retrieve, delete', async () => {
+  const r = await scripted.responses.create({ model, input: 'Say hello', instructions: 'Be brief.', max_output_tokens: 64 });
+  assert.equal(r.object, 'response');
+  assert.equal(r.status, 'completed');
+  assert.equal(r.output_text, 'Hello! How can I help?');
+  assert.equal(r.output[0].type, 'message');
+  assert.ok(r.usage.input_tokens > 0 && r.usage.output_tokens > 0);
+  assert.equal(r.usage.total_tokens, r.usage.input_tokens + r.usage.output_tokens);
+  assert.equal(r.usage.output_tokens_details.reasoning_tokens, 0);
+  assert.equal(typeof r.usage.input_tokens_details.cached_tokens, 'number');
+  const got = await scripted.responses.retrieve(r.id);
+  assert.equal(got.id, r.id);
+  assert.equal(got.output[0].content[0].text, r.output_text);
+  await scripted.responses.delete(r.id);
+  await assert.rejects(scripted.responses.retrieve(r.id), (e) => e instanceof OpenAI.NotFoundError);
+});
+
+test('responses: stream events accumulate to the same response', async () => {
+  const types = [];
+  const stream = scripted.responses.stream({ model, input: 'Hi', reasoning: { effort: 'high' } });
+  let text = '', summary = '';
+  for await (const ev of stream) {
+    types.push(ev.type);
+    if (ev.type === 'response.output_text.delta') text += ev.delta;
+    if (ev.type === 'response.reasoning_summary_text.delta') summary += ev.delta;
+  }
+  const final = await stream.finalResponse();
+  assert.equal(types[0], 'response.created');
+  assert.equal(types[1], 'response.in_progress');
+  assert.equal(types.at(-1), 'response.completed');
+  for (const t of ['response.output_item.added', 'response.reasoning_summary_part.added', 'response.reasoning_summary_text.done',
+    'response.content_part.added', 'response.output_text.done', 'response.content_part.done', 'response.output_item.done'])
+    assert.ok(types.includes(t), t);
+  assert.equal(summary, 'The user greets me; answer kindly.', 'reasoning.effort turns thinking on');
+  assert.equal(text, 'Hello! How can I help?');
+  assert.deepEqual(final.output.map((o) => o.type), ['reasoning', 'message']);
+  assert.equal(final.output_text, text);
+  assert.ok(final.usage.output_tokens_details.reasoning_tokens > 0);
+});
+
+test('responses: function calls, streamed arguments, and the tool round trip', async () => {
+  const req = { model, input: [{ role: 'user', content: [{ type: 'input_text', text: 'Weather in Paris and Tokyo?' }] }], tools: [weatherFn, { type: 'web_search' }] };
+  const r = await scripted.responses.create(req);
+  const calls = r.output.filter((o) => o.type === 'function_call');
+  assert.deepEqual(calls.map((c) => [c.name, JSON.parse(c.arguments)]), [['get_weather', { city: 'Paris', days: 2 }], ['get_weather', { city: 'Tokyo', days: 1 }]]);
+  assert.ok(calls.every((c) => c.call_id.startsWith('call_') && c.status === 'completed'));
+  let args = '';
+  const stream = scripted.responses.stream(req);
+  for await (const ev of stream) if (ev.type === 'response.function_call_arguments.delta') args += ev.delta;
+  const streamed = (await stream.finalResponse()).output.filter((o) => o.type === 'function_call');
+  assert.equal(args, streamed.map((c) => c.arguments).join(''));
+  assert.deepEqual(streamed.map((c) => JSON.parse(c.arguments)), [{ city: 'Paris', days: 2 }, { city: 'Tokyo', days: 1 }]);
+  // Round trip, stateless (store: false): the client sends the calls and their outputs back.
+  const back = await scripted.responses.create({
+    model, store: false, tools: [weatherFn],
+    input: [...req.input, ...calls.map(({ type, call_id, name, arguments: a }) => ({ type, call_id, name, arguments: a })),
+      ...calls.map((c) => ({ type: 'function_call_output', call_id: c.call_id, output: 'fine' }))],
+  });
+  assert.equal(back.output_text, 'It is sunny in Paris (21 C) and rainy in Tokyo (17 C).');
+  await assert.rejects(scripted.responses.retrieve(back.id), (e) => e instanceof OpenAI.NotFoundError, 'store: false keeps nothing');
+  const single = await scripted.responses.create({ ...req, parallel_tool_calls: false });
+  assert.equal(single.output.filter((o) => o.type === 'function_call').length, 1);
+});
+
+test('responses: previous_response_id continues a stored conversation', async () => {
+  const first = await scripted.responses.create({ model, input: 'My name is Zed. zqx-remember' });
+  assert.equal(first.output_text, 'Noted: zqx-ack-51.');
+  const second = await scripted.responses.create({ model, input: 'Who am I?', previous_response_id: first.id });
+  assert.equal(second.output_text, 'You are Zed.');
+  assert.equal(second.previous_response_id, first.id);
+  const s = scripted.responses.stream({ model, input: 'Who am I?', previous_response_id: first.id });
+  assert.equal((await s.finalResponse()).output_text, 'You are Zed.');
+  const alone = await scripted.responses.create({ model, input: 'Who am I?' });
+  assert.notEqual(alone.output_text, 'You are Zed.', 'without it the server remembers nothing');
+  await assert.rejects(scripted.responses.create({ model, input: 'x', previous_response_id: 'resp_nope' }),
+    (e) => e instanceof OpenAI.NotFoundError && /resp_nope/.test(e.message));
+  await assert.rejects(scripted.responses.create({ model, input: [{ type: 'bogus' }] }),
+    (e) => e instanceof OpenAI.BadRequestError && /input\[0\]\.type/.test(e.message));
 });

@@ -1,4 +1,4 @@
-#include "server/backend.h"
+#include "server/generator.h"
 
 #include "runtime/engine_loop.h"
 
@@ -16,21 +16,21 @@ class EngineStream final : public OutputStream {
 };
 }  // namespace
 
-EngineBackend::EngineBackend(std::unique_ptr<Engine> engine) {
+EngineGenerator::EngineGenerator(std::unique_ptr<Engine> engine) {
   max_len_ = engine->max_model_len();
   vocab_ = engine->model_config().vocab_size;
   eos_ = int32_t(engine->model_config().eos_token_id);
   loop_ = std::make_unique<EngineLoop>(std::move(engine));
 }
 
-EngineBackend::~EngineBackend() = default;
+EngineGenerator::~EngineGenerator() = default;
 
-std::unique_ptr<OutputStream> EngineBackend::submit(std::vector<int32_t> prompt, SamplingParams params) {
+std::unique_ptr<OutputStream> EngineGenerator::submit(std::vector<int32_t> prompt, SamplingParams params) {
   return std::make_unique<EngineStream>(loop_->submit(std::move(prompt), std::move(params)));
 }
 
-void EngineBackend::abort(uint64_t id) { loop_->abort(id); }
+void EngineGenerator::abort(uint64_t id) { loop_->abort(id); }
 
-EngineStats EngineBackend::stats() const { return loop_->stats(); }
+EngineStats EngineGenerator::stats() const { return loop_->stats(); }
 
 }  // namespace dsv4::server

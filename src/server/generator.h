@@ -1,6 +1,7 @@
-// What the HTTP layer needs from a generator: submit token ids, read each request's outputs, abort, stats.
-// EngineBackend is the real one (an EngineLoop); ScriptedBackend (scripted_backend.h) replays fixed texts for
-// tests of output shapes a random demo model never produces (tool calls, reasoning).
+// What the HTTP layer needs from whatever makes tokens: submit token ids, read each request's outputs, abort,
+// stats. (Not the compute backend of src/kernels: this is the server's view of the serving engine.)
+// EngineGenerator is the product's (an EngineLoop); tests/server/fake/scripted_generator.h replays fixed
+// texts for tests of output shapes a random demo model never produces (tool calls, reasoning).
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -25,9 +26,9 @@ class OutputStream {
   virtual std::optional<RequestOutput> next(std::chrono::milliseconds timeout) = 0;
 };
 
-class Backend {
+class Generator {
  public:
-  virtual ~Backend() = default;
+  virtual ~Generator() = default;
   // Throws dsv4::Error with a user-facing message for invalid requests.
   virtual std::unique_ptr<OutputStream> submit(std::vector<int32_t> prompt, SamplingParams params) = 0;
   virtual void abort(uint64_t id) = 0;  // frees the request's KV at once; fine for finished ids
@@ -37,10 +38,10 @@ class Backend {
   virtual int32_t eos_token_id() const = 0;
 };
 
-class EngineBackend final : public Backend {
+class EngineGenerator final : public Generator {
  public:
-  explicit EngineBackend(std::unique_ptr<Engine> engine);
-  ~EngineBackend() override;
+  explicit EngineGenerator(std::unique_ptr<Engine> engine);
+  ~EngineGenerator() override;
   std::unique_ptr<OutputStream> submit(std::vector<int32_t> prompt, SamplingParams params) override;
   void abort(uint64_t id) override;
   EngineStats stats() const override;

@@ -1,4 +1,4 @@
-#include "server/scripted_backend.h"
+#include "fake/scripted_generator.h"
 
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -9,7 +9,7 @@
 
 namespace dsv4::server {
 
-struct ScriptedBackend::State {
+struct ScriptedGenerator::State {
   uint64_t id = 0;
   std::vector<int32_t> tokens;  // the reply, EOS last unless ignore_eos
   SamplingParams params;
@@ -19,8 +19,8 @@ struct ScriptedBackend::State {
 
 class ScriptedStream final : public OutputStream {
  public:
-  ScriptedStream(ScriptedBackend& b, std::shared_ptr<ScriptedBackend::State> s)
-      : b_(b), s_(std::move(s)), due_(std::chrono::steady_clock::now() + b.delay_) {}
+  ScriptedStream(ScriptedGenerator& b, std::shared_ptr<ScriptedGenerator::State> s)
+      : b_(b), s_(std::move(s)), due_(std::chrono::steady_clock::now() + b.delay_), rng_(b.burst_seed_ + s_->id) {}
   ~ScriptedStream() override { b_.abort(s_->id); }
   uint64_t id() const override { return s_->id; }
 
@@ -41,28 +41,8 @@ class ScriptedStream final : public OutputStream {
     if (s_->aborted) {
       o.finish = FinishReason::Abort;
     } else {
-      const auto& p = s_->params;
-      const int32_t tok = s_->tokens[size_t(generated_) % s_->tokens.size()];
-      ++generated_;
-      ++b_.generated_total_;
-      o.new_tokens.push_back(tok);
-      if (p.logprobs >= 0) {
-        TokenLogprobs lp;
-        lp.token = tok;
-        lp.logprob = -0.25f;
-        lp.rank = 1;
-        for (int k = 0; k < p.logprobs; ++k)
-          lp.top.push_back({k == 0 ? tok : int32_t((tok + k) % b_.vocab_size()), -0.25f - float(k)});
-        o.logprobs.push_back(std::move(lp));
-      }
-      bool stop_token = false;
-      for (int32_t t : p.stop_token_ids) stop_token |= t == tok;
-      if ((tok == b_.eos_token_id() && !p.ignore_eos) || stop_token) {
-        o.finish = FinishReason::Stop;
-        if (stop_token) o.stop_reason = std::to_string(tok);
-      } else if (generated_ >= p.max_tokens || s_->prompt_len + generated_ >= b_.max_len_) {
-        o.finish = FinishReason::Length;
-      }
+      const int n = b_.burst_ > 1 ? 1 + int(rng_() % uint64_t(b_.burst_)) : 1;
+      for (int i = 0; i < n && !o.finished(); ++i) emit_one(o);
     }
     o.generated_tokens = generated_;
     if (o.finished()) {
@@ -73,20 +53,46 @@ class ScriptedStream final : public OutputStream {
   }
 
  private:
-  ScriptedBackend& b_;
-  std::shared_ptr<ScriptedBackend::State> s_;
+  void emit_one(RequestOutput& o) {
+    const auto& p = s_->params;
+    const int32_t tok = s_->tokens[size_t(generated_) % s_->tokens.size()];
+    ++generated_;
+    ++b_.generated_total_;
+    o.new_tokens.push_back(tok);
+    if (p.logprobs >= 0) {
+      TokenLogprobs lp;
+      lp.token = tok;
+      lp.logprob = -0.25f;
+      lp.rank = 1;
+      for (int k = 0; k < p.logprobs; ++k)
+        lp.top.push_back({k == 0 ? tok : int32_t((tok + k) % b_.vocab_size()), -0.25f - float(k)});
+      o.logprobs.push_back(std::move(lp));
+    }
+    bool stop_token = false;
+    for (int32_t t : p.stop_token_ids) stop_token |= t == tok;
+    if ((tok == b_.eos_token_id() && !p.ignore_eos) || stop_token) {
+      o.finish = FinishReason::Stop;
+      if (stop_token) o.stop_reason = std::to_string(tok);
+    } else if (generated_ >= p.max_tokens || s_->prompt_len + generated_ >= b_.max_len_) {
+      o.finish = FinishReason::Length;
+    }
+  }
+
+  ScriptedGenerator& b_;
+  std::shared_ptr<ScriptedGenerator::State> s_;
   std::chrono::steady_clock::time_point due_;
   int64_t generated_ = 0;
   bool done_ = false;
+  std::mt19937_64 rng_;
 };
 
-ScriptedBackend::ScriptedBackend(const Tokenizer& tok, std::vector<ScriptedReply> replies, int64_t max_model_len,
+ScriptedGenerator::ScriptedGenerator(const Tokenizer& tok, std::vector<ScriptedReply> replies, int64_t max_model_len,
                                  std::chrono::milliseconds token_delay)
     : tok_(tok), replies_(std::move(replies)), max_len_(max_model_len), delay_(token_delay) {
   if (replies_.empty()) fail("scripted output: no replies");
 }
 
-std::unique_ptr<ScriptedBackend> ScriptedBackend::from_file(const std::string& path, const Tokenizer& tok,
+std::unique_ptr<ScriptedGenerator> ScriptedGenerator::from_file(const std::string& path, const Tokenizer& tok,
                                                             int64_t max_model_len) {
   std::ifstream f(path);
   if (!f) fail("cannot open scripted output file '{}'", path);
@@ -102,13 +108,13 @@ std::unique_ptr<ScriptedBackend> ScriptedBackend::from_file(const std::string& p
   } catch (const nlohmann::json::exception& e) {
     fail("{}: expected {{\"replies\": [{{\"when\": ..., \"text\": ...}}]}} ({})", path, e.what());
   }
-  return std::make_unique<ScriptedBackend>(tok, std::move(replies), max_model_len,
+  return std::make_unique<ScriptedGenerator>(tok, std::move(replies), max_model_len,
                                            std::chrono::milliseconds(j.value("token_delay_ms", 2)));
 }
 
-int64_t ScriptedBackend::vocab_size() const { return tok_.vocab_size(); }
+int64_t ScriptedGenerator::vocab_size() const { return tok_.vocab_size(); }
 
-std::unique_ptr<OutputStream> ScriptedBackend::submit(std::vector<int32_t> prompt, SamplingParams params) {
+std::unique_ptr<OutputStream> ScriptedGenerator::submit(std::vector<int32_t> prompt, SamplingParams params) {
   const int64_t V = vocab_size();
   if (prompt.empty()) fail("the prompt is empty");
   for (int32_t t : prompt)
@@ -136,7 +142,7 @@ std::unique_ptr<OutputStream> ScriptedBackend::submit(std::vector<int32_t> promp
   return std::make_unique<ScriptedStream>(*this, s);
 }
 
-void ScriptedBackend::abort(uint64_t id) {
+void ScriptedGenerator::abort(uint64_t id) {
   std::lock_guard lk(mu_);
   auto it = live_.find(id);
   if (it == live_.end()) return;
@@ -144,7 +150,7 @@ void ScriptedBackend::abort(uint64_t id) {
   live_.erase(it);
 }
 
-EngineStats ScriptedBackend::stats() const {
+EngineStats ScriptedGenerator::stats() const {
   std::lock_guard lk(mu_);
   EngineStats s;
   s.running = int(live_.size());
