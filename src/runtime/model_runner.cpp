@@ -14,7 +14,7 @@ namespace dsv4 {
 ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   cfg_ = ModelConfig::load((std::filesystem::path(opts_.model_dir) / "config.json").string());
   if (opts_.n_slots < 1) fail("the runner needs at least one sequence slot");
-  be_ = make_backend(opts_.device);
+  be_ = opts_.backend_factory ? opts_.backend_factory() : make_backend(opts_.device);
   if (opts_.profile_ops) be_ = std::make_unique<TimingBackend>(std::move(be_));
   const auto t_load = std::chrono::steady_clock::now();
   if (opts_.load_format == "dummy") weights_ = ModelWeights::load_dummy(cfg_, *be_, 1, {}, opts_.progress);

@@ -2,6 +2,7 @@
 // workspace (one runner per rank). The scheduler never sees any of them, only block and slot ids.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -29,6 +30,8 @@ struct RunnerOptions {
   int64_t max_model_len = 0;  // 0: what fits (capped by max_position_embeddings)
   LoadProgress progress;
   bool profile_ops = false;  // wrap the backend in a TimingBackend (per-op times; slower steps)
+  // A backend of the caller's own instead of make_backend(device) (tests: a shadowing or instrumented one).
+  std::function<std::unique_ptr<Backend>()> backend_factory;
 };
 
 struct StepResult {

@@ -2,6 +2,7 @@
 // tests). Same runner, plans and KV arena as the serving engine; KV sized up front for max_tokens per sequence.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -22,6 +23,7 @@ struct SessionOptions {
   int n_sequences = 1;
   int64_t max_tokens = 4096;     // positions per sequence
   int64_t max_step_tokens = 4096;  // tokens per forward call (all chunks together)
+  std::function<std::unique_ptr<Backend>()> backend_factory;  // see RunnerOptions
 };
 
 class Session {

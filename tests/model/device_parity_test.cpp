@@ -12,6 +12,7 @@
 #include "model/tiny_checkpoint.h"
 #include "runtime/engine.h"
 #include "session_util.h"
+#include "shadow_backend.h"
 #include "test_files.h"
 
 using namespace dsv4;
@@ -109,8 +110,12 @@ TEST_F(DeviceParity, MidSizeModelBothNumericsMatchCpu) {
     double tol;
     const char* what;
   };
-  for (Case c : {Case{&dir, Numerics::Exact, 1e-4, "exact, top-64"}, Case{&all, Numerics::Reference, 2e-2, "reference, top-512 (all)"},
-                 Case{&dir, Numerics::Reference, 1e9, "reference, top-64 (not asserted)"}}) {
+  // Measured on an H200: exact 2e-6; reference 0.19 with either top-k. Reference numerics is discontinuous
+  // (FP8 activation codes 1/16 apart, bf16 rounding): a last-bit difference in a sum flips a code, and this
+  // random model amplifies such flips layer after layer (0.4% after one layer). ShadowEveryOpAgainstCpu checks
+  // reference numerics op by op instead, where every op agrees within one rounding step.
+  for (Case c : {Case{&dir, Numerics::Exact, 1e-4, "exact, top-64"},
+                 Case{&all, Numerics::Reference, 1e9, "reference, top-512 (all; not asserted)"}}) {
     Session cpu(on("cpu", *c.d, c.n, 1024)), gpu(on("cuda", *c.d, c.n, 1024));
     const auto a = test::run_chunked(cpu, ids, 97), b = test::run_chunked(gpu, ids, 97);
     const double d = rel(b, a);
@@ -174,6 +179,43 @@ TEST_F(DeviceParity, ReferenceNumericsByDepth) {
         std::printf("depth %d (last ratio %d) %s chunk %zu: cuda vs cpu %.3g\n", L, r[size_t(L - 1)],
                     n == Numerics::Exact ? "exact" : "reference", chunk, rel(b, a));
       }
+    }
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// Op by op: every op of a reference-numerics forward runs on CUDA and on the CPU from identical inputs; the
+// first op whose outputs differ beyond fp32 reordering is printed with each op's worst difference.
+TEST_F(DeviceParity, ShadowEveryOpAgainstCpu) {
+  const std::string dir = test::temp_dir("mid_shadow");
+  auto cfg = mid_size_config_json();
+  cfg["num_hidden_layers"] = 4;
+  cfg["compress_ratios"] = {0, 0, 4, 128, 0};
+  make_random_checkpoint(dir, cfg, 7);
+  const auto ids = ids_of(300, 4096, 6);
+  for (Numerics n : {Numerics::Reference, Numerics::Exact}) {
+    test::ShadowBackend* sb = nullptr;
+    SessionOptions o = on("cuda", dir, n, 512);
+    o.backend_factory = [&]() -> std::unique_ptr<Backend> {
+      std::string why;
+      auto s = std::make_unique<test::ShadowBackend>(make_cuda_backend(0, &why), make_cpu_backend(), 1e-4);
+      sb = s.get();
+      return s;
+    };
+    Session s(o);
+    test::run_chunked(s, ids, 150);
+    std::printf("%s numerics, first op beyond 1e-4: %s\n", n == Numerics::Exact ? "exact" : "reference",
+                sb->first_divergence().empty() ? "none" : sb->first_divergence().c_str());
+    // Exact: fp32 summation order only. Reference: a bf16/FP8 output may differ by one rounding step in a few
+    // elements (seen on an H200: at most 2.3e-4, the MoE). Integer outputs (top-k, routing) and KV bytes equal.
+    const double tol = n == Numerics::Exact ? 1e-5 : 1e-3;
+    for (auto& [op, st] : sb->stats()) {
+      std::printf("  %-34s calls %5llu  worst %.3g%s\n", op.c_str(), (unsigned long long)st.calls, st.worst,
+                  st.first_bad_call ? " <-" : "");
+      const bool exact_op = op == "index_topk" || op == "route" || op == "window_store" || op == "store_entries" ||
+                            op == "embed" || op == "gather_rows" || op == "round_bf16" || op == "fp8_roundtrip" ||
+                            op == "kv_roundtrip";
+      EXPECT_LE(st.worst, exact_op && op != "route" ? 0.0 : tol) << op;
     }
   }
   std::filesystem::remove_all(dir);
