@@ -106,17 +106,19 @@ uint64_t weight_bytes(const LinearWeight& w) { return w.nbytes() + uint64_t(w.sc
 
 void usage() {
   std::printf(
-      "usage: cuda_ops_bench [--device N] [--iters N] [--quick]\n"
+      "usage: cuda_ops_bench [--device N] [--iters N] [--quick] [--case NAME]\n"
       "  Measures device read bandwidth (reduction over 4 GiB) and the FP8 mma.sync peak, then times on the CUDA\n"
       "  backend: decode linears (FP8 wq_a/wq_b/wkv/wo_b, FP4 experts) at M = 1, 4, 16, 64 as %% of the bandwidth\n"
       "  floor, attention decode at 1K and 64K context, and the FP8 prefill linear at M = 8192 as %% of mma peak.\n"
-      "  --quick: fewer iterations. Exit code 1 when no CUDA device is present.\n");
+      "  --quick: fewer iterations. --case NAME: only the decode linear NAME (e.g. \"wq_b\"), for profilers.\n"
+      "  Exit code 1 when no CUDA device is present.\n");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   int device = 0, iters = 50;
+  std::string only;  // --case NAME: run only the decode linear whose name starts with NAME (for profilers)
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -126,6 +128,8 @@ int main(int argc, char** argv) {
       device = std::atoi(argv[++i]);
     } else if (a == "--iters" && i + 1 < argc) {
       iters = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--case" && i + 1 < argc) {
+      only = argv[++i];
     } else if (a == "--quick") {
       iters = 10;
     } else {
@@ -185,8 +189,10 @@ int main(int argc, char** argv) {
       auto hx = random_floats(size_t(64) * 32768);
       be->upload(Tensor(xb.get(), 0, DType::F32, {64, 32768}), hx.data(), hx.size() * 4);
     }
-    std::printf("\n%-16s %4s %10s %10s %9s %8s  %s\n", "linear", "M", "MB", "us", "TB/s", "%floor", "check (vs tiled)");
+    std::printf("\n%-16s %4s %8s %9s %9s %8s %8s  %s\n", "linear", "M", "MB", "us", "graph us", "TB/s", "%floor",
+                "check (vs tiled)");
     for (const Shape& s : shapes) {
+      if (!only.empty() && std::string(s.name).rfind(only, 0) != 0) continue;
       // Enough copies that the rotation does not fit the 60 MB L2.
       const int64_t one = s.f == WeightFormat::FP8Block ? s.out * s.in : s.out * s.in / 2;
       const int copies = int(std::max<int64_t>(1, std::min<int64_t>(16, (256ll << 20) / one)));
@@ -201,6 +207,20 @@ int main(int argc, char** argv) {
         tm.start();
         for (int i = 0; i < iters; ++i) be->linear(x, ws[size_t(i % copies)].w, y, o);
         const double us = tm.stop_us() / iters;
+        // The same calls captured in a CUDA graph: kernel time without the host's per-call launch cost.
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        DSV4_CUDA_CHECK(cudaStreamBeginCapture(L.stream, cudaStreamCaptureModeThreadLocal));
+        for (int i = 0; i < copies * 4; ++i) be->linear(x, ws[size_t(i % copies)].w, y, o);
+        DSV4_CUDA_CHECK(cudaStreamEndCapture(L.stream, &graph));
+        DSV4_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        DSV4_CUDA_CHECK(cudaGraphLaunch(exec, L.stream));
+        tm.start();
+        const int reps = std::max(1, iters / 4);
+        for (int i = 0; i < reps; ++i) DSV4_CUDA_CHECK(cudaGraphLaunch(exec, L.stream));
+        const double gus = tm.stop_us() / (reps * copies * 4);
+        DSV4_CUDA_CHECK(cudaGraphExecDestroy(exec));
+        DSV4_CUDA_CHECK(cudaGraphDestroy(graph));
         const double floor_us = double(bytes) / bw * 1e6;
         // Cross-check: rows of this M against the same rows computed inside a 96-row call (tiled path).
         std::string check;
@@ -220,11 +240,12 @@ int main(int argc, char** argv) {
           std::snprintf(buf, sizeof buf, "max|diff|/max|y| = %.2e", num / std::max(den, 1e-30));
           check = buf;
         }
-        std::printf("%-16s %4lld %10.2f %10.2f %9.2f %7.1f%%  %s\n", s.name, (long long)M, bytes / 1e6, us,
-                    bytes / us / 1e6, 100.0 * floor_us / us, check.c_str());
+        std::printf("%-16s %4lld %8.2f %9.2f %9.2f %8.2f %7.1f%%  %s\n", s.name, (long long)M, bytes / 1e6, us, gus,
+                    bytes / gus / 1e6, 100.0 * floor_us / gus, check.c_str());
       }
     }
 
+    if (!only.empty()) return 0;
     // ---- prefill linear, FP8 tensor cores
     std::printf("\n%-16s %6s %10s %10s %8s\n", "prefill linear", "M", "us", "TFLOP/s", "%peak");
     for (const Shape& s : {shapes[3], shapes[0]}) {

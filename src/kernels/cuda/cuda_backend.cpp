@@ -311,7 +311,10 @@ class CudaBackend final : public Backend {
     d.scale = a.scale;
     d.probs_bf16 = a.probs_bf16;
     d.out = p<float>(a.out);
-    cuda::attention(L_, d);
+    // Upper bound of compressed keys per row, for the key split (the positions themselves are on the device).
+    if (v.ratio == 4) d.max_comp = d.n_sel;
+    if (v.ratio == 128) d.max_comp = a.meta->max_blocks * int64_t(v.block_tokens) / 128;
+    cuda::attention(L_, d, ws(size_t(attention_ws_bytes(d, L_.num_sms))));
   }
   void index_topk(const IndexTopkArgs& a) override {
     op();
@@ -472,6 +475,9 @@ class CudaBackend final : public Backend {
       }
     }
     d.block = w.block;
+    d.block_shift = -1;
+    for (int s = 0; s < 31; ++s)
+      if (w.block == (1 << s)) d.block_shift = s;
     d.row0 = w.row0;
     return d;
   }
