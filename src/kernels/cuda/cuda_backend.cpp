@@ -58,6 +58,7 @@ class CudaBackend final : public Backend {
     L_.num_sms = prop.multiProcessorCount;
   }
   ~CudaBackend() override {
+    cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
     for (int i = 0; i < 2; ++i)
       if (staged_[i]) cudaEventDestroy(staged_[i]);
@@ -73,6 +74,7 @@ class CudaBackend final : public Backend {
 
   // ---- memory
   std::unique_ptr<Buffer> alloc(size_t bytes, BufferUsage usage) override {
+    dev();
     uint8_t* p = nullptr;
     if (bytes) {
       cudaError_t e = cudaMalloc(reinterpret_cast<void**>(&p), bytes);
@@ -93,6 +95,7 @@ class CudaBackend final : public Backend {
     DSV4_CHECK(dst_offset >= 0 && dst_offset + int64_t(bytes) <= dst.nbytes(), "upload of {} bytes at {} into a {}-byte tensor",
                bytes, dst_offset, dst.nbytes());
     if (!bytes) return;
+    dev();
     ensure_staging();
     const uint8_t* s = static_cast<const uint8_t*>(src);
     uint8_t* d = dst.data<uint8_t>() + dst_offset;
@@ -114,6 +117,7 @@ class CudaBackend final : public Backend {
     check_mine(src, "download");
     DSV4_CHECK(src_offset >= 0 && src_offset + int64_t(bytes) <= src.nbytes(),
                "download of {} bytes at {} from a {}-byte tensor", bytes, src_offset, src.nbytes());
+    dev();
     if (bytes) DSV4_CUDA_CHECK(cudaMemcpyAsync(dst, src.data<uint8_t>() + src_offset, bytes, cudaMemcpyDeviceToHost, stream_));
     synchronize();
     counters_.downloads++;
@@ -121,9 +125,11 @@ class CudaBackend final : public Backend {
   }
   void fill(const Tensor& dst, uint8_t byte) override {
     check_mine(dst, "fill");
+    dev();
     if (dst.nbytes()) DSV4_CUDA_CHECK(cudaMemsetAsync(dst.data<uint8_t>(), byte, size_t(dst.nbytes()), stream_));
   }
   void synchronize() override {
+    dev();
     DSV4_CUDA_CHECK(cudaStreamSynchronize(stream_));
     int e[4] = {0, 0, 0, 0};
     DSV4_CUDA_CHECK(cudaMemcpy(e, err_, 16, cudaMemcpyDeviceToHost));
@@ -145,6 +151,7 @@ class CudaBackend final : public Backend {
   MemoryInfo memory_info() const override {
     MemoryInfo mi;
     size_t fr = 0, tot = 0;
+    dev();
     DSV4_CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
     mi.free = fr;
     mi.total = tot;
@@ -442,7 +449,12 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  void op() { counters_.ops++; }
+  // Every entry point selects this backend's device: a process may drive several GPUs, one backend each.
+  void dev() const { DSV4_CUDA_CHECK(cudaSetDevice(device_)); }
+  void op() {
+    dev();
+    counters_.ops++;
+  }
   void check_mine(const Tensor& t, const char* what) const {
     DSV4_CHECK(t.valid(), "{}: invalid tensor", what);
     DSV4_CHECK(t.buf->backend() == this, "{}: tensor of another backend", what);

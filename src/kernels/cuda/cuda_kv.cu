@@ -394,12 +394,11 @@ void attention(const Launch& L, const DevAttention& a, void* ws) {
   if (!a.meta.M) return;
   DSV4_CUDA_REQUIRE(a.hd % 32 == 0 && a.hd <= 512, "attention on CUDA: head_dim must be a multiple of 32, <= 512");
   const size_t sm = (size_t(kAttnTile) * size_t(a.hd + 1) + size_t(kAttnHeads) * size_t(a.hd)) * 4;
-  static bool attr = false;
-  if (!attr) {
+  static unsigned long long attr = 0;
+  if (first_on_device(attr)) {
     DSV4_CUDA_CHECK(cudaFuncSetAttribute(attention_k<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024));
     DSV4_CUDA_CHECK(cudaFuncSetAttribute(attention_k<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024));
     DSV4_CUDA_CHECK(cudaFuncSetAttribute(attention_k<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024));
-    attr = true;
   }
   DSV4_CUDA_REQUIRE(a.meta.M < (1LL << 31), "attention: too many rows");
   int64_t chunk = 0;

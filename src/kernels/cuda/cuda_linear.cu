@@ -382,11 +382,10 @@ Plan plan(const LinearCall& c, int num_sms) {
 template <int FMT, int MT, bool Q>
 void launch_gemv(const Launch& L, const LinearCall& c, const Plan& p, float* part) {
   const size_t sm = size_t(MT) * size_t(p.KR) * 4;
-  static bool attr_set = false;  // per instantiation; the limit is a property of the function
-  if (!attr_set) {
+  static unsigned long long attr_set = 0;  // per instantiation and device
+  if (first_on_device(attr_set)) {
     DSV4_CUDA_CHECK(cudaFuncSetAttribute(gemv_k<FMT, MT, Q>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          kGemvSmemFloats * 4));
-    attr_set = true;
   }
   static int per_sm = 0;  // resident blocks per SM for this instantiation
   if (!per_sm) {

@@ -299,11 +299,10 @@ __global__ void moe_combine_k(DevMoe a, MoeWs w, bool has_shared) {
 template <int FMT>
 void launch_grouped(const Launch& L, const DevMoe& a, const MoeWs& w, unsigned max_active) {
   const size_t sm = size_t(kMoeMT) * kMoeKR * 4;
-  static bool attr = false;
-  if (!attr) {
+  static unsigned long long attr = 0;
+  if (first_on_device(attr)) {
     DSV4_CUDA_CHECK(cudaFuncSetAttribute(moe_gemv_k<FMT, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
     DSV4_CUDA_CHECK(cudaFuncSetAttribute(moe_gemv_k<FMT, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
-    attr = true;
   }
   moe_gemv_k<FMT, true><<<dim3(unsigned(cdiv(a.inter, 16)), max_active), 256, sm, L.stream>>>(a, w);
   DSV4_CUDA_LAUNCHED();
