@@ -226,8 +226,9 @@ __device__ __forceinline__ void load_key(const DevAttention& a, const Item& it, 
 // the final max and denominator, then writes each split's partial P.V; attention_sum_k adds the splits in order.
 template <int MODE>
 __global__ void __launch_bounds__(256) attention_k(DevAttention a, int64_t chunk, float* stats, float* part, int* err) {
-  extern __shared__ float sm[];
-  const int64_t hd = a.hd, ld = hd + 1;  // +1: lane-per-key dot products hit distinct banks
+  extern __shared__ __align__(16) float sm[];
+  // Row stride hd + 4: lane-per-key float4 reads land on distinct banks per quarter warp (hd % 32 == 0).
+  const int64_t hd = a.hd, ld = hd + 4;
   float* Ks = sm;                         // [kAttnTile][hd + 1]
   float* Qs = Ks + kAttnTile * ld;        // [kAttnHeads][hd]
   __shared__ bool valid[kAttnTile];
@@ -277,7 +278,13 @@ __global__ void __launch_bounds__(256) attention_k(DevAttention a, int64_t chunk
       const float* q = Qs + warp * hd;
       float s = 0.f;
       const float* kr = Ks + lane * ld;
-      for (int64_t d = 0; d < hd; ++d) s += q[d] * kr[d];
+      for (int64_t d = 0; d < hd; d += 4) {
+        const float4 qv = *reinterpret_cast<const float4*>(q + d), kv4 = *reinterpret_cast<const float4*>(kr + d);
+        s += qv.x * kv4.x;
+        s += qv.y * kv4.y;
+        s += qv.z * kv4.z;
+        s += qv.w * kv4.w;
+      }
       s = valid[lane] ? s * a.scale : -INFINITY;
       if (pass == 0) {
         const float nm = fmaxf(mx, warp_max(s));
@@ -293,8 +300,14 @@ __global__ void __launch_bounds__(256) attention_k(DevAttention a, int64_t chunk
           if (pe == 0.f) continue;  // warp-uniform: masked keys and underflow add exactly nothing
           const float* kr2 = Ks + e * ld;
 #pragma unroll
-          for (int i = 0; i < 16; ++i)
-            if (lane + 32 * i < hd) o[i] += pe * kr2[lane + 32 * i];
+          for (int i = 0; i < 4; ++i)  // lane's dims: 4 * lane + 128 * i .. + 3
+            if (lane * 4 + 128 * i < hd) {
+              const float4 v4 = *reinterpret_cast<const float4*>(kr2 + lane * 4 + 128 * i);
+              o[4 * i] += pe * v4.x;
+              o[4 * i + 1] += pe * v4.y;
+              o[4 * i + 2] += pe * v4.z;
+              o[4 * i + 3] += pe * v4.w;
+            }
         }
       }
     }
@@ -312,7 +325,7 @@ __global__ void __launch_bounds__(256) attention_k(DevAttention a, int64_t chunk
   float* dst = MODE == 0 ? a.out + (m * a.H + h) * hd : part + ((m * a.H + h) * S + sp) * hd;
 #pragma unroll
   for (int i = 0; i < 16; ++i)
-    if (lane + 32 * i < hd) dst[lane + 32 * i] = o[i];
+    if (lane * 4 + 128 * (i / 4) < hd) dst[lane * 4 + 128 * (i / 4) + (i & 3)] = o[i];
 }
 
 __global__ void attention_sum_k(const float* part, int64_t MH, int64_t S, int64_t hd, float* out) {
@@ -393,7 +406,7 @@ int64_t attention_ws_bytes(const DevAttention& a, int num_sms) {
 void attention(const Launch& L, const DevAttention& a, void* ws) {
   if (!a.meta.M) return;
   DSV4_CUDA_REQUIRE(a.hd % 32 == 0 && a.hd <= 512, "attention on CUDA: head_dim must be a multiple of 32, <= 512");
-  const size_t sm = (size_t(kAttnTile) * size_t(a.hd + 1) + size_t(kAttnHeads) * size_t(a.hd)) * 4;
+  const size_t sm = (size_t(kAttnTile) * size_t(a.hd + 4) + size_t(kAttnHeads) * size_t(a.hd)) * 4;
   static unsigned long long attr = 0;
   if (first_on_device(attr)) {
     DSV4_CUDA_CHECK(cudaFuncSetAttribute(attention_k<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024));
