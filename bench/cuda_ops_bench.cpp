@@ -246,6 +246,79 @@ int main(int argc, char** argv) {
     }
 
     if (!only.empty()) return 0;
+
+    // ---- MoE decode: 256 FP4 experts [2048, 4096] / [4096, 2048] + FP8 shared expert, top-6 routing, one op.
+    // Weights are filled with constant codes (timing only; the conformance test checks the numbers).
+    {
+      const int64_t E = 256, K = 6, D = 4096, I = 2048;
+      auto fill_weight = [&](WeightFormat f, int64_t out, int64_t in, std::vector<std::unique_ptr<Buffer>>& keep) {
+        LinearWeight w;
+        w.fmt = f;
+        w.out = out;
+        w.in = in;
+        const bool fp4 = f == WeightFormat::FP4Group32;
+        const int64_t db = fp4 ? out * in / 2 : out * in;
+        const int64_t sr = fp4 ? out : (out + 127) / 128, sc = fp4 ? in / 32 : (in + 127) / 128;
+        keep.push_back(be->alloc(size_t(db + sr * sc), BufferUsage::Weights));
+        w.data = Tensor(keep.back().get(), 0, DType::U8, {out, db / out});
+        w.scale = Tensor(keep.back().get(), db, DType::U8, {sr, sc});
+        w.scale_cols = sc;
+        be->fill(w.data, fp4 ? 0x35 : 0x34);
+        be->fill(w.scale, 0x7c);
+        return w;
+      };
+      std::vector<std::unique_ptr<Buffer>> keep;
+      std::vector<ExpertWeights> routed(static_cast<size_t>(E));
+      for (auto& e : routed) {
+        e.w1 = fill_weight(WeightFormat::FP4Group32, I, D, keep);
+        e.w2 = fill_weight(WeightFormat::FP4Group32, D, I, keep);
+        e.w3 = fill_weight(WeightFormat::FP4Group32, I, D, keep);
+      }
+      ExpertWeights shared{fill_weight(WeightFormat::FP8Block, I, D, keep), fill_weight(WeightFormat::FP8Block, D, I, keep),
+                           fill_weight(WeightFormat::FP8Block, I, D, keep)};
+      std::printf("\n%-24s %4s %10s %10s %8s\n", "moe decode (one op)", "M", "us", "MB read", "%floor");
+      for (int64_t M : {int64_t(1), int64_t(4), int64_t(16)}) {
+        auto mb = be->alloc(size_t(M * (D + E + 2 * K + D) * 4), BufferUsage::Workspace);
+        Tensor x(mb.get(), 0, DType::F32, {M, D}), logits(mb.get(), M * D * 4, DType::F32, {M, E}),
+            ex(mb.get(), M * (D + E) * 4, DType::I32, {M, K}), wt(mb.get(), M * (D + E + K) * 4, DType::F32, {M, K}),
+            out(mb.get(), M * (D + E + 2 * K) * 4, DType::F32, {M, D});
+        auto hx = random_floats(size_t(M * (D + E)));
+        be->upload(x, hx.data(), size_t(M * D) * 4);
+        be->upload(logits, hx.data() + M * D, size_t(M * E) * 4);
+        RouteArgs ra;
+        ra.logits = logits;
+        ra.k = int(K);
+        ra.experts = ex;
+        ra.weights = wt;
+        be->route(ra);
+        std::vector<int32_t> hex(static_cast<size_t>(M * K));
+        be->download(hex.data(), ex, hex.size() * 4);
+        std::sort(hex.begin(), hex.end());
+        const int64_t hit = std::unique(hex.begin(), hex.end()) - hex.begin();
+        auto scratch = be->alloc(size_t(moe_scratch_bytes(M, K, D, I)), BufferUsage::Workspace);
+        MoeArgs a;
+        a.x = x;
+        a.experts = ex;
+        a.weights = wt;
+        a.routed = &routed;
+        a.shared = &shared;
+        a.inter = I;
+        a.swiglu_limit = 10.f;
+        a.lin.act_fp8 = true;
+        a.lin.out_bf16 = true;
+        a.round_hidden = a.round_out = true;
+        a.scratch = Tensor(scratch.get(), 0, DType::U8, {moe_scratch_bytes(M, K, D, I)});
+        a.out = out;
+        be->moe(a);
+        be->synchronize();
+        tm.start();
+        for (int i = 0; i < iters; ++i) be->moe(a);
+        const double us = tm.stop_us() / iters;
+        const double bytes = double(hit) * 3 * weight_bytes(routed[0].w1) + 3.0 * weight_bytes(shared.w1);
+        std::printf("moe E=256 k=6 (%3lld hit)  %4lld %10.1f %10.1f %7.1f%%\n", (long long)hit, (long long)M, us,
+                    bytes / 1e6, 100.0 * (bytes / bw * 1e6) / us);
+      }
+    }
     // ---- prefill linear, FP8 tensor cores
     std::printf("\n%-16s %6s %10s %10s %8s\n", "prefill linear", "M", "us", "TFLOP/s", "%peak");
     for (const Shape& s : {shapes[3], shapes[0]}) {
