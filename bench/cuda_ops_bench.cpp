@@ -106,17 +106,19 @@ uint64_t weight_bytes(const LinearWeight& w) { return w.nbytes() + uint64_t(w.sc
 
 void usage() {
   std::printf(
-      "usage: cuda_ops_bench [--device N] [--iters N] [--quick]\n"
+      "usage: cuda_ops_bench [--device N] [--iters N] [--quick] [--case NAME]\n"
       "  Measures device read bandwidth (reduction over 4 GiB) and the FP8 mma.sync peak, then times on the CUDA\n"
       "  backend: decode linears (FP8 wq_a/wq_b/wkv/wo_b, FP4 experts) at M = 1, 4, 16, 64 as %% of the bandwidth\n"
       "  floor, attention decode at 1K and 64K context, and the FP8 prefill linear at M = 8192 as %% of mma peak.\n"
-      "  --quick: fewer iterations. Exit code 1 when no CUDA device is present.\n");
+      "  --quick: fewer iterations. --case NAME: only the decode linear NAME (e.g. \"wq_b\"), for profilers.\n"
+      "  Exit code 1 when no CUDA device is present.\n");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   int device = 0, iters = 50;
+  std::string only;  // --case NAME: run only the decode linear whose name starts with NAME (for profilers)
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -126,6 +128,8 @@ int main(int argc, char** argv) {
       device = std::atoi(argv[++i]);
     } else if (a == "--iters" && i + 1 < argc) {
       iters = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--case" && i + 1 < argc) {
+      only = argv[++i];
     } else if (a == "--quick") {
       iters = 10;
     } else {
@@ -185,8 +189,10 @@ int main(int argc, char** argv) {
       auto hx = random_floats(size_t(64) * 32768);
       be->upload(Tensor(xb.get(), 0, DType::F32, {64, 32768}), hx.data(), hx.size() * 4);
     }
-    std::printf("\n%-16s %4s %10s %10s %9s %8s  %s\n", "linear", "M", "MB", "us", "TB/s", "%floor", "check (vs tiled)");
+    std::printf("\n%-16s %4s %8s %9s %9s %8s %8s  %s\n", "linear", "M", "MB", "us", "graph us", "TB/s", "%floor",
+                "check (vs tiled)");
     for (const Shape& s : shapes) {
+      if (!only.empty() && std::string(s.name).rfind(only, 0) != 0) continue;
       // Enough copies that the rotation does not fit the 60 MB L2.
       const int64_t one = s.f == WeightFormat::FP8Block ? s.out * s.in : s.out * s.in / 2;
       const int copies = int(std::max<int64_t>(1, std::min<int64_t>(16, (256ll << 20) / one)));
@@ -201,6 +207,20 @@ int main(int argc, char** argv) {
         tm.start();
         for (int i = 0; i < iters; ++i) be->linear(x, ws[size_t(i % copies)].w, y, o);
         const double us = tm.stop_us() / iters;
+        // The same calls captured in a CUDA graph: kernel time without the host's per-call launch cost.
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        DSV4_CUDA_CHECK(cudaStreamBeginCapture(L.stream, cudaStreamCaptureModeThreadLocal));
+        for (int i = 0; i < copies * 4; ++i) be->linear(x, ws[size_t(i % copies)].w, y, o);
+        DSV4_CUDA_CHECK(cudaStreamEndCapture(L.stream, &graph));
+        DSV4_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        DSV4_CUDA_CHECK(cudaGraphLaunch(exec, L.stream));
+        tm.start();
+        const int reps = std::max(1, iters / 4);
+        for (int i = 0; i < reps; ++i) DSV4_CUDA_CHECK(cudaGraphLaunch(exec, L.stream));
+        const double gus = tm.stop_us() / (reps * copies * 4);
+        DSV4_CUDA_CHECK(cudaGraphExecDestroy(exec));
+        DSV4_CUDA_CHECK(cudaGraphDestroy(graph));
         const double floor_us = double(bytes) / bw * 1e6;
         // Cross-check: rows of this M against the same rows computed inside a 96-row call (tiled path).
         std::string check;
@@ -220,11 +240,85 @@ int main(int argc, char** argv) {
           std::snprintf(buf, sizeof buf, "max|diff|/max|y| = %.2e", num / std::max(den, 1e-30));
           check = buf;
         }
-        std::printf("%-16s %4lld %10.2f %10.2f %9.2f %7.1f%%  %s\n", s.name, (long long)M, bytes / 1e6, us,
-                    bytes / us / 1e6, 100.0 * floor_us / us, check.c_str());
+        std::printf("%-16s %4lld %8.2f %9.2f %9.2f %8.2f %7.1f%%  %s\n", s.name, (long long)M, bytes / 1e6, us, gus,
+                    bytes / gus / 1e6, 100.0 * floor_us / gus, check.c_str());
       }
     }
 
+    if (!only.empty()) return 0;
+
+    // ---- MoE decode: 256 FP4 experts [2048, 4096] / [4096, 2048] + FP8 shared expert, top-6 routing, one op.
+    // Weights are filled with constant codes (timing only; the conformance test checks the numbers).
+    {
+      const int64_t E = 256, K = 6, D = 4096, I = 2048;
+      auto fill_weight = [&](WeightFormat f, int64_t out, int64_t in, std::vector<std::unique_ptr<Buffer>>& keep) {
+        LinearWeight w;
+        w.fmt = f;
+        w.out = out;
+        w.in = in;
+        const bool fp4 = f == WeightFormat::FP4Group32;
+        const int64_t db = fp4 ? out * in / 2 : out * in;
+        const int64_t sr = fp4 ? out : (out + 127) / 128, sc = fp4 ? in / 32 : (in + 127) / 128;
+        keep.push_back(be->alloc(size_t(db + sr * sc), BufferUsage::Weights));
+        w.data = Tensor(keep.back().get(), 0, DType::U8, {out, db / out});
+        w.scale = Tensor(keep.back().get(), db, DType::U8, {sr, sc});
+        w.scale_cols = sc;
+        be->fill(w.data, fp4 ? 0x35 : 0x34);
+        be->fill(w.scale, 0x7c);
+        return w;
+      };
+      std::vector<std::unique_ptr<Buffer>> keep;
+      std::vector<ExpertWeights> routed(static_cast<size_t>(E));
+      for (auto& e : routed) {
+        e.w1 = fill_weight(WeightFormat::FP4Group32, I, D, keep);
+        e.w2 = fill_weight(WeightFormat::FP4Group32, D, I, keep);
+        e.w3 = fill_weight(WeightFormat::FP4Group32, I, D, keep);
+      }
+      ExpertWeights shared{fill_weight(WeightFormat::FP8Block, I, D, keep), fill_weight(WeightFormat::FP8Block, D, I, keep),
+                           fill_weight(WeightFormat::FP8Block, I, D, keep)};
+      std::printf("\n%-24s %4s %10s %10s %8s\n", "moe decode (one op)", "M", "us", "MB read", "%floor");
+      for (int64_t M : {int64_t(1), int64_t(4), int64_t(16)}) {
+        auto mb = be->alloc(size_t(M * (D + E + 2 * K + D) * 4), BufferUsage::Workspace);
+        Tensor x(mb.get(), 0, DType::F32, {M, D}), logits(mb.get(), M * D * 4, DType::F32, {M, E}),
+            ex(mb.get(), M * (D + E) * 4, DType::I32, {M, K}), wt(mb.get(), M * (D + E + K) * 4, DType::F32, {M, K}),
+            out(mb.get(), M * (D + E + 2 * K) * 4, DType::F32, {M, D});
+        auto hx = random_floats(size_t(M * (D + E)));
+        be->upload(x, hx.data(), size_t(M * D) * 4);
+        be->upload(logits, hx.data() + M * D, size_t(M * E) * 4);
+        RouteArgs ra;
+        ra.logits = logits;
+        ra.k = int(K);
+        ra.experts = ex;
+        ra.weights = wt;
+        be->route(ra);
+        std::vector<int32_t> hex(static_cast<size_t>(M * K));
+        be->download(hex.data(), ex, hex.size() * 4);
+        std::sort(hex.begin(), hex.end());
+        const int64_t hit = std::unique(hex.begin(), hex.end()) - hex.begin();
+        auto scratch = be->alloc(size_t(moe_scratch_bytes(M, K, D, I)), BufferUsage::Workspace);
+        MoeArgs a;
+        a.x = x;
+        a.experts = ex;
+        a.weights = wt;
+        a.routed = &routed;
+        a.shared = &shared;
+        a.inter = I;
+        a.swiglu_limit = 10.f;
+        a.lin.act_fp8 = true;
+        a.lin.out_bf16 = true;
+        a.round_hidden = a.round_out = true;
+        a.scratch = Tensor(scratch.get(), 0, DType::U8, {moe_scratch_bytes(M, K, D, I)});
+        a.out = out;
+        be->moe(a);
+        be->synchronize();
+        tm.start();
+        for (int i = 0; i < iters; ++i) be->moe(a);
+        const double us = tm.stop_us() / iters;
+        const double bytes = double(hit) * 3 * weight_bytes(routed[0].w1) + 3.0 * weight_bytes(shared.w1);
+        std::printf("moe E=256 k=6 (%3lld hit)  %4lld %10.1f %10.1f %7.1f%%\n", (long long)hit, (long long)M, us,
+                    bytes / 1e6, 100.0 * (bytes / bw * 1e6) / us);
+      }
+    }
     // ---- prefill linear, FP8 tensor cores
     std::printf("\n%-16s %6s %10s %10s %8s\n", "prefill linear", "M", "us", "TFLOP/s", "%peak");
     for (const Shape& s : {shapes[3], shapes[0]}) {

@@ -58,6 +58,7 @@ class CudaBackend final : public Backend {
     L_.num_sms = prop.multiProcessorCount;
   }
   ~CudaBackend() override {
+    cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
     for (int i = 0; i < 2; ++i)
       if (staged_[i]) cudaEventDestroy(staged_[i]);
@@ -73,6 +74,7 @@ class CudaBackend final : public Backend {
 
   // ---- memory
   std::unique_ptr<Buffer> alloc(size_t bytes, BufferUsage usage) override {
+    dev();
     uint8_t* p = nullptr;
     if (bytes) {
       cudaError_t e = cudaMalloc(reinterpret_cast<void**>(&p), bytes);
@@ -93,6 +95,7 @@ class CudaBackend final : public Backend {
     DSV4_CHECK(dst_offset >= 0 && dst_offset + int64_t(bytes) <= dst.nbytes(), "upload of {} bytes at {} into a {}-byte tensor",
                bytes, dst_offset, dst.nbytes());
     if (!bytes) return;
+    dev();
     ensure_staging();
     const uint8_t* s = static_cast<const uint8_t*>(src);
     uint8_t* d = dst.data<uint8_t>() + dst_offset;
@@ -114,6 +117,7 @@ class CudaBackend final : public Backend {
     check_mine(src, "download");
     DSV4_CHECK(src_offset >= 0 && src_offset + int64_t(bytes) <= src.nbytes(),
                "download of {} bytes at {} from a {}-byte tensor", bytes, src_offset, src.nbytes());
+    dev();
     if (bytes) DSV4_CUDA_CHECK(cudaMemcpyAsync(dst, src.data<uint8_t>() + src_offset, bytes, cudaMemcpyDeviceToHost, stream_));
     synchronize();
     counters_.downloads++;
@@ -121,9 +125,11 @@ class CudaBackend final : public Backend {
   }
   void fill(const Tensor& dst, uint8_t byte) override {
     check_mine(dst, "fill");
+    dev();
     if (dst.nbytes()) DSV4_CUDA_CHECK(cudaMemsetAsync(dst.data<uint8_t>(), byte, size_t(dst.nbytes()), stream_));
   }
   void synchronize() override {
+    dev();
     DSV4_CUDA_CHECK(cudaStreamSynchronize(stream_));
     int e[4] = {0, 0, 0, 0};
     DSV4_CUDA_CHECK(cudaMemcpy(e, err_, 16, cudaMemcpyDeviceToHost));
@@ -145,6 +151,7 @@ class CudaBackend final : public Backend {
   MemoryInfo memory_info() const override {
     MemoryInfo mi;
     size_t fr = 0, tot = 0;
+    dev();
     DSV4_CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
     mi.free = fr;
     mi.total = tot;
@@ -311,7 +318,10 @@ class CudaBackend final : public Backend {
     d.scale = a.scale;
     d.probs_bf16 = a.probs_bf16;
     d.out = p<float>(a.out);
-    cuda::attention(L_, d);
+    // Upper bound of compressed keys per row, for the key split (the positions themselves are on the device).
+    if (v.ratio == 4) d.max_comp = d.n_sel;
+    if (v.ratio == 128) d.max_comp = a.meta->max_blocks * int64_t(v.block_tokens) / 128;
+    cuda::attention(L_, d, ws(size_t(attention_ws_bytes(d, L_.num_sms))));
   }
   void index_topk(const IndexTopkArgs& a) override {
     op();
@@ -439,7 +449,12 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  void op() { counters_.ops++; }
+  // Every entry point selects this backend's device: a process may drive several GPUs, one backend each.
+  void dev() const { DSV4_CUDA_CHECK(cudaSetDevice(device_)); }
+  void op() {
+    dev();
+    counters_.ops++;
+  }
   void check_mine(const Tensor& t, const char* what) const {
     DSV4_CHECK(t.valid(), "{}: invalid tensor", what);
     DSV4_CHECK(t.buf->backend() == this, "{}: tensor of another backend", what);
@@ -472,6 +487,9 @@ class CudaBackend final : public Backend {
       }
     }
     d.block = w.block;
+    d.block_shift = -1;
+    for (int s = 0; s < 31; ++s)
+      if (w.block == (1 << s)) d.block_shift = s;
     d.row0 = w.row0;
     return d;
   }

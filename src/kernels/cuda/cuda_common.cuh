@@ -21,6 +21,16 @@ __device__ __forceinline__ void report(int* err, int code, int64_t a, int64_t b 
 }
 
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// True the first time it is called for the current device with this mask: function attributes (shared-memory
+// limits) are per device.
+inline bool first_on_device(unsigned long long& mask) {
+  int d = 0;
+  DSV4_CUDA_CHECK(cudaGetDevice(&d));
+  const unsigned long long bit = 1ull << (d & 63);
+  if (mask & bit) return false;
+  mask |= bit;
+  return true;
+}
 inline unsigned grid1d(int64_t n, int threads, int64_t cap = 1 << 20) {
   int64_t g = cdiv(n, threads);
   return unsigned(g < 1 ? 1 : (g > cap ? cap : g));

@@ -49,6 +49,7 @@ struct DevWeight {
   int scale_f32 = 0;
   int64_t scale_cols = 0;
   int block = 128;
+  int block_shift = 7;  // log2(block) when block is a power of two, else -1
   int64_t row0 = 0;
 };
 
@@ -148,7 +149,9 @@ struct DevAttention {
   float* out = nullptr;
   int64_t max_comp = 0;  // upper bound of compressed keys per row (host-known)
 };
-void attention(const Launch& L, const DevAttention& a);
+// ws: attention_ws_bytes (key-split partials; 0 when one block per row and head group suffices).
+int64_t attention_ws_bytes(const DevAttention& a, int num_sms);
+void attention(const Launch& L, const DevAttention& a, void* ws);
 struct DevIndexTopk {
   const float* q = nullptr;  // [M, IH, ID]
   const float* w = nullptr;  // [M, IH]

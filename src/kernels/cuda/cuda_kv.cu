@@ -221,13 +221,18 @@ __device__ __forceinline__ void load_key(const DevAttention& a, const Item& it, 
   if (lane == 0) *valid = ok;
 }
 
-__global__ void __launch_bounds__(256) attention_k(DevAttention a, int* err) {
-  extern __shared__ float sm[];
-  const int64_t hd = a.hd, ld = hd + 1;  // +1: lane-per-key dot products hit distinct banks
+// MODE 0: one block does every key of its row (both passes, writes out). With the keys split over gridDim.z blocks
+// of `chunk` keys: MODE 1 writes each split's (max, denominator) per head; MODE 2 combines them (with the sink) into
+// the final max and denominator, then writes each split's partial P.V; attention_sum_k adds the splits in order.
+template <int MODE>
+__global__ void __launch_bounds__(256) attention_k(DevAttention a, int64_t chunk, float* stats, float* part, int* err) {
+  extern __shared__ __align__(16) float sm[];
+  // Row stride hd + 4: lane-per-key float4 reads land on distinct banks per quarter warp (hd % 32 == 0).
+  const int64_t hd = a.hd, ld = hd + 4;
   float* Ks = sm;                         // [kAttnTile][hd + 1]
   float* Qs = Ks + kAttnTile * ld;        // [kAttnHeads][hd]
   __shared__ bool valid[kAttnTile];
-  const int64_t m = blockIdx.x, h0 = int64_t(blockIdx.y) * kAttnHeads;
+  const int64_t m = blockIdx.x, h0 = int64_t(blockIdx.y) * kAttnHeads, S = gridDim.z, sp = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t h = h0 + warp;
   const bool head_ok = h < a.H;
@@ -239,21 +244,31 @@ __global__ void __launch_bounds__(256) attention_k(DevAttention a, int* err) {
   if (a.view.ratio == 128) nc = (p + 1) / 128;
   if (a.view.ratio == 4) nc = a.n_sel;
   const int64_t L = nw + nc;
+  const int64_t kb = MODE == 0 ? 0 : sp * chunk, ke = MODE == 0 ? L : min(L, kb + chunk);
   for (int64_t i = threadIdx.x; i < kAttnHeads * hd; i += blockDim.x) {
     const int64_t hh = h0 + i / hd;
     Qs[i] = hh < a.H ? a.q[(m * a.H + hh) * hd + i % hd] : 0.f;
   }
   const float sink = head_ok ? a.sink[h] : 0.f;
-  float mx = sink, den = 1.f;  // the sink's own exp(sink - mx) term
+  float mx = MODE == 0 ? sink : -INFINITY, den = MODE == 0 ? 1.f : 0.f;  // MODE 0: the sink's exp(sink - mx)
+  float inv = 0.f;
+  if (MODE == 2 && head_ok) {
+    const float* st = stats + (m * a.H + h) * S * 2;
+    mx = sink;
+    for (int64_t q = 0; q < S; ++q) mx = fmaxf(mx, st[2 * q]);
+    den = expf(sink - mx);
+    for (int64_t q = 0; q < S; ++q)
+      if (st[2 * q + 1] > 0.f) den += st[2 * q + 1] * expf(st[2 * q] - mx);
+    inv = 1.f / den;
+  }
   float o[16];
 #pragma unroll
   for (int i = 0; i < 16; ++i) o[i] = 0.f;
-  float inv = 0.f;
-  for (int pass = 0; pass < 2; ++pass) {
-    for (int64_t k0 = 0; k0 < L; k0 += kAttnTile) {
+  for (int pass = MODE == 2 ? 1 : 0; pass < (MODE == 1 ? 1 : 2); ++pass) {
+    for (int64_t k0 = kb; k0 < ke; k0 += kAttnTile) {
       __syncthreads();
       for (int e = warp; e < kAttnTile; e += kAttnHeads) {
-        if (k0 + e < L)
+        if (k0 + e < ke)
           load_key(a, it, item, m, p, k0 + e, t0, nw, Ks + e * ld, &valid[e], lane, err);
         else if (lane == 0)
           valid[e] = false;
@@ -263,12 +278,19 @@ __global__ void __launch_bounds__(256) attention_k(DevAttention a, int* err) {
       const float* q = Qs + warp * hd;
       float s = 0.f;
       const float* kr = Ks + lane * ld;
-      for (int64_t d = 0; d < hd; ++d) s += q[d] * kr[d];
+      for (int64_t d = 0; d < hd; d += 4) {
+        const float4 qv = *reinterpret_cast<const float4*>(q + d), kv4 = *reinterpret_cast<const float4*>(kr + d);
+        s += qv.x * kv4.x;
+        s += qv.y * kv4.y;
+        s += qv.z * kv4.z;
+        s += qv.w * kv4.w;
+      }
       s = valid[lane] ? s * a.scale : -INFINITY;
       if (pass == 0) {
         const float nm = fmaxf(mx, warp_max(s));
+        if (nm == -INFINITY) continue;  // nothing valid yet (split partials start empty)
         const float e = valid[lane] ? expf(s - nm) : 0.f;
-        den = den * expf(mx - nm) + warp_sum(e);
+        den = (mx == -INFINITY ? 0.f : den * expf(mx - nm)) + warp_sum(e);
         mx = nm;
       } else {
         float pr = valid[lane] ? expf(s - mx) * inv : 0.f;
@@ -278,17 +300,42 @@ __global__ void __launch_bounds__(256) attention_k(DevAttention a, int* err) {
           if (pe == 0.f) continue;  // warp-uniform: masked keys and underflow add exactly nothing
           const float* kr2 = Ks + e * ld;
 #pragma unroll
-          for (int i = 0; i < 16; ++i)
-            if (lane + 32 * i < hd) o[i] += pe * kr2[lane + 32 * i];
+          for (int i = 0; i < 4; ++i)  // lane's dims: 4 * lane + 128 * i .. + 3
+            if (lane * 4 + 128 * i < hd) {
+              const float4 v4 = *reinterpret_cast<const float4*>(kr2 + lane * 4 + 128 * i);
+              o[4 * i] += pe * v4.x;
+              o[4 * i + 1] += pe * v4.y;
+              o[4 * i + 2] += pe * v4.z;
+              o[4 * i + 3] += pe * v4.w;
+            }
         }
       }
     }
-    inv = 1.f / den;
+    if (MODE == 0) inv = 1.f / den;
   }
-  if (head_ok)
+  if (!head_ok) return;
+  if (MODE == 1) {
+    if (lane == 0) {
+      float* st = stats + ((m * a.H + h) * S + sp) * 2;
+      st[0] = mx;
+      st[1] = den;
+    }
+    return;
+  }
+  float* dst = MODE == 0 ? a.out + (m * a.H + h) * hd : part + ((m * a.H + h) * S + sp) * hd;
 #pragma unroll
-    for (int i = 0; i < 16; ++i)
-      if (lane + 32 * i < hd) a.out[(m * a.H + h) * hd + lane + 32 * i] = o[i];
+  for (int i = 0; i < 16; ++i)
+    if (lane * 4 + 128 * (i / 4) < hd) dst[lane * 4 + 128 * (i / 4) + (i & 3)] = o[i];
+}
+
+__global__ void attention_sum_k(const float* part, int64_t MH, int64_t S, int64_t hd, float* out) {
+  const int64_t total = MH * hd;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t mh = i / hd, d = i % hd;
+    float s = 0.f;
+    for (int64_t q = 0; q < S; ++q) s += part[(mh * S + q) * hd + d];
+    out[i] = s;
+  }
 }
 
 }  // namespace
@@ -336,18 +383,53 @@ void compress(const Launch& L, const DevCompress& a) {
   }
 }
 
-void attention(const Launch& L, const DevAttention& a) {
+namespace {
+// Key splits: enough blocks to cover the machine twice, each split at least one tile.
+int64_t attention_splits(const DevAttention& a, int num_sms, int64_t* chunk) {
+  const int64_t lmax = a.view.window + a.max_comp, blocks = a.meta.M * cdiv(a.H, kAttnHeads);
+  int64_t S = cdiv(2 * num_sms, blocks);
+  S = S < 1 ? 1 : S;
+  const int64_t tiles = cdiv(lmax, kAttnTile);
+  if (S > tiles) S = tiles;
+  if (S > 64) S = 64;
+  *chunk = cdiv(tiles, S) * kAttnTile;
+  return cdiv(lmax, *chunk);
+}
+}  // namespace
+
+int64_t attention_ws_bytes(const DevAttention& a, int num_sms) {
+  int64_t chunk = 0;
+  const int64_t S = attention_splits(a, num_sms, &chunk);
+  return S <= 1 ? 0 : (a.meta.M * a.H * S * (2 + a.hd)) * 4 + 256;
+}
+
+void attention(const Launch& L, const DevAttention& a, void* ws) {
   if (!a.meta.M) return;
   DSV4_CUDA_REQUIRE(a.hd % 32 == 0 && a.hd <= 512, "attention on CUDA: head_dim must be a multiple of 32, <= 512");
-  const size_t sm = (size_t(kAttnTile) * size_t(a.hd + 1) + size_t(kAttnHeads) * size_t(a.hd)) * 4;
-  static bool attr = false;
-  if (!attr) {
-    DSV4_CUDA_CHECK(cudaFuncSetAttribute(attention_k, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024));
-    attr = true;
+  const size_t sm = (size_t(kAttnTile) * size_t(a.hd + 4) + size_t(kAttnHeads) * size_t(a.hd)) * 4;
+  static unsigned long long attr = 0;
+  if (first_on_device(attr)) {
+    DSV4_CUDA_CHECK(cudaFuncSetAttribute(attention_k<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024));
+    DSV4_CUDA_CHECK(cudaFuncSetAttribute(attention_k<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024));
+    DSV4_CUDA_CHECK(cudaFuncSetAttribute(attention_k<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024));
   }
   DSV4_CUDA_REQUIRE(a.meta.M < (1LL << 31), "attention: too many rows");
-  dim3 grid(unsigned(a.meta.M), unsigned(cdiv(a.H, kAttnHeads)));
-  attention_k<<<grid, 256, sm, L.stream>>>(a, L.err);
+  int64_t chunk = 0;
+  const int64_t S = attention_splits(a, L.num_sms, &chunk);
+  if (S <= 1) {
+    attention_k<0><<<dim3(unsigned(a.meta.M), unsigned(cdiv(a.H, kAttnHeads)), 1), 256, sm, L.stream>>>(
+        a, 0, nullptr, nullptr, L.err);
+    DSV4_CUDA_LAUNCHED();
+    return;
+  }
+  float* stats = static_cast<float*>(ws);
+  float* part = stats + a.meta.M * a.H * S * 2;
+  const dim3 grid(unsigned(a.meta.M), unsigned(cdiv(a.H, kAttnHeads)), unsigned(S));
+  attention_k<1><<<grid, 256, sm, L.stream>>>(a, chunk, stats, part, L.err);
+  DSV4_CUDA_LAUNCHED();
+  attention_k<2><<<grid, 256, sm, L.stream>>>(a, chunk, stats, part, L.err);
+  DSV4_CUDA_LAUNCHED();
+  attention_sum_k<<<grid1d(a.meta.M * a.H * a.hd, 256), 256, 0, L.stream>>>(part, a.meta.M * a.H, S, a.hd, a.out);
   DSV4_CUDA_LAUNCHED();
 }
 

@@ -5,43 +5,77 @@
 //    one 128-wide K block per partial sum, scaled by s_act * s_w as the reference kernel does.
 //  - otherwise: an fp32 SIMT tiled GEMM (exact products as the CPU; only the summation order differs), or a
 //    plain per-output kernel for shapes the tiles do not fit.
+#include <algorithm>
+
 #include "kernels/cuda/cuda_weights.cuh"
 
 namespace dsv4::cuda {
 namespace {
 
-constexpr int kGemvWarps = 8, kGemvRowsPerWarp = 4, kGemvRows = kGemvWarps * kGemvRowsPerWarp;
+constexpr int kGemvWarps = 8, kGemvRows = 32;  // rows per block for the split heuristic
+// Rows per warp: 4 where the accumulators fit; 2 at MT = 16 (64 accumulators + 4 rows in flight twice would
+// leave one block per SM).
+constexpr int gemv_rows_per_warp(int mt) { return mt >= 16 ? 2 : 4; }
 constexpr int kGemvSmemFloats = 16384;  // 64 KB of staged activations per block
 
-// grid (ceil(N / 32), splits). Block: 32 output rows, one K range of <= KR columns, MT (>= M) rows of x.
-template <int FMT, int MT>
+// Persistent decode GEMV. grid (blocks per group, splits, groups): a block stages its group's slice of x (one K
+// range of <= KR columns, a multiple of 128; MT >= M rows) in shared memory once, as [m][sub-chunk][chunk][4] so the
+// 32 lanes (consecutive 16-byte weight chunks) read consecutive float4s, then streams row tiles of 32 output rows
+// (4 per warp), the next (tile, chunk) step's weights always in flight. QUANT: the staging quantizes each 128-column
+// block (the reference's FP8 activation round trip) on the way in.
+template <int FMT, int MT, bool QUANT>
 __global__ void __launch_bounds__(256) gemv_k(const float* __restrict__ x, int64_t M, int64_t ldx, DevWeight w,
                                               int64_t npg, int64_t KR, float* __restrict__ y, int64_t ldy,
                                               float* __restrict__ part, int out_bf16) {
-  extern __shared__ float xs[];  // [MT][KR]
-  constexpr int CH = Chunk<FMT>::n;
-  const int64_t K = w.in, N = w.out, nb = int64_t(blockIdx.x) * kGemvRows;
-  const int64_t k0 = int64_t(blockIdx.y) * KR, kl = min(K, k0 + KR) - k0;
-  const float* xg = x + (nb / npg) * K + k0;
-  for (int64_t i = threadIdx.x; i < MT * kl; i += blockDim.x) {
-    const int64_t m = i / kl, k = i % kl;
-    xs[m * KR + k] = m < M ? xg[m * ldx + k] : 0.f;
+  extern __shared__ float xs[];  // [MT][KR], permuted
+  constexpr int CH = Chunk<FMT>::n, R = gemv_rows_per_warp(MT), TR = kGemvWarps * R;  // TR rows per tile
+  const int64_t K = w.in, N = w.out, g = blockIdx.z;
+  const int64_t k0 = int64_t(blockIdx.y) * KR, kl = min(K, k0 + KR) - k0, NC = KR / CH;
+  const float* xg = x + g * K + k0;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int segs = int((kl + 127) / 128), tasks = MT * segs;
+  // Four 128-column tasks per warp per round, their loads issued together (the staging is latency-bound).
+  for (int t0 = warp * 4; t0 < tasks; t0 += kGemvWarps * 4) {
+    float v[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int t = t0 + j, m = t / segs;
+      const int64_t base = int64_t(t % segs) * 128;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t k = base + lane * 4 + e;
+        v[j][e] = (t < tasks && m < M && k < kl) ? xg[m * ldx + k] : 0.f;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int t = t0 + j, m = t / segs;
+      if (t >= tasks) break;  // warp-uniform
+      const int64_t base = int64_t(t % segs) * 128;
+      if constexpr (QUANT) {
+        float amax = 0.f;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) amax = amax_step(amax, v[j][e]);
+        const float sc = pow2_scale(warp_max(amax), 448.f, 1e-4f);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[j][e] = fp8_rt(v[j][e], sc);
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t k = base + lane * 4 + e;
+        if (k < KR) xs[m * KR + (((k % CH) / 4) * NC + k / CH) * 4 + (k & 3)] = (m < M && k < kl) ? v[j][e] : 0.f;
+      }
+    }
   }
   __syncthreads();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t n0 = nb + warp * kGemvRowsPerWarp;
-  float acc[kGemvRowsPerWarp][MT];
+  const int64_t nch = kl / CH, steps = (nch + 31) / 32;          // chunk steps per row tile
+  const int64_t tiles = (npg + TR - 1) / TR, n_items = ((tiles - blockIdx.x + gridDim.x - 1) / gridDim.x) * steps;
+  auto row_of = [&](int64_t item) { return g * npg + (blockIdx.x + (item / steps) * gridDim.x) * TR + warp * R; };
+  auto fetch = [&](int64_t item, uint4* raw, float* sc) {
+    const int64_t n0 = row_of(item), c = lane + (item % steps) * 32, nend = min(N, (g + 1) * npg);
 #pragma unroll
-  for (int r = 0; r < kGemvRowsPerWarp; ++r)
-#pragma unroll
-    for (int m = 0; m < MT; ++m) acc[r][m] = 0.f;
-  const int64_t nch = kl / CH;
-  uint4 cur[kGemvRowsPerWarp];
-  float csc[kGemvRowsPerWarp];
-  auto fetch = [&](int64_t c, uint4* raw, float* sc) {
-#pragma unroll
-    for (int r = 0; r < kGemvRowsPerWarp; ++r) {
-      if (n0 + r < N && c < nch) {
+    for (int r = 0; r < R; ++r) {
+      if (item < n_items && n0 + r < nend && c < nch) {
         load_chunk<FMT>(w, n0 + r, k0 + c * CH, raw[r], sc[r]);
       } else {
         raw[r] = make_uint4(0, 0, 0, 0);
@@ -49,47 +83,62 @@ __global__ void __launch_bounds__(256) gemv_k(const float* __restrict__ x, int64
       }
     }
   };
-  fetch(lane, cur, csc);
-  for (int64_t c = lane; c < nch; c += 32) {
-    uint4 nxt[kGemvRowsPerWarp];
-    float nsc[kGemvRowsPerWarp];
-    fetch(c + 32, nxt, nsc);  // next chunk in flight while this one is multiplied
+  float acc[R][MT];
 #pragma unroll
-    for (int s = 0; s < CH / 4; ++s) {
-      float wv[kGemvRowsPerWarp][4];
+  for (int r = 0; r < R; ++r)
 #pragma unroll
-      for (int r = 0; r < kGemvRowsPerWarp; ++r) decode4<FMT>(cur[r], s, csc[r], wv[r]);
+    for (int m = 0; m < MT; ++m) acc[r][m] = 0.f;
+  uint4 cur[R];
+  float csc[R];
+  fetch(0, cur, csc);
+  for (int64_t item = 0; item < n_items; ++item) {
+    uint4 nxt[R];
+    float nsc[R];
+    fetch(item + 1, nxt, nsc);  // the next step's weights in flight while these are multiplied
+    const int64_t c = lane + (item % steps) * 32;
+    if (c < nch) {
 #pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        const float4 xv = *reinterpret_cast<const float4*>(&xs[m * KR + c * CH + s * 4]);
+      for (int s = 0; s < CH / 4; ++s) {
+        float wv[R][4];
 #pragma unroll
-        for (int r = 0; r < kGemvRowsPerWarp; ++r) {
-          acc[r][m] += wv[r][0] * xv.x;
-          acc[r][m] += wv[r][1] * xv.y;
-          acc[r][m] += wv[r][2] * xv.z;
-          acc[r][m] += wv[r][3] * xv.w;
+        for (int r = 0; r < R; ++r) decode4<FMT>(cur[r], s, csc[r], wv[r]);
+        const float* xp = &xs[(s * NC + c) * 4];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          const float4 xv = *reinterpret_cast<const float4*>(xp + m * KR);
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            acc[r][m] += wv[r][0] * xv.x;
+            acc[r][m] += wv[r][1] * xv.y;
+            acc[r][m] += wv[r][2] * xv.z;
+            acc[r][m] += wv[r][3] * xv.w;
+          }
         }
       }
     }
 #pragma unroll
-    for (int r = 0; r < kGemvRowsPerWarp; ++r) {
+    for (int r = 0; r < R; ++r) {
       cur[r] = nxt[r];
       csc[r] = nsc[r];
     }
-  }
+    if (item % steps == steps - 1) {  // end of a row tile: reduce across lanes, write, restart
+      const int64_t n0 = row_of(item), nend = min(N, (g + 1) * npg);
 #pragma unroll
-  for (int r = 0; r < kGemvRowsPerWarp; ++r)
+      for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      const float v = warp_sum(acc[r][m]);
-      const int64_t n = n0 + r;
-      if (lane == 0 && n < N && m < M) {
-        if (part)
-          part[(int64_t(blockIdx.y) * M + m) * N + n] = v;
-        else
-          y[m * ldy + n] = out_bf16 ? rbf16(v) : v;
-      }
+        for (int m = 0; m < MT; ++m) {
+          const float v = warp_sum(acc[r][m]);
+          acc[r][m] = 0.f;
+          const int64_t n = n0 + r;
+          if (lane == 0 && n < nend && m < M) {
+            if (part)
+              part[(int64_t(blockIdx.y) * M + m) * N + n] = v;
+            else
+              y[m * ldy + n] = out_bf16 ? rbf16(v) : v;
+          }
+        }
     }
+  }
 }
 
 __global__ void splitk_reduce_k(const float* part, int splits, int64_t M, int64_t N, float* y, int64_t ldy,
@@ -305,15 +354,15 @@ Plan plan(const LinearCall& c, int num_sms) {
   const int ch = w.fmt == kF32 ? 4 : w.fmt == kBF16 ? 8 : w.fmt == kFP8 ? 16 : 32;
   const bool aligned = reinterpret_cast<uintptr_t>(w.data) % 16 == 0 && w.in % ch == 0 &&
                        (w.fmt != kFP8 || w.block % 16 == 0);
-  if (c.M <= 16 && aligned && (c.groups == 1 || p.npg % kGemvRows == 0)) {
+  if (c.M <= 16 && aligned) {
     p.kind = 1;
     p.mt = c.M <= 1 ? 1 : c.M <= 2 ? 2 : c.M <= 4 ? 4 : c.M <= 8 ? 8 : 16;
-    const int64_t cap = kGemvSmemFloats / p.mt / ch * ch;  // columns of x that fit the staging buffer
+    const int64_t cap = kGemvSmemFloats / p.mt;  // columns of x that fit the staging buffer (a multiple of 128)
     int64_t splits = cdiv(w.in, cap);
-    const int64_t blocks = cdiv(w.out, kGemvRows);
+    const int64_t blocks = cdiv(p.npg, kGemvRows) * c.groups;
     // Narrow outputs: more K splits until the grid covers the machine twice (each split >= 256 columns).
     while (blocks * splits < 2 * num_sms && w.in / (splits * 2) >= 256) splits *= 2;
-    p.KR = cdiv(cdiv(w.in, splits), ch) * ch;
+    p.KR = cdiv(cdiv(w.in, splits), 128) * 128;
     p.splits = int(cdiv(w.in, p.KR));
     return p;
   }
@@ -330,29 +379,34 @@ Plan plan(const LinearCall& c, int num_sms) {
   return p;
 }
 
-template <int FMT, int MT>
-void launch_gemv(const Launch& L, const LinearCall& c, const float* x, int64_t ldx, const Plan& p, float* part) {
+template <int FMT, int MT, bool Q>
+void launch_gemv(const Launch& L, const LinearCall& c, const Plan& p, float* part) {
   const size_t sm = size_t(MT) * size_t(p.KR) * 4;
-  static bool attr_set = false;  // per instantiation; the limit is a property of the function
-  if (!attr_set) {
-    DSV4_CUDA_CHECK(cudaFuncSetAttribute(gemv_k<FMT, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  static unsigned long long attr_set = 0;  // per instantiation and device
+  if (first_on_device(attr_set)) {
+    DSV4_CUDA_CHECK(cudaFuncSetAttribute(gemv_k<FMT, MT, Q>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          kGemvSmemFloats * 4));
-    attr_set = true;
   }
-  dim3 grid(unsigned(cdiv(c.w.out, kGemvRows)), unsigned(p.splits));
-  gemv_k<FMT, MT><<<grid, 256, sm, L.stream>>>(x, c.M, ldx, c.w, p.npg, p.KR, c.y, c.ldy,
-                                                 p.splits > 1 ? part : nullptr, c.out_bf16);
+  static int per_sm = 0;  // resident blocks per SM for this instantiation
+  if (!per_sm) {
+    DSV4_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_k<FMT, MT, Q>, 256, sm));
+    if (per_sm < 1) per_sm = 1;
+  }
+  const int64_t tiles = cdiv(p.npg, kGemvWarps * gemv_rows_per_warp(MT)), want = int64_t(per_sm) * L.num_sms / (int64_t(p.splits) * c.groups);
+  dim3 grid(unsigned(std::max<int64_t>(1, std::min(tiles, want))), unsigned(p.splits), unsigned(c.groups));
+  gemv_k<FMT, MT, Q><<<grid, 256, sm, L.stream>>>(c.x, c.M, c.ldx, c.w, p.npg, p.KR, c.y, c.ldy,
+                                                    p.splits > 1 ? part : nullptr, c.out_bf16);
   DSV4_CUDA_LAUNCHED();
 }
 
-template <int FMT>
-void gemv_mt(const Launch& L, const LinearCall& c, const float* x, int64_t ldx, const Plan& p, float* part) {
+template <int FMT, bool Q>
+void gemv_mt(const Launch& L, const LinearCall& c, const Plan& p, float* part) {
   switch (p.mt) {
-    case 1: launch_gemv<FMT, 1>(L, c, x, ldx, p, part); break;
-    case 2: launch_gemv<FMT, 2>(L, c, x, ldx, p, part); break;
-    case 4: launch_gemv<FMT, 4>(L, c, x, ldx, p, part); break;
-    case 8: launch_gemv<FMT, 8>(L, c, x, ldx, p, part); break;
-    default: launch_gemv<FMT, 16>(L, c, x, ldx, p, part); break;
+    case 1: launch_gemv<FMT, 1, Q>(L, c, p, part); break;
+    case 2: launch_gemv<FMT, 2, Q>(L, c, p, part); break;
+    case 4: launch_gemv<FMT, 4, Q>(L, c, p, part); break;
+    case 8: launch_gemv<FMT, 8, Q>(L, c, p, part); break;
+    default: launch_gemv<FMT, 16, Q>(L, c, p, part); break;
   }
 }
 
@@ -363,7 +417,7 @@ int64_t linear_ws_bytes(const LinearCall& c, int num_sms) {
   int64_t b = 0;
   const int64_t xin = c.M * int64_t(c.groups) * c.w.in;
   const bool q = c.act_fp8 && (c.w.fmt == kFP8 || c.w.fmt == kFP4);
-  if (q && p.kind != 3) b += xin * 4;                                                  // quantized x (f32)
+  if (q && p.kind == 2 || (q && p.kind == 0)) b += xin * 4;                           // quantized x (f32)
   if (q && p.kind == 3) b += cdiv(xin, 16) * 16 + c.M * c.groups * cdiv(c.w.in, 128) * 4;  // codes + scales
   if (p.kind == 1 && p.splits > 1) b += int64_t(p.splits) * c.M * c.w.out * 4;
   return cdiv(b, 256) * 256 + 512;
@@ -401,21 +455,23 @@ void linear(const Launch& L, const LinearCall& c, void* ws) {
     DSV4_CUDA_LAUNCHED();
     return;
   }
-  if (q) {
-    float* xq = reinterpret_cast<float*>(take(c.M * c.groups * w.in * 4));
-    quant_k<<<grid1d(c.M * c.groups * nb * 32, 256), 256, 0, L.stream>>>(x, c.M, c.groups, w.in, ldx, xq, nullptr,
-                                                                         nullptr);
-    DSV4_CUDA_LAUNCHED();
-    x = xq;
-    ldx = int64_t(c.groups) * w.in;
-  }
   if (p.kind == 1) {
     float* part = p.splits > 1 ? reinterpret_cast<float*>(take(int64_t(p.splits) * c.M * w.out * 4)) : nullptr;
     switch (w.fmt) {
-      case kF32: gemv_mt<kF32>(L, c, x, ldx, p, part); break;
-      case kBF16: gemv_mt<kBF16>(L, c, x, ldx, p, part); break;
-      case kFP8: gemv_mt<kFP8>(L, c, x, ldx, p, part); break;
-      default: gemv_mt<kFP4>(L, c, x, ldx, p, part); break;
+      case kF32: gemv_mt<kF32, false>(L, c, p, part); break;
+      case kBF16: gemv_mt<kBF16, false>(L, c, p, part); break;
+      case kFP8:
+        if (q)
+          gemv_mt<kFP8, true>(L, c, p, part);
+        else
+          gemv_mt<kFP8, false>(L, c, p, part);
+        break;
+      default:
+        if (q)
+          gemv_mt<kFP4, true>(L, c, p, part);
+        else
+          gemv_mt<kFP4, false>(L, c, p, part);
+        break;
     }
     if (p.splits > 1) {
       splitk_reduce_k<<<grid1d(c.M * w.out, 256), 256, 0, L.stream>>>(part, p.splits, c.M, w.out, c.y, c.ldy,
@@ -423,6 +479,14 @@ void linear(const Launch& L, const LinearCall& c, void* ws) {
       DSV4_CUDA_LAUNCHED();
     }
     return;
+  }
+  if (q) {
+    float* xq = reinterpret_cast<float*>(take(c.M * c.groups * w.in * 4));
+    quant_k<<<grid1d(c.M * c.groups * nb * 32, 256), 256, 0, L.stream>>>(x, c.M, c.groups, w.in, ldx, xq, nullptr,
+                                                                         nullptr);
+    DSV4_CUDA_LAUNCHED();
+    x = xq;
+    ldx = int64_t(c.groups) * w.in;
   }
   if (p.kind == 2) {
     DSV4_CUDA_REQUIRE(cdiv(c.M, 64) < 65536, "linear: too many rows");

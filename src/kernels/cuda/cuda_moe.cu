@@ -163,7 +163,7 @@ template <int FMT, bool UP>
 __global__ void __launch_bounds__(256) moe_gemv_k(DevMoe a, MoeWs w) {
   extern __shared__ float xs[];  // [kMoeMT][kMoeKR]
   __shared__ float gs[16][kMoeMT], us[16][kMoeMT];
-  constexpr int CH = Chunk<FMT>::n;
+  constexpr int CH = Chunk<FMT>::n, kNC = kMoeKR / CH;
   if (int(blockIdx.y) >= *w.n_active) return;
   const int e = w.active[blockIdx.y];
   const int r0 = w.offsets[e], r1 = w.offsets[e + 1];
@@ -174,6 +174,7 @@ __global__ void __launch_bounds__(256) moe_gemv_k(DevMoe a, MoeWs w) {
   const int64_t n0 = nblk + (UP ? (warp & 3) : warp) * 4;
   const float* src = UP ? (a.act_fp8 ? w.xq : a.x) : w.h;
   for (int rb = r0; rb < r1; rb += kMoeMT) {
+    const int nv = min(kMoeMT, r1 - rb);
     float acc[4][kMoeMT];
 #pragma unroll
     for (int r = 0; r < 4; ++r)
@@ -182,15 +183,13 @@ __global__ void __launch_bounds__(256) moe_gemv_k(DevMoe a, MoeWs w) {
     for (int64_t k0 = 0; k0 < K; k0 += kMoeKR) {
       const int64_t kl = min(K, k0 + kMoeKR) - k0;
       __syncthreads();
-      for (int64_t i = threadIdx.x; i < kMoeMT * kl; i += blockDim.x) {
-        const int m = int(i / kl);
-        const int64_t k = i % kl;
-        float v = 0.f;
-        if (rb + m < r1) {
-          const int64_t row = UP ? w.perm[rb + m] / a.K : rb + m;
-          v = src[row * K + k0 + k];
-        }
-        xs[m * kMoeKR + k] = v;
+      // Staged as [m][sub-chunk][chunk][4] (lanes = consecutive chunks read consecutive float4s); one index
+      // division per row, none per element.
+      for (int m = 0; m < kMoeMT; ++m) {
+        const bool ok = rb + m < r1;
+        const float* sr = src + (ok ? (UP ? int64_t(w.perm[rb + m]) / a.K : int64_t(rb + m)) : 0) * K + k0;
+        for (int64_t k = threadIdx.x; k < kl; k += blockDim.x)
+          xs[m * kMoeKR + (((k % CH) / 4) * kNC + k / CH) * 4 + (k & 3)] = ok ? sr[k] : 0.f;
       }
       __syncthreads();
       const int64_t nch = kl / CH;
@@ -213,7 +212,8 @@ __global__ void __launch_bounds__(256) moe_gemv_k(DevMoe a, MoeWs w) {
           for (int r = 0; r < 4; ++r) decode4<FMT>(raw[r], s, sc[r], wv[r]);
 #pragma unroll
           for (int m = 0; m < kMoeMT; ++m) {
-            const float4 xv = *reinterpret_cast<const float4*>(&xs[m * kMoeKR + c * CH + s * 4]);
+            if (m >= nv) break;  // warp-uniform: rows this expert does not have
+            const float4 xv = *reinterpret_cast<const float4*>(&xs[m * kMoeKR + (s * kNC + c) * 4]);
 #pragma unroll
             for (int r = 0; r < 4; ++r) {
               acc[r][m] += wv[r][0] * xv.x;
@@ -299,11 +299,10 @@ __global__ void moe_combine_k(DevMoe a, MoeWs w, bool has_shared) {
 template <int FMT>
 void launch_grouped(const Launch& L, const DevMoe& a, const MoeWs& w, unsigned max_active) {
   const size_t sm = size_t(kMoeMT) * kMoeKR * 4;
-  static bool attr = false;
-  if (!attr) {
+  static unsigned long long attr = 0;
+  if (first_on_device(attr)) {
     DSV4_CUDA_CHECK(cudaFuncSetAttribute(moe_gemv_k<FMT, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
     DSV4_CUDA_CHECK(cudaFuncSetAttribute(moe_gemv_k<FMT, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
-    attr = true;
   }
   moe_gemv_k<FMT, true><<<dim3(unsigned(cdiv(a.inter, 16)), max_active), 256, sm, L.stream>>>(a, w);
   DSV4_CUDA_LAUNCHED();

@@ -157,10 +157,9 @@ void index_topk(const Launch& L, const DevIndexTopk& a) {
   DSV4_CUDA_REQUIRE(a.meta.M < 65536, "index_topk on CUDA: more than 65535 rows in one call");
   const size_t sm = size_t(a.heads * a.dim + a.heads + kScoreThreads * (a.dim + 1)) * 4;
   DSV4_CUDA_REQUIRE(sm <= 200 * 1024, "index_topk on CUDA: heads * dim too large for shared memory");
-  static bool attr = false;
-  if (!attr) {
+  static unsigned long long attr = 0;
+  if (first_on_device(attr)) {
     DSV4_CUDA_CHECK(cudaFuncSetAttribute(index_score_k, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
-    attr = true;
   }
   if (a.max_entries > 0) {
     dim3 grid(unsigned(cdiv(a.max_entries, kScoreThreads)), unsigned(a.meta.M));
