@@ -30,9 +30,13 @@ bool iequals(std::string_view a, std::string_view b) {
 }
 
 // The Content-Length value as the client wrote it (Beast rejects values it cannot hold without saying why).
+// `head` is what Beast left unconsumed: it may start at any header line.
 std::string_view raw_content_length(std::string_view head) {
-  for (size_t p = head.find('\n'); p != std::string_view::npos; p = head.find('\n', p + 1)) {
-    std::string_view line = head.substr(p + 1, head.find('\n', p + 1) - p - 1);
+  for (size_t p = 0; p < head.size();) {
+    const size_t end = std::min(head.find('\n', p), head.size());
+    std::string_view line = head.substr(p, end - p);
+    p = end + 1;
+    if (line.empty() || line == "\r") break;  // the end of the head
     if (line.size() > 15 && iequals(line.substr(0, 15), "content-length:")) {
       line.remove_prefix(15);
       while (!line.empty() && (line.front() == ' ' || line.front() == '\t')) line.remove_prefix(1);

@@ -536,7 +536,7 @@ void Connection::handle(const RouteInfo& route, const std::string& body, const s
 
 void HttpServer::Impl::accept() {
   acceptor.async_accept(asio::make_strand(io), [this](boost::system::error_code ec, tcp::socket s) {
-    if (!acceptor.is_open()) return;
+    if (!acceptor.is_open() || ec == asio::error::operation_aborted) return;
     if (ec) {
       // Out of descriptors (EMFILE) and the like: retry shortly instead of spinning.
       spdlog::warn("accept: {}", ec.message());

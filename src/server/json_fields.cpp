@@ -47,7 +47,7 @@ class Builder {
     Frame& f = stack_.back();
     auto& obj = f.value->get_ref<Json::object_t&>();
     if (obj.size() >= lim_.max_object_keys)
-      return fail(fmt::format("an object at '{}' has more than {} keys (--max-json-object-keys)", path(),
+      return fail(fmt::format("an object at '{}' has more than {} keys (--max-json-object-keys)", path(false),
                               lim_.max_object_keys));
     f.slot = find_existing(f, obj, k);
     if (f.slot == SIZE_MAX) {
@@ -128,10 +128,13 @@ class Builder {
     return true;
   }
 
-  // The field path of the innermost open value, e.g. messages[3].content, for error messages.
-  std::string path() const {
+  // The field path of the innermost open value, e.g. messages[3].content, for error messages; without
+  // `inner`, of the innermost open container itself.
+  std::string path(bool inner = true) const {
     std::string p;
-    for (const Frame& f : stack_) {
+    for (size_t i = 0; i < stack_.size(); ++i) {
+      const Frame& f = stack_[i];
+      if (!inner && i + 1 == stack_.size()) break;
       if (f.value->is_array()) {
         p += fmt::format("[{}]", f.value->empty() ? 0 : f.value->size() - 1);
       } else if (f.slot != SIZE_MAX) {
