@@ -32,28 +32,37 @@ bool constant_time_equal(std::string_view given, std::string_view secret) {
 namespace {
 
 // Handlers block (tokenizing, waiting on the engine), so they run here, never on an event-loop thread.
+// A task goes to the most recently idle worker: under light load the same few threads do all the work, so
+// per-thread memory (the tokenizer's word cache, a malloc arena: a few MB each) exists in a few threads
+// rather than in every one of the pool.
 class WorkerPool {
  public:
-  WorkerPool(size_t threads, size_t max_queued) : max_queued_(max_queued) {
-    for (size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { loop(); });
+  WorkerPool(size_t threads, size_t max_queued) : workers_(threads), max_queued_(max_queued) {
+    for (auto& w : workers_) w.thread = std::thread([this, &w] { loop(w); });
   }
   ~WorkerPool() {
     {
       std::lock_guard lk(mu_);
       stop_ = true;
     }
-    cv_.notify_all();
-    for (auto& t : threads_) t.join();
+    for (auto& w : workers_) w.cv.notify_one();
+    for (auto& w : workers_) w.thread.join();
   }
   // False when the queue is full: the caller answers 503 instead of queueing without bound.
   bool submit(std::function<void()> f) {
-    {
-      std::lock_guard lk(mu_);
-      if (q_.size() >= max_queued_) return false;
-      q_.push_back(std::move(f));
+    std::unique_lock lk(mu_);
+    if (!idle_.empty()) {
+      Worker* w = idle_.back();
+      idle_.pop_back();
+      w->task = std::move(f);
       ++busy_;
+      lk.unlock();
+      w->cv.notify_one();
+      return true;
     }
-    cv_.notify_one();
+    if (q_.size() >= max_queued_) return false;
+    q_.push_back(std::move(f));
+    ++busy_;
     return true;
   }
   // Waits until nothing runs or waits; false at `until` with work left.
@@ -63,26 +72,38 @@ class WorkerPool {
   }
 
  private:
-  void loop() {
+  struct Worker {
+    std::thread thread;
+    std::condition_variable cv;
+    std::function<void()> task;
+  };
+  void loop(Worker& w) {
+    std::unique_lock lk(mu_);
     for (;;) {
-      std::function<void()> f;
-      {
-        std::unique_lock lk(mu_);
-        cv_.wait(lk, [&] { return stop_ || !q_.empty(); });
-        if (q_.empty()) return;
-        f = std::move(q_.front());
+      if (!w.task && !q_.empty()) {
+        w.task = std::move(q_.front());
         q_.pop_front();
       }
+      if (!w.task) {
+        if (stop_) return;
+        idle_.push_back(&w);
+        w.cv.wait(lk, [&] { return stop_ || w.task; });
+        if (!w.task) return;  // stopping (it is still listed as idle; nobody submits any more)
+      }
+      std::function<void()> f = std::move(w.task);
+      w.task = nullptr;
+      lk.unlock();
       f();
       f = nullptr;  // what the task captured goes before the task counts as done
-      std::lock_guard lk(mu_);
+      lk.lock();
       if (--busy_ == 0) idle_cv_.notify_all();
     }
   }
   std::mutex mu_;
-  std::condition_variable cv_, idle_cv_;
+  std::condition_variable idle_cv_;
+  std::deque<Worker> workers_;
+  std::vector<Worker*> idle_;  // most recently idle last
   std::deque<std::function<void()>> q_;
-  std::vector<std::thread> threads_;
   size_t busy_ = 0, max_queued_;
   bool stop_ = false;
 };
@@ -300,11 +321,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     auto body = std::make_shared<std::string>(std::move(req.body()));
+    large_ = body->size() > kLargeBytes;
     std::string auth(req[bhttp::field::authorization]), xkey(req["x-api-key"]);
     auto self = shared_from_this();
     const bool queued = srv_.pool.submit([self, body, auth = std::move(auth), xkey = std::move(xkey), &route] {
       self->handle(route, *body, auth, xkey);
-      if (body->size() > (1u << 20)) {
+      if (body->size() > kLargeBytes) {
         body->clear();
         body->shrink_to_fit();
         malloc_trim(0);  // glibc keeps freed pages in per-thread arenas; give a large request's back
@@ -345,6 +367,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void send_reply(const Reply& rep, Api api) {
     log_request(rep.status);  // also when the client is gone: its 499 belongs in the log
     if (phase_ == Phase::Closed) return;
+    large_ = large_ || rep.body.size() > kLargeBytes;
     finish_after_write_ = true;
     queue(head(rep.status, rep.content_type, fmt::format("Content-Length: {}\r\n", rep.body.size())) + rep.body);
   }
@@ -417,6 +440,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void after_response() {
     finish_after_write_ = false;
+    if (large_) {
+      // The event-loop thread built the large body and frees the large response: its arena keeps the pages
+      // unless asked (the worker trims its own after the handler).
+      large_ = false;
+      malloc_trim(0);
+    }
     if (srv_.draining) keep_alive_ = false;
     if (!keep_alive_ || gone_) {
       linger();
@@ -465,6 +494,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   boost::beast::flat_buffer in_;
   bool reading_ = false, writing_ = false, finish_after_write_ = false;
   bool keep_alive_ = true, http10_ = false, body_armed_ = false;
+  bool large_ = false;  // this request or its response passed kLargeBytes: give the memory back after it
+  static constexpr size_t kLargeBytes = 1u << 20;
   std::string wbuf_, queued_;
   size_t woff_ = 0;
   std::string peer_, method_, target_;
