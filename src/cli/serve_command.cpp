@@ -241,7 +241,8 @@ void run_serve(const ServeOpts& o) {
   // Limits that scale with the model: a body that cannot hold a prompt fitting the context is refused
   // from its Content-Length, before anything is parsed or tokenized.
   size_t max_token_bytes = 1;
-  for (int32_t id = 0; id < tok.vocab_size(); ++id) max_token_bytes = std::max(max_token_bytes, tok.token_bytes(id).size());
+  for (int32_t id = 0; id < tok.vocab_size(); ++id)
+    max_token_bytes = std::max(max_token_bytes, tok.token_bytes(id).size());
   so.max_prompt_body_bytes = server::prompt_body_limit(backend->max_model_len(), max_token_bytes);
   so.http = o.http;
   server::set_json_limits(o.json);
@@ -305,8 +306,8 @@ void add_serve_command(CLI::App& app) {
   cmd->add_flag_callback(
       "--no-enable-prefix-caching", [o] { o->enable_prefix_caching = false; }, "turn prefix caching off");
   cmd->add_option("--api-key", o->api_key,
-                  "require this key on /v1/*, /tokenize and /detokenize (Authorization: Bearer KEY or x-api-key: KEY); default: $DSV4_API_KEY "
-                  "or $VLLM_API_KEY, else no auth");
+                  "require this key on /v1/*, /tokenize and /detokenize (Authorization: Bearer KEY or x-api-key: "
+                  "KEY); default: $DSV4_API_KEY or $VLLM_API_KEY, else no auth");
   cmd->add_option("--numerics", o->numerics, "exact | reference (the rounding the model was trained with)")
       ->check(CLI::IsMember({"exact", "reference"}))
       ->capture_default_str();

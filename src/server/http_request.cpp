@@ -114,8 +114,8 @@ RequestReader::State RequestReader::check_head() {
   const auto len = parser_->content_length();
   if (post && !len && !parser_->chunked())
     return fail(411, "a POST request needs a Content-Length header (or Transfer-Encoding: chunked)");
-  const size_t limit = route_.route->prompt_body && prompt_body_limit_ ? std::min(body_limit_, prompt_body_limit_)
-                                                                       : body_limit_;
+  const size_t limit =
+      route_.route->prompt_body && prompt_body_limit_ ? std::min(body_limit_, prompt_body_limit_) : body_limit_;
   parser_->body_limit(limit);
   parser_->eager(true);
   applied_limit_ = limit;

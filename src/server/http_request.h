@@ -17,8 +17,18 @@ namespace dsv4::server {
 namespace bhttp = boost::beast::http;
 using BeastRequest = bhttp::request<bhttp::string_body>;
 
-enum class Route { ChatCompletions, Completions, Messages, CountTokens, Tokenize, Detokenize, Models, Health,
-                   Version, Metrics };
+enum class Route {
+  ChatCompletions,
+  Completions,
+  Messages,
+  CountTokens,
+  Tokenize,
+  Detokenize,
+  Models,
+  Health,
+  Version,
+  Metrics
+};
 
 struct RouteInfo {
   Route route;
@@ -44,9 +54,9 @@ class RequestReader {
   // Parses what `in` holds and consumes it. After Complete, request() is whole; after Error, error() says
   // what to answer (the connection must close: its framing is lost or the body was left unread).
   State feed(boost::beast::flat_buffer& in);
-  bool started() const { return started_; }      // a byte of this request arrived
+  bool started() const { return started_; }  // a byte of this request arrived
   bool head_done() const { return head_checked_; }
-  bool take_continue();                          // true once when the client waits for 100 Continue
+  bool take_continue();  // true once when the client waits for 100 Continue
   const RouteLookup& route() const { return route_; }
   BeastRequest& request() { return parser_->get(); }
   const ApiError& error() const { return *error_; }

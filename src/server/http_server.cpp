@@ -116,21 +116,30 @@ std::string reason_phrase(int status) {
 
 Reply dispatch(ServerContext& ctx, Route route, const HttpRequest& hr) {
   switch (route) {
-    case Route::ChatCompletions: return handle_chat_completions(ctx, hr);
-    case Route::Completions: return handle_completions(ctx, hr);
-    case Route::Messages: return handle_messages(ctx, hr);
-    case Route::CountTokens: return handle_count_tokens(ctx, hr);
-    case Route::Tokenize: return handle_tokenize(ctx, hr);
-    case Route::Detokenize: return handle_detokenize(ctx, hr);
-    case Route::Models: return handle_models(ctx);
+    case Route::ChatCompletions:
+      return handle_chat_completions(ctx, hr);
+    case Route::Completions:
+      return handle_completions(ctx, hr);
+    case Route::Messages:
+      return handle_messages(ctx, hr);
+    case Route::CountTokens:
+      return handle_count_tokens(ctx, hr);
+    case Route::Tokenize:
+      return handle_tokenize(ctx, hr);
+    case Route::Detokenize:
+      return handle_detokenize(ctx, hr);
+    case Route::Models:
+      return handle_models(ctx);
     case Route::Metrics: {
       Reply r;
       r.content_type = "text/plain; version=0.0.4; charset=utf-8";
       r.body = ctx.metrics.render(ctx.backend.stats());
       return r;
     }
-    case Route::Health: return Reply{200, "application/json", "", {}};
-    case Route::Version: return Reply{200, "application/json", R"({"version":"dsv4"})", {}};
+    case Route::Health:
+      return Reply{200, "application/json", "", {}};
+    case Route::Version:
+      return Reply{200, "application/json", R"({"version":"dsv4"})", {}};
   }
   throw ApiError(404, "not found");
 }
@@ -350,8 +359,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   std::string head(int status, const std::string& content_type, const std::string& framing) const {
-    std::string h = fmt::format("HTTP/1.1 {} {}\r\nContent-Type: {}\r\n{}", status, reason_phrase(status),
-                                content_type, framing);
+    std::string h =
+        fmt::format("HTTP/1.1 {} {}\r\nContent-Type: {}\r\n{}", status, reason_phrase(status), content_type, framing);
     if (status == 405 && !reader_.route().allow.empty()) h += "Allow: " + reader_.route().allow + "\r\n";
     h += keep_alive_ ? (http10_ ? "Connection: keep-alive\r\n" : "") : "Connection: close\r\n";
     h += "\r\n";
@@ -384,8 +393,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void end_stream() {
     if (phase_ == Phase::Closed) return;
     finish_after_write_ = true;
-    if (!http10_) queue("0\r\n\r\n");
-    else if (!writing_) after_response();
+    if (!http10_)
+      queue("0\r\n\r\n");
+    else if (!writing_)
+      after_response();
   }
 
   // counted: the bytes are in unsent_ already (stream output, counted where it was produced).
@@ -409,10 +420,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // fine, a client that stopped reading is not.
   void write_some() {
     arm(Deadline::Write, lim_.write_timeout);
-    sock_.async_write_some(asio::buffer(wbuf_.data() + woff_, wbuf_.size() - woff_),
-                           [self = shared_from_this()](boost::system::error_code ec, size_t n) {
-                             self->on_write(ec, n);
-                           });
+    sock_.async_write_some(
+        asio::buffer(wbuf_.data() + woff_, wbuf_.size() - woff_),
+        [self = shared_from_this()](boost::system::error_code ec, size_t n) { self->on_write(ec, n); });
   }
 
   void on_write(boost::system::error_code ec, size_t n) {
@@ -499,8 +509,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::string wbuf_, queued_;
   size_t woff_ = 0;
   std::string peer_, method_, target_;
-  std::atomic<bool> gone_{false};    // closed, or the client stopped reading: abort what it asked for
-  std::atomic<size_t> unsent_{0};    // stream bytes handed over but not yet written
+  std::atomic<bool> gone_{false};  // closed, or the client stopped reading: abort what it asked for
+  std::atomic<size_t> unsent_{0};  // stream bytes handed over but not yet written
 };
 
 // The handler's view of a streaming response. Writes are framed here and posted to the strand; a client
@@ -656,8 +666,8 @@ void HttpServer::stop() {
       I.retry.cancel();
       I.drain();
     });
-    const auto grace_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                              std::chrono::duration<double>(I.lim.shutdown_grace));
+    const auto grace_end =
+        Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(I.lim.shutdown_grace));
     if (!I.pool.wait_idle(grace_end)) {
       spdlog::info("shutdown: the grace period ({} s) ended with requests running; aborting them",
                    I.lim.shutdown_grace);

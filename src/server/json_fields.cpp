@@ -60,7 +60,7 @@ class Builder {
 
   bool parse_error(std::size_t pos, const std::string& token, const nlohmann::detail::exception& e) {
     if (!error_.empty()) return false;  // a cap already failed; keep its message
-    if (e.id == 406) {  // out_of_range: a number beyond double range
+    if (e.id == 406) {                  // out_of_range: a number beyond double range
       error_ = fmt::format("the number {} at byte {}{} is outside the range of a double", token, pos,
                            stack_.empty() ? "" : fmt::format(" (field '{}')", path()));
     } else {
@@ -115,8 +115,8 @@ class Builder {
 
   bool open(Json v) {
     if (int(stack_.size()) >= lim_.max_depth)
-      return fail(fmt::format("the JSON nests deeper than {} levels at '{}' (--max-json-depth)", lim_.max_depth,
-                              path()));
+      return fail(
+          fmt::format("the JSON nests deeper than {} levels at '{}' (--max-json-depth)", lim_.max_depth, path()));
     Json* s = slot_for_value();
     *s = std::move(v);
     stack_.push_back(Frame{s, SIZE_MAX, nullptr});

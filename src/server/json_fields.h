@@ -16,8 +16,8 @@
 namespace dsv4::server {
 
 struct JsonLimits {
-  int max_depth = 64;               // nested arrays/objects (--max-json-depth)
-  size_t max_object_keys = 10000;   // keys in any one object (--max-json-object-keys)
+  int max_depth = 64;              // nested arrays/objects (--max-json-depth)
+  size_t max_object_keys = 10000;  // keys in any one object (--max-json-object-keys)
 };
 // Process-wide caps for parse_body, set once by `dsv4 serve` before serving (the handlers call parse_body
 // with the body only).

@@ -19,7 +19,7 @@ class TrackedBackend final : public Backend {
   int64_t vocab_size() const override { return inner_.vocab_size(); }
   int32_t eos_token_id() const override { return inner_.eos_token_id(); }
 
-  void abort_all();     // every request submitted and not yet released by its reader
+  void abort_all();  // every request submitted and not yet released by its reader
   size_t running() const;
 
  private:

@@ -237,13 +237,14 @@ TEST(Http9, 3_ContextScaledBodyLimitAndTokenizeAuth) {
 // ends get a final event saying why — OpenAI finish_reason "abort" then [DONE], Anthropic an error event.
 TEST(Http9, 4_ShutdownEndsStreamsWithAFinalEvent) {
   DSV4_NEED_TOKENIZER();
-  auto srv = std::make_unique<Server>(opts([](ServerOptions& o) { o.http.shutdown_grace = 0.6; }),
-                                      [] {
-                                        std::string r;
-                                        for (int i = 0; i < 300; ++i) r += "slow words keep coming ";
-                                        return r;
-                                      }(),
-                                      20);
+  auto srv = std::make_unique<Server>(
+      opts([](ServerOptions& o) { o.http.shutdown_grace = 0.6; }),
+      [] {
+        std::string r;
+        for (int i = 0; i < 300; ++i) r += "slow words keep coming ";
+        return r;
+      }(),
+      20);
   Sock oa(srv->port), an(srv->port), quick(srv->port);
   oa.send(post("/v1/chat/completions",
                R"({"messages":[{"role":"user","content":"x"}],"max_tokens":2000,"ignore_eos":true,"stream":true})"));
@@ -316,7 +317,8 @@ TEST(Http9, 6_ClientInputIsNeverA500) {
   const std::vector<std::pair<std::string, std::string>> anth = {
       {R"({"type":5,"text":"x"})", "content[0].type"},
       {R"({"type":"tool_result","tool_use_id":9,"content":"r"})", "content[0].tool_use_id"},
-      {R"({"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":3}]})", "content[0].content[0].text"},
+      {R"({"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":3}]})",
+       "content[0].content[0].text"},
   };
   for (const auto& [block, field] : anth) {
     const std::string body =
@@ -357,9 +359,10 @@ TEST(Http9, 8_FormEncodedJsonBodyIsReadAsJson) {
   DSV4_NEED_TOKENIZER();
   Server srv;
   const std::string body = R"({"prompt":")" + std::string(100000, 'b') + R"("})";
-  std::string req = "POST /tokenize HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-                    "Connection: close\r\nContent-Length: " +
-                    std::to_string(body.size()) + "\r\n\r\n" + body;
+  std::string req =
+      "POST /tokenize HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+      "Connection: close\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
   const std::string r = roundtrip(srv.port, req);
   EXPECT_EQ(status_of(r), 200) << r.substr(0, 300);
 }
@@ -427,13 +430,13 @@ TEST(Http9, 11_SmallerOnes) {
   EXPECT_EQ(st("/v1/messages", R"({"model":"dsv4","max_tokens":100000,"messages":[{"role":"user","content":"x"}]})"),
             400);
   // Parts a text-only model cannot read.
-  for (const char* part : {R"({"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}})",
-                           R"({"type":"input_audio","input_audio":{"data":"AAAA","format":"wav"}})",
-                           R"({"type":"hologram"})"})
-    EXPECT_EQ(st("/v1/chat/completions",
-                 std::string(R"({"messages":[{"role":"user","content":[{"type":"text","text":"see"},)") + part +
-                     "]}]}"),
-              400)
+  for (const char* part :
+       {R"({"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}})",
+        R"({"type":"input_audio","input_audio":{"data":"AAAA","format":"wav"}})", R"({"type":"hologram"})"})
+    EXPECT_EQ(
+        st("/v1/chat/completions",
+           std::string(R"({"messages":[{"role":"user","content":[{"type":"text","text":"see"},)") + part + "]}]}"),
+        400)
         << part;
   EXPECT_EQ(st("/v1/messages", R"({"model":"dsv4","max_tokens":5,"messages":[{"role":"user","content":[
                  {"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAAA"}}]}]})"),
@@ -452,19 +455,19 @@ TEST(Http9, 11_SmallerOnes) {
   auto t0 = Clock::now();
   EXPECT_EQ(status_of(roundtrip(srv.port, "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n\r\n", 3)), 411);
   EXPECT_EQ(status_of(roundtrip(
-                srv.port, "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999999\r\n\r\n",
-                3)),
+                srv.port,
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999999\r\n\r\n", 3)),
             413);
-  EXPECT_EQ(status_of(roundtrip(srv.port,
-                                "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000000\r\n\r\n",
-                                3)),
+  EXPECT_EQ(status_of(roundtrip(
+                srv.port, "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000000\r\n\r\n", 3)),
             413);
   EXPECT_LT(since(t0), 1.0);
-  EXPECT_EQ(status_of(roundtrip(srv.port,
-                                "POST /tokenize HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n"
-                                "abc",
-                                3)),
-            400);
+  EXPECT_EQ(
+      status_of(roundtrip(srv.port,
+                          "POST /tokenize HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n"
+                          "abc",
+                          3)),
+      400);
   // Wrong method: 405 with Allow; unknown path: 404.
   const std::string m = roundtrip(srv.port, "GET /v1/chat/completions HTTP/1.1\r\nHost: t\r\n\r\n", 3);
   EXPECT_EQ(status_of(m), 405);
@@ -472,14 +475,16 @@ TEST(Http9, 11_SmallerOnes) {
   EXPECT_EQ(status_of(roundtrip(srv.port, "DELETE /health HTTP/1.1\r\nHost: t\r\n\r\n", 3)), 405);
   EXPECT_EQ(status_of(roundtrip(srv.port, "GET /nope HTTP/1.1\r\nHost: t\r\n\r\n", 3)), 404);
   // A chunked body is read.
-  EXPECT_EQ(status_of(roundtrip(srv.port,
-                                "POST /tokenize HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
-                                "\r\n6\r\n{\"prom\r\na\r\npt\":\"abc\"}\r\n0\r\n\r\n",
-                                3)),
-            200);
+  EXPECT_EQ(
+      status_of(roundtrip(srv.port,
+                          "POST /tokenize HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+                          "\r\n6\r\n{\"prom\r\na\r\npt\":\"abc\"}\r\n0\r\n\r\n",
+                          3)),
+      200);
   // Expect: 100-continue gets its interim response before the body is sent.
   Sock e(srv.port);
-  e.send("POST /tokenize HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 14\r\nConnection: close\r\n\r\n");
+  e.send(
+      "POST /tokenize HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 14\r\nConnection: close\r\n\r\n");
   EXPECT_NE(e.read_until("100 Continue", 2).find("HTTP/1.1 100 Continue"), std::string::npos);
   e.send(R"({"prompt":"a"})");
   EXPECT_NE(e.read_to_close(3).find("HTTP/1.1 200"), std::string::npos);
