@@ -245,7 +245,10 @@ void run_serve(const ServeOpts& o) {
     max_token_bytes = std::max(max_token_bytes, tok.token_bytes(id).size());
   so.max_prompt_body_bytes = server::prompt_body_limit(backend->max_model_len(), max_token_bytes);
   so.http = o.http;
-  server::set_json_limits(o.json);
+  server::JsonLimits jl = o.json;
+  // Token-id prompts are one value per token: room for a full context of them, and never below 1M.
+  if (jl.max_values == 0) jl.max_values = size_t(std::max<int64_t>(1 << 20, 2 * backend->max_model_len() + 65536));
+  server::set_json_limits(jl);
   spdlog::info("limits: request body {} bytes ({} for prompt routes: {} tokens x {} bytes/token), {} connections",
                so.max_body_bytes, std::min(so.max_body_bytes, so.max_prompt_body_bytes), backend->max_model_len(),
                max_token_bytes, so.http.max_connections);
@@ -362,6 +365,10 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str()->group(lim);
   cmd->add_option("--max-json-object-keys", o->json.max_object_keys, "keys in any one object of request JSON")
       ->capture_default_str()->group(lim);
+  o->json.max_values = 0;  // 0: from the context (below)
+  cmd->add_option("--max-json-values", o->json.max_values,
+                  "values in one request's JSON (default: max(1M, 2 x max-model-len + 64K))")
+      ->group(lim);
   cmd->add_option("--scripted-output", o->scripted_output,
                   "testing aid: no model; answer every request with texts from this JSON file "
                   "({\"replies\": [{\"when\": \"prompt substring\", \"text\": \"...\"}], \"token_delay_ms\": 2})");

@@ -108,12 +108,20 @@ class Builder {
     return &entries(f.value->get_ref<Json::object_t&>())[f.slot].second;
   }
 
+  bool count() {
+    if (++values_ <= lim_.max_values) return true;
+    return fail(fmt::format("the JSON has more than {} values (--max-json-values): the next at '{}'",
+                            lim_.max_values, path()));
+  }
+
   bool put(Json v) {
+    if (!count()) return false;
     *slot_for_value() = std::move(v);
     return true;
   }
 
   bool open(Json v) {
+    if (!count()) return false;
     if (int(stack_.size()) >= lim_.max_depth)
       return fail(
           fmt::format("the JSON nests deeper than {} levels at '{}' (--max-json-depth)", lim_.max_depth, path()));
@@ -128,15 +136,17 @@ class Builder {
     return true;
   }
 
-  // The field path of the innermost open value, e.g. messages[3].content, for error messages; without
-  // `inner`, of the innermost open container itself.
+  // The field path of the value being read (not yet stored), e.g. messages[3].content, for error messages;
+  // without `inner`, of the innermost open container itself.
   std::string path(bool inner = true) const {
     std::string p;
     for (size_t i = 0; i < stack_.size(); ++i) {
       const Frame& f = stack_[i];
-      if (!inner && i + 1 == stack_.size()) break;
+      const bool innermost = i + 1 == stack_.size();
+      if (!inner && innermost) break;
       if (f.value->is_array()) {
-        p += fmt::format("[{}]", f.value->empty() ? 0 : f.value->size() - 1);
+        // An outer array's last element is the open child; the innermost one's next element is being read.
+        p += fmt::format("[{}]", innermost ? f.value->size() : f.value->size() - 1);
       } else if (f.slot != SIZE_MAX) {
         if (!p.empty()) p += '.';
         p += entries(f.value->get_ref<const Json::object_t&>())[f.slot].first;
@@ -154,6 +164,7 @@ class Builder {
   Json root_;
   std::vector<Frame> stack_;
   std::string error_;
+  size_t values_ = 0;
 };
 
 }  // namespace

@@ -18,6 +18,9 @@ namespace dsv4::server {
 struct JsonLimits {
   int max_depth = 64;              // nested arrays/objects (--max-json-depth)
   size_t max_object_keys = 10000;  // keys in any one object (--max-json-object-keys)
+  // Values in the whole body (--max-json-values; `dsv4 serve` scales it with the context): a DOM value takes
+  // 16+ bytes however short its text ("0,"), so this bounds a body's memory, not just its length.
+  size_t max_values = size_t(1) << 22;
 };
 // Process-wide caps for parse_body, set once by `dsv4 serve` before serving (the handlers call parse_body
 // with the body only).

@@ -152,6 +152,19 @@ TEST(Http9, 1_ObjectKeysParseInLinearTimeAndAreCapped) {
   EXPECT_EQ(d.size(), 100u);
   EXPECT_EQ(d["k3"], "last");
   EXPECT_EQ(d["k99"], "end");
+  // The value cap bounds the memory of a body of short values ("0,0,0,..." takes 16+ bytes per 2 of text).
+  JsonLimits few;
+  few.max_values = 1000;
+  std::string arr = R"({"tokens":[0)";
+  for (int i = 0; i < 2000; ++i) arr += ",0";
+  arr += "]}";
+  try {
+    parse_body(arr, few);
+    ADD_FAILURE() << "the value cap did not apply";
+  } catch (const ApiError& e) {
+    EXPECT_NE(std::string(e.what()).find("--max-json-values"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'tokens[998]'"), std::string::npos) << e.what();
+  }
   std::string deep = std::string(100, '[') + std::string(100, ']');
   try {
     parse_body(R"({"a":)" + deep + "}");
