@@ -577,7 +577,8 @@ void Connection::handle(const RouteInfo& route, const std::string& body, const s
 
 void HttpServer::Impl::accept() {
   acceptor.async_accept(asio::make_strand(io), [this](boost::system::error_code ec, tcp::socket s) {
-    if (!acceptor.is_open() || ec == asio::error::operation_aborted) return;
+    // A connection accepted just before the acceptor closed is not served (its socket closes here).
+    if (!acceptor.is_open() || ec == asio::error::operation_aborted || draining) return;
     if (ec) {
       // Out of descriptors (EMFILE) and the like: retry shortly instead of spinning.
       spdlog::warn("accept: {}", ec.message());
