@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -255,6 +256,18 @@ void run_serve(const ServeOpts& o) {
 
   // Shutdown ends running generations through this wrapper, so every stream writes its final event.
   server::TrackedBackend tracked(*backend);
+  // Every connection is a descriptor: raise the soft limit toward the hard one so that --max-connections,
+  // not EMFILE, is what refuses clients.
+  if (rlimit rl{}; getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    const rlim_t want = rlim_t(so.http.max_connections) + 256;
+    if (rl.rlim_cur < want) {
+      rl.rlim_cur = std::min(want, rl.rlim_max);
+      setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur < want)
+      spdlog::warn("open-file limit {} is below --max-connections {} + 256: accept fails before the cap (ulimit -n)",
+                   rl.rlim_cur, so.http.max_connections);
+  }
   server::ServerContext ctx(std::move(so), tok, tracked);
   const int threads = o.http_threads > 0 ? o.http_threads : std::max(32, 2 * o.max_num_seqs + 8);
   server::HttpServer http(ctx, threads, [&tracked] { tracked.abort_all(); });

@@ -150,9 +150,12 @@ RequestReader::State RequestReader::feed(boost::beast::flat_buffer& in) {
     if (ec == bhttp::error::bad_content_length) {
       const auto* p = static_cast<const char*>(in.data().data());
       const std::string_view v = raw_content_length(std::string_view(p, in.size()));
-      const bool digits = !v.empty() && v.find_first_not_of("0123456789") == std::string_view::npos;
-      if (digits) return fail(413, fmt::format("Content-Length {} exceeds every limit", log_safe(v, 40)));
-      return fail(400, "invalid Content-Length header");
+      // Only a number too large for 64 bits is a size problem; a repeated or conflicting value, or one sent
+      // with Transfer-Encoding (request smuggling), is a malformed request.
+      const bool huge = v.size() > 18 && v.find_first_not_of("0123456789") == std::string_view::npos;
+      if (huge) return fail(413, fmt::format("Content-Length {} exceeds every limit", log_safe(v, 40)));
+      return fail(400, "invalid Content-Length: malformed, repeated with another value, or sent with "
+                       "Transfer-Encoding");
     }
     if (ec) return fail(400, "malformed HTTP request: " + ec.message());
     if (parser_->is_header_done() && !head_checked_)
