@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -15,7 +16,10 @@
 #include "core/log.h"
 #include "model/tiny_checkpoint.h"
 #include "runtime/engine.h"
+#include "server/http_request.h"
 #include "server/http_server.h"
+#include "server/json_fields.h"
+#include "server/tracked_generator.h"
 #include "server/weight_preload.h"
 #include "tokenizer/tokenizer.h"
 
@@ -223,9 +227,38 @@ void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
     generator = std::make_unique<server::EngineGenerator>(std::make_unique<Engine>(ec));
   }
 
-  server::ServerContext ctx(std::move(so), tok, *generator);
+  // Limits that scale with the model: a body that cannot hold a prompt fitting the context is refused
+  // from its Content-Length, before anything is parsed or tokenized.
+  size_t max_token_bytes = 1;
+  for (int32_t id = 0; id < tok.vocab_size(); ++id)
+    max_token_bytes = std::max(max_token_bytes, tok.token_bytes(id).size());
+  so.max_prompt_body_bytes = server::prompt_body_limit(generator->max_model_len(), max_token_bytes);
+  so.http = o.http;
+  server::JsonLimits jl = o.json;
+  // Token-id prompts are one value per token: room for a full context of them, and never below 1M.
+  if (jl.max_values == 0) jl.max_values = size_t(std::max<int64_t>(1 << 20, 2 * generator->max_model_len() + 65536));
+  server::set_json_limits(jl);
+  spdlog::info("limits: request body {} bytes ({} for prompt routes: {} tokens x {} bytes/token), {} connections",
+               so.max_body_bytes, std::min(so.max_body_bytes, so.max_prompt_body_bytes), generator->max_model_len(),
+               max_token_bytes, so.http.max_connections);
+
+  // Shutdown ends running generations through this wrapper, so every stream writes its final event.
+  server::TrackedGenerator tracked(*generator);
+  // Every connection is a descriptor: raise the soft limit toward the hard one so that --max-connections,
+  // not EMFILE, is what refuses clients.
+  if (rlimit rl{}; getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    const rlim_t want = rlim_t(so.http.max_connections) + 256;
+    if (rl.rlim_cur < want) {
+      rl.rlim_cur = std::min(want, rl.rlim_max);
+      setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur < want)
+      spdlog::warn("open-file limit {} is below --max-connections {} + 256: accept fails before the cap (ulimit -n)",
+                   rl.rlim_cur, so.http.max_connections);
+  }
+  server::ServerContext ctx(std::move(so), tok, tracked);
   const int threads = o.http_threads > 0 ? o.http_threads : std::max(32, 2 * o.max_num_seqs + 8);
-  server::HttpServer http(ctx, threads);
+  server::HttpServer http(ctx, threads, [&tracked] { tracked.abort_all(); });
   const int port = http.bind(o.host, o.port);
   std::thread waiter([&http, sigs] {
     int sig = 0;
@@ -285,8 +318,8 @@ void add_serve_options(CLI::App& app, ServeOpts& opts) {
   cmd->add_flag_callback(
       "--no-enable-prefix-caching", [o] { o->enable_prefix_caching = false; }, "turn prefix caching off");
   cmd->add_option("--api-key", o->api_key,
-                  "require this key on /v1/* (Authorization: Bearer KEY or x-api-key: KEY); default: $DSV4_API_KEY "
-                  "or $VLLM_API_KEY, else no auth");
+                  "require this key on /v1/*, /tokenize and /detokenize (Authorization: Bearer KEY or x-api-key: "
+                  "KEY); default: $DSV4_API_KEY or $VLLM_API_KEY, else no auth");
   cmd->add_option("--numerics", o->numerics, "exact | reference (the rounding the model was trained with)")
       ->check(CLI::IsMember({"exact", "reference"}))
       ->capture_default_str();
@@ -310,11 +343,45 @@ void add_serve_options(CLI::App& app, ServeOpts& opts) {
   cmd->add_option("--max-request-body-bytes", o->max_request_body_bytes, "larger request bodies get HTTP 413")
       ->capture_default_str();
   cmd->add_option("--http-threads", o->http_threads,
-                  "connection threads (each open stream holds one; default max(32, 2 x max-num-seqs + 8))");
+                  "handler threads (each running request holds one; idle connections hold none; default max(32, 2 x "
+                  "max-num-seqs + 8))");
   cmd->add_option("--max-stored-responses", o->max_stored_responses,
                   "Responses API: `store: true` responses kept in memory for previous_response_id and GET (oldest "
                   "evicted first)")
       ->capture_default_str();
+  auto* lim = "HTTP limits (docs/security.md)";
+  auto& h = o->http;
+  cmd->add_option("--max-connections", h.max_connections, "open connections; beyond it new ones get 503 and close")
+      ->capture_default_str()->group(lim);
+  cmd->add_option("--max-header-bytes", h.max_header_bytes, "request line + headers (431 beyond)")
+      ->capture_default_str()->group(lim);
+  cmd->add_option("--http-header-timeout", h.header_timeout,
+                  "seconds for a whole request head from its first byte (slow-loris); 408 and close beyond")
+      ->capture_default_str()->group(lim);
+  cmd->add_option("--http-body-timeout", h.body_timeout, "seconds for a whole request body after its head")
+      ->capture_default_str()->group(lim);
+  cmd->add_option("--http-idle-timeout", h.idle_timeout, "seconds a connection may wait for its next request")
+      ->capture_default_str()->group(lim);
+  cmd->add_option("--http-write-timeout", h.write_timeout,
+                  "seconds a response write may make no progress before the client counts as gone (its "
+                  "generation is aborted)")
+      ->capture_default_str()->group(lim);
+  cmd->add_option("--max-stream-buffer-bytes", h.max_stream_buffer_bytes,
+                  "unsent stream output per client before it counts as gone")
+      ->capture_default_str()->group(lim);
+  cmd->add_option("--shutdown-grace-period", h.shutdown_grace,
+                  "seconds running requests may finish after SIGTERM before their streams end with finish_reason "
+                  "abort")
+      ->capture_default_str()->group(lim);
+  cmd->add_option("--http-io-threads", h.io_threads, "event-loop threads")->capture_default_str()->group(lim);
+  cmd->add_option("--max-json-depth", o->json.max_depth, "nesting depth of request JSON")
+      ->capture_default_str()->group(lim);
+  cmd->add_option("--max-json-object-keys", o->json.max_object_keys, "keys in any one object of request JSON")
+      ->capture_default_str()->group(lim);
+  o->json.max_values = 0;  // 0: from the context (below)
+  cmd->add_option("--max-json-values", o->json.max_values,
+                  "values in one request's JSON (default: max(1M, 2 x max-model-len + 64K))")
+      ->group(lim);
   auto* compat = "vLLM compatibility (accepted, no effect)";
   cmd->add_flag("--trust-remote-code", o->trust_remote_code, "no effect: nothing remote runs")->group(compat);
   cmd->add_flag("--enable-auto-tool-choice", o->enable_auto_tool_choice, "no effect: tool calls are always parsed")

@@ -9,6 +9,8 @@
 
 #include "runtime/engine.h"
 #include "server/generator.h"
+#include "server/http_limits.h"
+#include "server/json_fields.h"
 
 namespace dsv4 {
 class Tokenizer;
@@ -41,6 +43,8 @@ struct ServeOpts {
   std::string max_request_body_bytes = "32MiB";
   int http_threads = 0;
   size_t max_stored_responses = 1024;
+  server::HttpLimits http;
+  server::JsonLimits json;
   // vLLM flags accepted for drop-in command lines; they change nothing here.
   bool trust_remote_code = false, enable_auto_tool_choice = false;
   std::string tool_call_parser, reasoning_parser;

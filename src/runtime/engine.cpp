@@ -255,6 +255,7 @@ EngineStats Engine::stats() const {
   s.running = int(impl_->running.size());
   s.waiting = int(impl_->waiting.size());
   s.kv_blocks_used = impl_->pool->used();
+  s.kv_blocks_reusable = impl_->prefix ? impl_->prefix->reusable() : 0;
   s.kv_bytes_used = impl_->used_bytes();
   return s;
 }

@@ -57,6 +57,7 @@ struct EngineStats {
   int running = 0, waiting = 0;
   uint64_t kv_bytes_used = 0, kv_bytes_total = 0;
   int64_t kv_blocks_used = 0, kv_blocks_total = 0;
+  int64_t kv_blocks_reusable = 0;  // of the used: held only by the prefix cache (evictable on demand)
   uint64_t bytes_per_block = 0, bytes_per_sequence = 0;  // fixed per-sequence state (window rings etc.)
   uint64_t prefix_queries = 0, prefix_hits = 0;  // in tokens
   uint64_t preemptions = 0;

@@ -66,4 +66,10 @@ int64_t PrefixCache::evict(int64_t n) {
   return freed;
 }
 
+int64_t PrefixCache::reusable() const {
+  int64_t n = 0;
+  for (const auto& [h, e] : entries_) n += pool_.refcount(e.block) == 1;
+  return n;
+}
+
 }  // namespace dsv4

@@ -28,6 +28,8 @@ class PrefixCache {
   // Frees up to n blocks that only the cache references; returns how many it freed.
   int64_t evict(int64_t n);
   int64_t size() const { return int64_t(entries_.size()); }
+  // Cached blocks that no sequence references: kept for reuse, free for the taking (evict) when needed.
+  int64_t reusable() const;
 
  private:
   struct Entry {

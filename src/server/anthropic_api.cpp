@@ -170,8 +170,11 @@ Reply handle_messages(ServerContext& ctx, const HttpRequest& hreq) {
             break;
           case GenEvent::Kind::Finished: {
             const ChoiceResult& r = gen->result(0);
-            if (r.finish_reason == "error") {
-              ok = send("error", error_json(Api::Anthropic, 500, "generation failed: " + r.error));
+            if (r.finish_reason == "error" || r.finish_reason == "abort") {
+              // An abort that reaches the stream is the server shutting down: never a clean message_stop.
+              ok = send("error", r.finish_reason == "abort"
+                                     ? error_json(Api::Anthropic, 503, "the server is shutting down")
+                                     : error_json(Api::Anthropic, 500, "generation failed: " + r.error));
               break;
             }
             if (index < 0) ok = ensure(Open::Text);  // every message has at least one content block

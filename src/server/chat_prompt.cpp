@@ -11,15 +11,23 @@ namespace {
 
 [[noreturn]] void bad(const std::string& param, const std::string& msg) { throw ApiError(400, msg, param); }
 
-// Content: a string, null, or an array of parts (objects with a "type"; text parts need a string "text").
+// A text-only model must refuse images, audio and parts it does not know rather than drop them silently.
+[[noreturn]] void unsupported_part(const std::string& where, const std::string& type) {
+  bad(where, fmt::format("'{}': content of type '{}' is not supported (this model reads text only)", where, type));
+}
+
+// Content: a string, null, or an array of text parts (objects with type "text" and a string "text").
 Json check_content(const Json& c, const std::string& where) {
   if (c.is_null() || c.is_string()) return c;
   if (!c.is_array()) bad(where, fmt::format("'{}' must be a string, null or an array of content parts", where));
-  for (const auto& part : c) {
+  for (size_t i = 0; i < c.size(); ++i) {
+    const Json& part = c[i];
+    const std::string w = fmt::format("{}[{}]", where, i);
     if (!part.is_object() || !part.contains("type") || !part["type"].is_string())
-      bad(where, fmt::format("'{}': each content part must be an object with a string 'type'", where));
-    if (part["type"] == "text" && !(part.contains("text") && part["text"].is_string()))
-      bad(where, fmt::format("'{}': a text part needs a string 'text'", where));
+      bad(w, fmt::format("'{}' must be an object with a string 'type'", w));
+    if (part["type"] != "text") unsupported_part(w, part["type"].get<std::string>());
+    if (!(part.contains("text") && part["text"].is_string()))
+      bad(w, fmt::format("'{}': a text part needs a string 'text'", w));
   }
   return c;
 }
@@ -47,7 +55,7 @@ Json check_tools(const Json& tools) {
   for (size_t i = 0; i < tools.size(); ++i) {
     const Json& t = tools[i];
     const std::string w = fmt::format("tools[{}]", i);
-    if (!t.is_object() || t.value("type", "function") != "function")
+    if (!t.is_object() || nested_string(t, "type", w, "function") != "function")
       bad(w, fmt::format("'{}' must be an object with type \"function\"", w));
     const Json* fn = find_field(t, "function");
     if (!fn || !fn->is_object() || !fn->contains("name") || !(*fn)["name"].is_string())
@@ -60,19 +68,22 @@ Json check_tools(const Json& tools) {
 // Applies tool_choice: "none" drops the tools; a named function keeps only that one. "required" renders
 // the tools like "auto": there is no constrained decoding to force a call.
 Json apply_tool_choice(Json tools, const Json* choice, bool anthropic) {
-  if (!choice || tools.empty()) return tools;
+  if (!choice) return tools;
   std::string type, name;
   if (choice->is_string()) {
     type = choice->get<std::string>();
   } else if (choice->is_object()) {
-    type = choice->value("type", "");
+    type = nested_string(*choice, "type", "tool_choice");
     if (anthropic)
-      name = choice->value("name", "");
-    else if (const Json* f = find_field(*choice, "function"); f && f->is_object())
-      name = f->value("name", "");
+      name = nested_string(*choice, "name", "tool_choice");
+    else if (const Json* f = get_object(*choice, "function"))
+      name = nested_string(*f, "name", "tool_choice.function");
   } else {
     bad("tool_choice", "'tool_choice' must be a string or an object");
   }
+  // A choice that demands a tool call cannot be met without tools (vLLM answers 400 as well).
+  if (tools.empty() && (type == "required" || type == "any" || type == "function" || type == "tool"))
+    bad("tool_choice", fmt::format("tool_choice '{}' needs 'tools', and the request has none", type));
   if (type == "none") return Json::array();
   if (type == "auto" || type == "required" || type == "any") return tools;
   if (type == "function" || type == "tool") {
@@ -188,7 +199,7 @@ ChatPrompt openai_chat_prompt(const Json& body, const ChatEncodeOptions& default
 
   const Json* rf = get_object(body, "response_format");
   if (rf) {
-    const std::string type = rf->value("type", "");
+    const std::string type = nested_string(*rf, "type", "response_format");
     if (type != "text" && type != "json_object" && type != "json_schema")
       bad("response_format", "'response_format.type' must be text, json_object or json_schema");
     if (type == "text") rf = nullptr;
@@ -204,7 +215,8 @@ std::string anthropic_system_text(const Json& sys, const std::string& where) {
   if (!sys.is_array()) bad(where, msg);
   std::string text;
   for (const auto& b : sys) {
-    if (!b.is_object() || b.value("type", "") != "text" || !b.contains("text") || !b["text"].is_string())
+    if (!b.is_object() || !b.contains("type") || !b["type"].is_string() || b["type"] != "text" || !b.contains("text") ||
+        !b["text"].is_string())
       bad(where, msg);
     if (!text.empty()) text += "\n\n";
     text += b["text"].get<std::string>();
@@ -240,18 +252,20 @@ Json anthropic_to_openai(const Json& body) {
     if (*role == "assistant") {
       std::string reasoning, text;
       Json calls = Json::array();
-      for (const auto& b : *content) {
-        const std::string type = b.is_object() ? b.value("type", "") : "";
+      for (size_t j = 0; j < content->size(); ++j) {
+        const Json& b = (*content)[j];
+        const std::string wb = fmt::format("{}.content[{}]", w, j);
+        const std::string type = nested_string(b, "type", wb);
         if (type == "text") {
-          text += b.value("text", "");
+          text += nested_string(b, "text", wb);
         } else if (type == "thinking") {
-          reasoning += b.value("thinking", "");
+          reasoning += nested_string(b, "thinking", wb);
         } else if (type == "redacted_thinking") {
         } else if (type == "tool_use") {
           if (!b.contains("name") || !b["name"].is_string()) bad(w, fmt::format("'{}': tool_use needs a name", w));
           Json input = b.contains("input") ? b["input"] : Json::object();
           calls.push_back(
-              Json{{"id", b.value("id", "")},
+              Json{{"id", nested_string(b, "id", wb)},
                    {"type", "function"},
                    {"function", {{"name", b["name"]}, {"arguments", input.is_object() ? input : Json::object()}}}});
         } else {
@@ -270,28 +284,33 @@ Json anthropic_to_openai(const Json& body) {
       if (!parts.empty()) messages.push_back(Json{{"role", "user"}, {"content", std::move(parts)}});
       parts = Json::array();
     };
-    for (const auto& b : *content) {
-      const std::string type = b.is_object() ? b.value("type", "") : "";
+    for (size_t j = 0; j < content->size(); ++j) {
+      const Json& b = (*content)[j];
+      const std::string wb = fmt::format("{}.content[{}]", w, j);
+      const std::string type = nested_string(b, "type", wb);
       if (type == "tool_result") {
         flush();
         Json c = b.contains("content") ? b["content"] : Json("");
         if (c.is_array()) {
           Json tparts = Json::array();
-          for (const auto& tb : c)
-            if (tb.is_object())
-              tparts.push_back(tb.value("type", "") == "text" ? Json{{"type", "text"}, {"text", tb.value("text", "")}}
-                                                              : Json{{"type", tb.value("type", "")}});
+          for (size_t k = 0; k < c.size(); ++k) {
+            const std::string wt = fmt::format("{}.content[{}]", wb, k);
+            const std::string ttype = nested_string(c[k], "type", wt);
+            if (ttype != "text") unsupported_part(wt, ttype);
+            tparts.push_back(Json{{"type", "text"}, {"text", nested_string(c[k], "text", wt)}});
+          }
           c = std::move(tparts);
         } else if (!c.is_string()) {
           c = "";
         }
-        messages.push_back(Json{{"role", "tool"}, {"tool_call_id", b.value("tool_use_id", "")}, {"content", c}});
+        messages.push_back(
+            Json{{"role", "tool"}, {"tool_call_id", nested_string(b, "tool_use_id", wb)}, {"content", c}});
       } else if (type == "text") {
         if (!b.contains("text") || !b["text"].is_string())
           bad(w, fmt::format("'{}': a text block needs a string text", w));
         parts.push_back(Json{{"type", "text"}, {"text", b["text"]}});
       } else if (!type.empty()) {
-        parts.push_back(Json{{"type", type}});  // images, documents: rendered as "[Unsupported TYPE]"
+        unsupported_part(wb, type);  // images, documents
       } else {
         bad(w, fmt::format("'{}': each content block needs a type", w));
       }
@@ -306,7 +325,7 @@ Json anthropic_to_openai(const Json& body) {
       const std::string w = fmt::format("tools[{}]", i);
       if (!t.is_object() || !t.contains("name") || !t["name"].is_string())
         bad(w, fmt::format("'{}' needs a string name", w));
-      const std::string type = t.value("type", "custom");
+      const std::string type = nested_string(t, "type", w, "custom");
       if (type != "custom") bad(w, fmt::format("'{}': tool type '{}' is not supported", w, type));
       Json fn = {{"name", t["name"]}};
       if (t.contains("description")) fn["description"] = t["description"];

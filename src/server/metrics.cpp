@@ -126,9 +126,16 @@ std::string Metrics::render(const EngineStats& e) const {
 
   single(out, "dsv4_num_requests_running", "gauge", "Sequences in the running batch.", e.running);
   single(out, "dsv4_num_requests_waiting", "gauge", "Sequences waiting to be scheduled.", e.waiting);
-  single(out, "dsv4_kv_cache_usage_ratio", "gauge", "Fraction of KV cache blocks in use (0 to 1).",
-         e.kv_blocks_total > 0 ? double(e.kv_blocks_used) / double(e.kv_blocks_total) : 0.0);
-  single(out, "dsv4_kv_cache_blocks_used", "gauge", "KV cache blocks in use.", double(e.kv_blocks_used));
+  // Blocks only the prefix cache holds are free on demand: counting them as used made an idle server that had
+  // served long prompts report ~0.97 (as vLLM, usage excludes them).
+  const int64_t in_use = std::max<int64_t>(0, e.kv_blocks_used - e.kv_blocks_reusable);
+  single(out, "dsv4_kv_cache_usage_ratio", "gauge",
+         "Fraction of KV cache blocks held by sequences (0 to 1); reusable prefix-cache blocks count as free.",
+         e.kv_blocks_total > 0 ? double(in_use) / double(e.kv_blocks_total) : 0.0);
+  single(out, "dsv4_kv_cache_blocks_used", "gauge", "KV cache blocks held by sequences.", double(in_use));
+  single(out, "dsv4_kv_cache_blocks_reusable", "gauge",
+         "KV cache blocks held only by the prefix cache: kept for reuse, evicted when space is needed.",
+         double(e.kv_blocks_reusable));
   single(out, "dsv4_kv_cache_blocks_capacity", "gauge", "KV cache blocks in the pool.", double(e.kv_blocks_total));
   single(out, "dsv4_prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.",
          double(e.prefix_queries));

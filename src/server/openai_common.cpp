@@ -130,8 +130,16 @@ int resolve_max_tokens(const ServerContext& ctx, std::optional<int64_t> requeste
   const int64_t room = ctx.generator.max_model_len() - prompt_tokens;
   if (requested) {
     if (*requested < 1) throw ApiError(400, fmt::format("'{}' must be at least 1, got {}", field, *requested), field);
-    // An upper bound, clamped to the room the context leaves: agents ask for 32K and more on any model.
-    return int(std::min(*requested, room));
+    // Beyond the room the context leaves is an error, as in vLLM: clamping would hide the truncation.
+    if (*requested > room)
+      throw ApiError(400,
+                     fmt::format("This model's maximum context length is {} tokens. However, you requested {} "
+                                 "tokens ({} in the input, {} in the completion). Please reduce the length of the "
+                                 "input or of '{}'.",
+                                 ctx.generator.max_model_len(), prompt_tokens + *requested, prompt_tokens, *requested,
+                                 field),
+                     field, "context_length_exceeded");
+    return int(*requested);
   }
   int64_t n = room;
   if (ctx.opt.sampling.max_new_tokens) n = std::min(n, *ctx.opt.sampling.max_new_tokens);

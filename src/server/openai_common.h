@@ -47,8 +47,8 @@ std::vector<std::string> parse_stop(const Json& v, const char* field);
 
 // 400 when the prompt leaves no room for one generated token.
 void check_prompt_length(const ServerContext& ctx, int64_t prompt_tokens);
-// max_tokens: the request's, clamped to the room the prompt leaves; else that room, capped by max_new_tokens
-// from the generation config.
+// max_tokens: the request's (a 400 when it exceeds the room the prompt leaves); else that room, capped by
+// max_new_tokens from the generation config.
 int resolve_max_tokens(const ServerContext& ctx, std::optional<int64_t> requested, int64_t prompt_tokens,
                        const char* field);
 

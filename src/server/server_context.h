@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "server/generator.h"
+#include "server/http_limits.h"
 #include "server/metrics.h"
 #include "server/response_store.h"
 #include "tokenizer/chat_encoding.h"
@@ -31,6 +32,9 @@ struct ServerOptions {
   std::string model_dir;                            // reported as the model's root
   std::string api_key;                              // empty: no auth
   size_t max_body_bytes = 32u << 20;
+  // Bodies of prompt-carrying routes beyond this cannot fit the context (see prompt_body_limit); 0: no cap.
+  size_t max_prompt_body_bytes = 0;
+  HttpLimits http;
   SamplingDefaults sampling;
   ChatEncodeOptions chat;            // default thinking mode and reasoning effort
   bool completions_add_bos = false;  // tokenizer_config.json add_bos_token: /v1/completions prompts get BOS

@@ -149,8 +149,8 @@ TEST(ServerChatPrompt, AnthropicAndOpenAIRenderTheSameConversationAlike) {
   EXPECT_EQ(a.text, o.text);
   EXPECT_EQ(a.thinking, ThinkingMode::Thinking);
   EXPECT_EQ(status_of(parse(R"({"messages":[{"role":"robot","content":"S"}]})"), true), 400);
-  EXPECT_EQ(status_of(parse(R"({"messages":[{"role":"user","content":[{"type":"tool_use"}]}]})"), true), 200)
-      << "non-text user blocks render as placeholders";
+  EXPECT_EQ(status_of(parse(R"({"messages":[{"role":"user","content":[{"type":"image"}]}]})"), true), 400)
+      << "a text-only model refuses non-text user blocks instead of dropping them";
   EXPECT_EQ(
       status_of(
           parse(

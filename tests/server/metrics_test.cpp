@@ -66,3 +66,19 @@ TEST(ServerMetrics, EndpointLabelsAreBounded) {
   EXPECT_EQ(endpoint_label("/v1/chat/completions/../x"), "other");
   EXPECT_EQ(endpoint_label("/anything/a-client/made/up"), "other");
 }
+
+// Issue 9, item 11: blocks only the prefix cache holds are reusable, not in use.
+TEST(ServerMetrics, ReusablePrefixBlocksDoNotCountAsUsed) {
+  Metrics m;
+  EngineStats e;
+  e.kv_blocks_total = 32;
+  e.kv_blocks_used = 31;
+  e.kv_blocks_reusable = 31;  // an idle server that served long prompts
+  std::string out = m.render(e);
+  EXPECT_NE(out.find("dsv4_kv_cache_usage_ratio 0\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("dsv4_kv_cache_blocks_used 0\n"), std::string::npos);
+  EXPECT_NE(out.find("dsv4_kv_cache_blocks_reusable 31\n"), std::string::npos);
+  e.kv_blocks_reusable = 23;  // 8 held by running sequences
+  out = m.render(e);
+  EXPECT_NE(out.find("dsv4_kv_cache_usage_ratio 0.25\n"), std::string::npos) << out;
+}
