@@ -7,7 +7,11 @@
 
 #include "core/error.h"
 #include "kernels/backend.h"
+#include "model/tiny_checkpoint.h"
 #include "model/weights.h"
+#include "test_files.h"
+
+#include <nlohmann/json.hpp>
 
 using namespace dsv4;
 
@@ -31,12 +35,17 @@ std::vector<uint8_t> cut(const std::vector<uint8_t>& m, int64_t row_bytes, int64
 }  // namespace
 
 TEST(Placement, EachRankHoldsItsSliceOfEveryShardedWeight) {
-  ASSERT_TRUE(std::filesystem::exists(kTiny + "/model.safetensors")) << kTiny << " missing";
-  const ModelConfig c = ModelConfig::load(kTiny + "/config.json");
+  // The demo shapes with a 256-wide expert: every cut of 2 ranks lands on FP8's 128-column scale tiles.
+  const std::string dir = test::temp_dir("placement");
+  nlohmann::json cj = tiny_demo_config_json();
+  cj["vocab_size"] = 4096;
+  cj["moe_intermediate_size"] = 256;
+  make_random_checkpoint(dir, cj, 3);
+  const ModelConfig c = ModelConfig::from_json(cj);
   auto be = make_cpu_backend();
-  auto full = ModelWeights::load(c, kTiny, *be);
+  auto full = ModelWeights::load(c, dir, *be);
   for (int rank = 0; rank < 2; ++rank) {
-    auto part = ModelWeights::load(c, kTiny, *be, {rank, 2});
+    auto part = ModelWeights::load(c, dir, *be, {rank, 2});
     const LayerWeights &F = full->layers[1], &P = part->layers[1];
     // Column-parallel FP8 wq_b: rows of the weight (and of its scale tiles).
     const int64_t rows = F.wq_b.out / 2;
@@ -62,5 +71,19 @@ TEST(Placement, EachRankHoldsItsSliceOfEveryShardedWeight) {
     EXPECT_EQ(bytes_of(*be, P.attn_sink), cut(bytes_of(*be, F.attn_sink), F.attn_sink.nbytes() / 2 * 2, 0, 1, rank * F.attn_sink.nbytes() / 2, F.attn_sink.nbytes() / 2));
     EXPECT_EQ(bytes_of(*be, P.wkv.data), bytes_of(*be, F.wkv.data));
   }
-  EXPECT_THROW(ModelWeights::load(c, kTiny, *be, {0, 3}), Error);  // 4 heads do not split 3 ways
+  EXPECT_THROW(ModelWeights::load(c, dir, *be, {0, 3}), Error);  // 4 heads do not split 3 ways
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Placement, ACutInsideAScaleTileIsAClearError) {
+  // tiny-a's FP8 shared expert is 128 wide: 2 ranks would cut its single 128-column scale tile.
+  ASSERT_TRUE(std::filesystem::exists(kTiny + "/model.safetensors")) << kTiny << " missing";
+  const ModelConfig c = ModelConfig::load(kTiny + "/config.json");
+  auto be = make_cpu_backend();
+  try {
+    ModelWeights::load(c, kTiny, *be, {1, 2});
+    FAIL() << "a cut inside an FP8 scale tile was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("scale groups"), std::string::npos) << e.what();
+  }
 }
