@@ -44,7 +44,9 @@ class EngineLoop {
  private:
   void run();
   std::unique_ptr<Engine> engine_;
-  mutable std::mutex mu_;  // guards engine_ calls and the maps
+  // Guards the engine's scheduling state and the maps. The loop releases it while the model computes
+  // (Engine::execute), so submits, aborts (queued for the next step) and stats never wait for a forward pass.
+  mutable std::mutex mu_;
   // Callers announce themselves before locking; the loop lets them through between steps (std::mutex is
   // not fair, so without this a busy loop could starve submit/abort).
   mutable std::atomic<int> pending_{0};

@@ -21,14 +21,7 @@ namespace {
 
 const std::string kTiny = std::string(DSV4_SHARED_DIR) + "/fixtures/tiny-a";
 
-double rel(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
+using test::rel;
 
 std::vector<int32_t> ids_of(size_t n, int vocab, uint32_t seed) {
   std::vector<int32_t> v(n);

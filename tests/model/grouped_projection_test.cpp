@@ -47,14 +47,7 @@ void write_f32_wo_a_twin(const std::string& src_dir, const std::string& dst_dir,
   write_safetensors(dst_dir + "/model.safetensors", out);
 }
 
-double rel(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
+using test::rel;
 
 }  // namespace
 

@@ -1,6 +1,7 @@
 // Test helpers: a Session over a checkpoint, and a whole prompt fed in chunks of one size.
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <span>
 #include <string>
 #include <vector>
@@ -21,6 +22,16 @@ inline SessionOptions session_options(const std::string& dir, Numerics n, int se
   o.max_tokens = max_tokens;
   o.max_step_tokens = max_tokens;
   return o;
+}
+
+// Relative L2 difference of a against b.
+inline double rel(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
 }
 
 // Logits of every position ([T, vocab]) of a new sequence fed `chunk` tokens at a time.
