@@ -2,7 +2,7 @@
 # Issue 9, item 11, through the real engine: after long prompts finish, their prefix-cache blocks are
 # reported as reusable, and the KV usage of the idle server is 0 (it used to report ~0.97).
 source "$(dirname "$0")/lib.sh"
-start_server kv --kv-cache-memory 64MiB
+start_server kv --kv-cache-memory 64MiB --max-model-len 16384  # a small cache: the context must fit it
 metric() { curl -s "$URL/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 LONG=$(python3 -c "print(' '.join('word%d' % i for i in range(300)))")
 for i in 1; do
