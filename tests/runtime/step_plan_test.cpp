@@ -1,0 +1,46 @@
+// The step plan is plain data that survives serialization (the multi-rank runner sends it to every rank),
+// and malformed bytes are an error, never a half-read plan.
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+#include "runtime/step_plan.h"
+
+using namespace dsv4;
+
+TEST(StepPlan, SerializationRoundTripsEveryField) {
+  StepPlan p;
+  p.step = 42;
+  p.batch.items.push_back({3, 512, {5, 6, 7}, {9, 1, 4}, LogitRows::Last});
+  p.batch.items.push_back({0, 0, {1}, {2}, LogitRows::None});
+  p.batch.items.push_back({7, 100, {8, 8, 8, 8}, {11}, LogitRows::All});
+  p.copies = {{100, 2000, 584}, {0, 64, 8}};
+  const StepPlan q = StepPlan::deserialize(p.serialize());
+  EXPECT_EQ(q.step, 42u);
+  ASSERT_EQ(q.batch.items.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(q.batch.items[i].slot, p.batch.items[i].slot);
+    EXPECT_EQ(q.batch.items[i].start, p.batch.items[i].start);
+    EXPECT_EQ(q.batch.items[i].tokens, p.batch.items[i].tokens);
+    EXPECT_EQ(q.batch.items[i].blocks, p.batch.items[i].blocks);
+    EXPECT_EQ(q.batch.items[i].logits, p.batch.items[i].logits);
+  }
+  ASSERT_EQ(q.copies.size(), 2u);
+  EXPECT_EQ(q.copies[0].src, 100);
+  EXPECT_EQ(q.copies[0].dst, 2000);
+  EXPECT_EQ(q.copies[1].bytes, 8);
+  EXPECT_EQ(q.batch.rows(), 8);
+  EXPECT_EQ(q.batch.logit_rows(), 5);
+}
+
+TEST(StepPlan, MalformedBytesAreRefused) {
+  StepPlan p;
+  p.batch.items.push_back({1, 0, {5, 6}, {0}, LogitRows::Last});
+  const std::string s = p.serialize();
+  EXPECT_THROW(StepPlan::deserialize(""), Error);
+  EXPECT_THROW(StepPlan::deserialize(s.substr(0, s.size() - 1)), Error);  // truncated
+  EXPECT_THROW(StepPlan::deserialize(s + "x"), Error);                    // trailing bytes
+  std::string bad = s;
+  bad[0] ^= 0x55;  // magic
+  EXPECT_THROW(StepPlan::deserialize(bad), Error);
+  for (size_t cut = 0; cut < s.size(); ++cut) EXPECT_THROW(StepPlan::deserialize(s.substr(0, cut)), Error) << cut;
+}
