@@ -60,6 +60,24 @@ void BackendOps::expect_close(const std::vector<float>& got, const std::vector<f
   EXPECT_LE(double(flips), flip_frac * double(ref.size())) << what << ": " << flips << " rounding flips";
 }
 
+void BackendOps::check_linear_every_option(const std::vector<float>& x, int64_t M, const ref::Weight& w, int groups,
+                                           const std::string& what) {
+  const LinearWeight lw = upload_weight(w);
+  const int64_t in = int64_t(x.size()) / M;
+  Tensor xt = up(x, DType::F32, {M, in});
+  for (int opt = 0; opt < 4; ++opt) {
+    LinearOpts o;
+    o.act_fp8 = opt & 1;
+    o.out_bf16 = opt & 2;
+    o.groups = groups;
+    Tensor yt = zeros(DType::F32, {M, lw.out});
+    be->linear(xt, lw, yt, o);
+    expect_close(down<float>(yt), ref::linear(x, M, w, o), tol("linear"),
+                 what + " act_fp8=" + std::to_string(o.act_fp8) + " out_bf16=" + std::to_string(o.out_bf16),
+                 o.out_bf16 ? 0.01 : 0, 1e-2);
+  }
+}
+
 LinearWeight BackendOps::upload_weight(const ref::Weight& w) {
   LinearWeight lw;
   lw.fmt = w.fmt;

@@ -49,6 +49,9 @@ class BackendOps : public ::testing::TestWithParam<std::string> {
   // `flip_frac` of the elements may instead be within `flip_tol`.
   void expect_close(const std::vector<float>& got, const std::vector<float>& ref, double tol, const std::string& what,
                     double flip_frac = 0, double flip_tol = 0);
+  // linear() of x [M, groups * w.in] by w under all four act_fp8 x out_bf16 options, against the reference.
+  void check_linear_every_option(const std::vector<float>& x, int64_t M, const ref::Weight& w, int groups,
+                                 const std::string& what);
 
   std::unique_ptr<Backend> be;
 

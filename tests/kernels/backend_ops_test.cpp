@@ -31,19 +31,9 @@ TEST_P(BackendOps, LinearEveryFormatAndOption) {
   for (Case c : {Case{WeightFormat::F32, false}, Case{WeightFormat::BF16, false}, Case{WeightFormat::FP8Block, false},
                  Case{WeightFormat::FP8Block, true}, Case{WeightFormat::FP4Group32, false}}) {
     auto w = random_weight(r, c.fmt, out, in, c.f32_scale);
-    LinearWeight lw = upload_weight(w);
     auto x = r.vec(size_t(M * in), -2, 2);
-    Tensor xt = up(x, DType::F32, {M, in});
-    for (int opt = 0; opt < 4; ++opt) {
-      LinearOpts o;
-      o.act_fp8 = opt & 1;
-      o.out_bf16 = opt & 2;
-      Tensor yt = zeros(DType::F32, {M, out});
-      be->linear(xt, lw, yt, o);
-      const std::string what = std::string("linear ") + weight_format_name(c.fmt) + (c.f32_scale ? " f32-scale" : "") +
-                               " act_fp8=" + std::to_string(o.act_fp8) + " out_bf16=" + std::to_string(o.out_bf16);
-      expect_close(down<float>(yt), ref::linear(x, M, w, o), tol("linear"), what, o.out_bf16 ? 0.01 : 0, 1e-2);
-    }
+    check_linear_every_option(x, M, w, 1,
+                              std::string("linear ") + weight_format_name(c.fmt) + (c.f32_scale ? " f32-scale" : ""));
   }
 }
 
@@ -68,21 +58,8 @@ TEST_P(BackendOps, LinearFp8RowSliceInsideATileAndGroups) {
   auto xg = r.vec(size_t(M * 2 * in), -1, 1);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t k = in; k < 2 * in; ++k) xg[size_t(m * 2 * in + k)] *= 300.f;
-  Tensor xgt = up(xg, DType::F32, {M, 2 * in});
   for (WeightFormat f : {WeightFormat::FP8Block, WeightFormat::BF16, WeightFormat::FP4Group32}) {
-    auto wg = random_weight(r, f, 320, in);
-    LinearWeight lwg = upload_weight(wg);
-    for (int opt = 0; opt < 4; ++opt) {
-      LinearOpts o;
-      o.act_fp8 = opt & 1;
-      o.out_bf16 = opt & 2;
-      o.groups = 2;
-      Tensor yt = zeros(DType::F32, {M, 320});
-      be->linear(xgt, lwg, yt, o);
-      expect_close(down<float>(yt), ref::linear(xg, M, wg, o), tol("linear"),
-                   std::string("groups=2 ") + weight_format_name(f) + " opt " + std::to_string(opt),
-                   o.out_bf16 ? 0.01 : 0, 1e-2);
-    }
+    check_linear_every_option(xg, M, random_weight(r, f, 320, in), 2, std::string("groups=2 ") + weight_format_name(f));
   }
 }
 
@@ -92,21 +69,12 @@ TEST_P(BackendOps, LinearPrefillSizedRows) {
   const int64_t M = 97, in = 384, out = 264;
   for (WeightFormat f : {WeightFormat::FP8Block, WeightFormat::FP4Group32, WeightFormat::BF16}) {
     auto w = random_weight(r, f, out, in);
-    LinearWeight lw = upload_weight(w);
     auto x = r.vec(size_t(M * in), -2, 2);
-    Tensor xt = up(x, DType::F32, {M, in});
-    for (int opt = 0; opt < 4; ++opt) {
-      LinearOpts o;
-      o.act_fp8 = opt & 1;
-      o.out_bf16 = opt & 2;
-      Tensor yt = zeros(DType::F32, {M, out});
-      be->linear(xt, lw, yt, o);
-      expect_close(down<float>(yt), ref::linear(x, M, w, o), tol("linear"),
-                   std::string("M=97 ") + weight_format_name(f) + " opt " + std::to_string(opt), o.out_bf16 ? 0.01 : 0,
-                   1e-2);
-    }
+    check_linear_every_option(x, M, w, 1, std::string("M=97 ") + weight_format_name(f));
     // A row slice inside a scale tile at prefill size.
     if (f == WeightFormat::FP8Block) {
+      LinearWeight lw = upload_weight(w);
+      Tensor xt = up(x, DType::F32, {M, in});
       LinearOpts o;
       o.act_fp8 = true;
       Tensor yt = zeros(DType::F32, {M, 136});
