@@ -236,24 +236,19 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const uint64_t before = be_.counters().ops;
     const LayerWeights& L = w_.layers[size_t(l)];
-    // attention sub-layer
-    be_.hc_pre(s.X, hc_params(L.hc_attn), s.y, s.post, s.comb);
-    round(s.y);
-    be_.rms_norm(s.y, D, L.attn_norm, eps, s.y);
-    round(s.y);
-    attention(l, s, s.y, s.sub);
-    be_.hc_post(s.sub, s.X, s.post, s.comb, cfg_.hc_mult, s.X2);
-    round(s.X2);
-    std::swap(s.X, s.X2);
-    // MoE sub-layer
-    be_.hc_pre(s.X, hc_params(L.hc_ffn), s.y, s.post, s.comb);
-    round(s.y);
-    be_.rms_norm(s.y, D, L.ffn_norm, eps, s.y);
-    round(s.y);
-    moe(l, s, s.y, s.sub);
-    be_.hc_post(s.sub, s.X, s.post, s.comb, cfg_.hc_mult, s.X2);
-    round(s.X2);
-    std::swap(s.X, s.X2);
+    // Each sub-layer: hyper-connection pre-mix, norm, the sub-layer, post-mix back into the hc streams.
+    auto sublayer = [&](const HcWeights& hc, const Tensor& norm, auto&& body) {
+      be_.hc_pre(s.X, hc_params(hc), s.y, s.post, s.comb);
+      round(s.y);
+      be_.rms_norm(s.y, D, norm, eps, s.y);
+      round(s.y);
+      body(s.y, s.sub);
+      be_.hc_post(s.sub, s.X, s.post, s.comb, cfg_.hc_mult, s.X2);
+      round(s.X2);
+      std::swap(s.X, s.X2);
+    };
+    sublayer(L.hc_attn, L.attn_norm, [&](const Tensor& x, const Tensor& out) { attention(l, s, x, out); });
+    sublayer(L.hc_ffn, L.ffn_norm, [&](const Tensor& x, const Tensor& out) { moe(l, s, x, out); });
     const uint64_t n = be_.counters().ops - before;
     ops_min = std::min(ops_min, n);
     ops_max = std::max(ops_max, n);
@@ -323,7 +318,7 @@ void Dsv4Model::attention(int l, Step& s, const Tensor& x, const Tensor& out) {
   const LayerWeights& L = w_.layers[size_t(l)];
   const bool ref = numerics_ == Numerics::Reference;
   const LinearOpts q8{ref, ref};
-  const int64_t M = s.d.M, H = cfg_.n_heads, hd = cfg_.head_dim;
+  const int64_t H = cfg_.n_heads, hd = cfg_.head_dim;
   const float eps = float(cfg_.rms_norm_eps);
   const Tensor& rope = rope_for(l);
   const KvLayerView view = s.kv_storage->view(l);
@@ -392,7 +387,6 @@ void Dsv4Model::attention(int l, Step& s, const Tensor& x, const Tensor& out) {
   round(s.o);
   be_.linear(s.o, L.wo_a, s.z, {false, ref, cfg_.o_groups});  // bf16 weights in the reference
   be_.linear(s.z, L.wo_b, out, q8);
-  (void)M;
 }
 
 void Dsv4Model::moe(int l, Step& s, const Tensor& x, const Tensor& out) {

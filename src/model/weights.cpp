@@ -31,12 +31,11 @@ class Placer {
 
   // A tensor whose bytes are host-made (converted or gathered): staged, uploaded at finish().
   void staged(Tensor* t, DType dt, std::initializer_list<int64_t> shape, const void* src, size_t bytes) {
-    staging_off_ = (staging_off_ + 255) / 256 * 256;
-    staging_.resize(staging_off_ + bytes);
-    std::memcpy(staging_.data() + staging_off_, src, bytes);
-    *t = Tensor(nullptr, int64_t(staging_off_), dt, shape);
+    const size_t off = (staging_.size() + 255) / 256 * 256;
+    staging_.resize(off + bytes);
+    std::memcpy(staging_.data() + off, src, bytes);
+    *t = Tensor(nullptr, int64_t(off), dt, shape);
     staged_.push_back(t);
-    staging_off_ += bytes;
   }
   // A tensor that is a byte range of the checkpoint mapping: imported (zero copy) or uploaded at finish().
   void mapped(Tensor* t, const TensorInfo& info, int64_t byte_off, DType dt, std::initializer_list<int64_t> shape) {
@@ -106,7 +105,6 @@ class Placer {
   Backend& be_;
   ModelWeights& mw_;
   std::vector<uint8_t> staging_;
-  size_t staging_off_ = 0;
   std::vector<Tensor*> staged_;
   std::vector<Mapped> mapped_;
 };
