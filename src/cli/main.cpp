@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/parallel.h"
 #include "core/error.h"
 #include "core/log.h"
 
@@ -14,6 +15,7 @@ int main(int argc, char** argv) {
   dsv4::cli::add_model_commands(app);
   dsv4::cli::add_make_tiny_command(app);
   dsv4::cli::add_serve_command(app);
+  dsv4::cli::add_rank_worker_command(app);
   dsv4::cli::add_tokenizer_commands(app);
   try {
     app.parse(argc, argv);

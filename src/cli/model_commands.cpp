@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/parallel.h"
 #include "core/error.h"
 #include "model/dsv4_model.h"
 #include "runtime/session.h"
@@ -67,11 +68,17 @@ void add_model_commands(CLI::App& app) {
         ->check(CLI::IsMember({"auto", "exact", "reference"}));
     cmd->add_option("--device", o->device, "cpu | cuda | auto (cuda when a GPU is present)")
         ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+    auto par = std::make_shared<ParallelOpts>();
+    par->master_port = 29510;  // not serve's default: a score beside a running server must not collide
+    add_parallel_options(*cmd, *par, false);
     cmd->callback([=] {
       check_model_dir(o->model);
       const auto cfg = ModelConfig::load((std::filesystem::path(o->model) / "config.json").string());
       auto ids = read_ids(*ids_path, cfg.vocab_size);
       if (*chunk < 0) fail("--chunk must be >= 0");
+      par->validate();
+      std::unique_ptr<LocalRanks> ranks;
+      if (par->tensor_parallel_size > 1) ranks = std::make_unique<LocalRanks>(*par, o->model, o->device, "auto");
       const size_t step = *chunk > 0 ? size_t(*chunk) : ids.size();
       SessionOptions so;
       so.model_dir = o->model;
@@ -79,6 +86,8 @@ void add_model_commands(CLI::App& app) {
       so.numerics = pick_numerics(o->numerics);
       so.max_tokens = int64_t(ids.size());
       so.max_step_tokens = int64_t(step);
+      if (par->tensor_parallel_size > 1) so.dist = par->dist_config(0);
+      so.expert_parallel = par->enable_expert_parallel;
       Session sess(so);
       const int seq = sess.new_sequence();
       std::vector<float> logits;

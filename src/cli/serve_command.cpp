@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <atomic>
+#include <chrono>
 #include <thread>
 
 #include "cli/commands.h"
@@ -137,6 +139,20 @@ void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
         "to serve a real checkpoint");
   }
   if (!fs::exists(fs::path(model_dir) / "config.json")) fail("model directory '{}' has no config.json", model_dir);
+  o.parallel.validate();
+  if (o.parallel.headless) {  // a worker node: its ranks, no HTTP
+    LocalRanks others(o.parallel, model_dir, o.device, o.load_format);
+    RunnerOptions ro;
+    ro.model_dir = model_dir;
+    ro.device = o.device;
+    ro.load_format = o.load_format;
+    ro.dist = o.parallel.dist_config(o.parallel.first_rank());
+    spdlog::info("headless node {}: ranks {}..{} of {}, rank 0 at {}:{}", o.parallel.node_rank,
+                 o.parallel.first_rank(), o.parallel.first_rank() + o.parallel.ranks_per_node() - 1,
+                 o.parallel.tensor_parallel_size, o.parallel.master_addr, o.parallel.master_port);
+    if (run_rank(std::move(ro)) != 0) fail("this node's rank failed (see above)");
+    return;
+  }
 
   server::ServerOptions so;
   so.model_dir = fs::absolute(model_dir).lexically_normal().string();
@@ -219,6 +235,12 @@ void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
   ec.gpu_memory_utilization = o.gpu_memory_utilization;
   ec.device = o.device;
   ec.load_format = o.load_format;
+  std::unique_ptr<LocalRanks> local_ranks;  // outlives the engine, which tells them to stop
+  if (o.parallel.tensor_parallel_size > 1) {
+    ec.dist = o.parallel.dist_config(0);
+    ec.enable_expert_parallel = o.parallel.enable_expert_parallel;
+    if (!make) local_ranks = std::make_unique<LocalRanks>(o.parallel, model_dir, o.device, o.load_format);
+  }
   std::unique_ptr<server::Generator> generator;
   if (make) {
     generator = make(setup);
@@ -242,6 +264,16 @@ void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
                so.max_body_bytes, std::min(so.max_body_bytes, so.max_prompt_body_bytes), generator->max_model_len(),
                max_token_bytes, so.http.max_connections);
 
+  // A failed tensor-parallel group: requests in flight already got their error; /health says unhealthy.
+  // Shut down after a grace period (so those error events reach their clients) and exit non-zero.
+  std::atomic<bool> fatal{false};
+  generator->on_fatal([&fatal](const std::string&) {
+    fatal = true;
+    std::thread([] {
+      std::this_thread::sleep_for(std::chrono::seconds(2));
+      kill(getpid(), SIGTERM);
+    }).detach();
+  });
   // Shutdown ends running generations through this wrapper, so every stream writes its final event.
   server::TrackedGenerator tracked(*generator);
   // Every connection is a descriptor: raise the soft limit toward the hard one so that --max-connections,
@@ -273,11 +305,13 @@ void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
   http.run();
   pthread_kill(waiter.native_handle(), SIGTERM);  // wakes the waiter when run() ended otherwise
   waiter.join();
+  if (fatal) fail("stopped: {}", generator->fatal_error().value_or("the engine failed"));
   spdlog::info("server stopped");
 }
 
 void add_serve_options(CLI::App& app, ServeOpts& opts) {
   auto* cmd = &app;
+  add_parallel_options(app, opts.parallel, true);
   auto* o = &opts;
   cmd->add_option("--model", o->model,
                   "checkpoint directory (config.json, *.safetensors, tokenizer.json). Default: the demo model "

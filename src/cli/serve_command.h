@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/parallel.h"
 #include "runtime/engine.h"
 #include "server/generator.h"
 #include "server/http_limits.h"
@@ -45,6 +46,7 @@ struct ServeOpts {
   size_t max_stored_responses = 1024;
   server::HttpLimits http;
   server::JsonLimits json;
+  ParallelOpts parallel;
   // vLLM flags accepted for drop-in command lines; they change nothing here.
   bool trust_remote_code = false, enable_auto_tool_choice = false;
   std::string tool_call_parser, reasoning_parser;

@@ -129,7 +129,11 @@ struct MoeArgs {
   Tensor weights;                                // f32 [M, K]
   const std::vector<ExpertWeights>* routed = nullptr;
   const ExpertWeights* shared = nullptr;
-  int64_t inter = 0;
+  int64_t inter = 0;         // routed experts' hidden width (this rank's slice under tensor parallelism)
+  int64_t shared_inter = 0;  // the shared expert's (0: inter); differs from inter under expert parallelism
+  // Expert parallelism: only experts [expert_begin, expert_end) are held here; rows routed elsewhere add
+  // nothing (another rank adds them). expert_end < 0: every expert.
+  int64_t expert_begin = 0, expert_end = -1;
   float swiglu_limit = 0;
   LinearOpts lin;        // every expert linear
   bool round_hidden = false;  // reference numerics: SwiGLU output rounded to bf16
@@ -252,6 +256,6 @@ std::unique_ptr<Backend> make_cpu_backend();
 // The CUDA backend on device `device`, or null (with *why set) when CUDA is not built in or no device exists.
 std::unique_ptr<Backend> make_cuda_backend(int device, std::string* why);
 // "cpu", "cuda" or "auto" (cuda when a device is present).
-std::unique_ptr<Backend> make_backend(const std::string& device);
+std::unique_ptr<Backend> make_backend(const std::string& device, int cuda_device = 0);
 
 }  // namespace dsv4

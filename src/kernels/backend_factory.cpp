@@ -20,11 +20,11 @@ std::unique_ptr<Backend> make_cuda_backend(int device, std::string* why) {
 }
 #endif
 
-std::unique_ptr<Backend> make_backend(const std::string& device) {
+std::unique_ptr<Backend> make_backend(const std::string& device, int cuda_device) {
   if (device == "cpu") return make_cpu_backend();
   if (device == "cuda" || device == "auto") {
     std::string why;
-    auto be = make_cuda_backend(0, &why);
+    auto be = make_cuda_backend(cuda_device, &why);
     if (be) return be;
     DSV4_CHECK(device == "auto", "cannot use the CUDA backend: {}", why);
     spdlog::info("no CUDA backend ({}); using the CPU", why);

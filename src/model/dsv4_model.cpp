@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include <spdlog/spdlog.h>
+
 #include "core/error.h"
 
 namespace dsv4 {
@@ -46,10 +48,11 @@ struct Dsv4Model::Step {
   Tensor iq, iw, sel, index_scratch;
   Tensor u, g, pooled, iu, ig, ipooled;
   Tensor elog, ew, ex, moe_scratch;
-  Tensor Xr, yr, logits;
+  Tensor Xr, yr, logits, logits_all;
   const KvStorage* kv_storage = nullptr;
 
-  void carve(Workspace& ws, const ModelConfig& c) {
+  // tp: ranks sharing the step (attention heads, output groups, expert widths and the vocabulary are split).
+  void carve(Workspace& ws, const ModelConfig& c, int tp) {
     const int64_t M = std::max<int64_t>(d.M, 1), D = c.dim, hc = c.hc_mult;
     blob = ws.take(DType::I32, {std::max<int64_t>(d.blob(), 1)});
     int64_t off = 0;
@@ -88,12 +91,12 @@ struct Dsv4Model::Step {
     sub = f32({M, D});
     post = f32({M, hc});
     comb = f32({M, hc * hc});
-    const int64_t H = c.n_heads, hd = c.head_dim;
+    const int64_t H = c.n_heads / tp, hd = c.head_dim;
     qr = f32({M, c.q_lora_rank});
     q = f32({M, H * hd});
     kv = f32({M, hd});
     o = f32({M, H * hd});
-    z = f32({M, int64_t(c.o_groups) * c.o_lora_rank});
+    z = f32({M, int64_t(c.o_groups / tp) * c.o_lora_rank});
     const bool any4 = std::count(c.compress_ratios.begin(), c.compress_ratios.begin() + c.n_layers, 4) > 0;
     const bool anyc = std::any_of(c.compress_ratios.begin(), c.compress_ratios.begin() + c.n_layers, [](int r) { return r; });
     if (any4) {
@@ -117,14 +120,36 @@ struct Dsv4Model::Step {
     const int64_t R = std::max<int64_t>(d.R, 1);
     Xr = f32({R, hc * D});
     yr = f32({R, D});
-    logits = f32({R, c.vocab_size});
+    logits = f32({R, c.vocab_size / tp});
+    if (tp > 1) logits_all = f32({tp * R, c.vocab_size / tp});
     // Last: it grows with context, so the tensors above keep their addresses from step to step.
     if (any4) index_scratch = f32({M, std::max<int64_t>(d.index_cols, 1)});
   }
 };
 
-Dsv4Model::Dsv4Model(const ModelConfig& cfg, const ModelWeights& w, Backend& be, Numerics numerics)
-    : cfg_(cfg), w_(w), be_(be), numerics_(numerics) {}
+Dsv4Model::Dsv4Model(const ModelConfig& cfg, const ModelWeights& w, Backend& be, Numerics numerics,
+                     dist::Communicator* comm)
+    : cfg_(cfg), w_(w), be_(be), numerics_(numerics), comm_(comm && comm->size() > 1 ? comm : nullptr) {
+  tp_ = comm_ ? comm_->size() : 1;
+  DSV4_CHECK(w.placement.size == tp_ && (!comm_ || w.placement.rank == comm_->rank()),
+             "model: weights placed for rank {} of {}, communicator is rank {} of {}", w.placement.rank,
+             w.placement.size, comm_ ? comm_->rank() : 0, tp_);
+  for (auto [n, what] : {std::pair{cfg.n_heads, "attention heads"}, {cfg.o_groups, "output groups"},
+                         {int(cfg.vocab_size), "vocabulary rows"}})
+    DSV4_CHECK(n % tp_ == 0, "{} {} do not split evenly across {} ranks", n, what, tp_);
+  // Reference numerics quantize linear inputs in 128-column blocks; a rank's slice that is not whole blocks
+  // quantizes differently from one rank (real checkpoints split on whole blocks up to 16 ranks).
+  const int64_t inter = w.placement.expert_parallel ? cfg.moe_inter_dim : cfg.moe_inter_dim / tp_;
+  if (numerics == Numerics::Reference && tp_ > 1 && (inter % 128 || (cfg.moe_inter_dim / tp_) % 128))
+    spdlog::warn("tensor parallelism over {} ranks splits the MoE width {} inside 128-column FP8 activation "
+                 "blocks: reference numerics will differ slightly from a single rank", tp_, cfg.moe_inter_dim);
+}
+
+void Dsv4Model::reduce(const Tensor& x) const {
+  if (!comm_) return;
+  comm_->all_reduce_sum(x);
+  round(x);
+}
 
 uint64_t Dsv4Model::workspace_bytes(const StepLimits& lim, int block_tokens) const {
   Step s;
@@ -137,7 +162,7 @@ uint64_t Dsv4Model::workspace_bytes(const StepLimits& lim, int block_tokens) con
   s.d.R = lim.max_logit_rows;
   s.d.index_cols = (lim.max_context + 1) / 4;
   Workspace measure;
-  s.carve(measure, cfg_);
+  s.carve(measure, cfg_, tp_);
   return measure.peak() + 4096;
 }
 
@@ -217,7 +242,7 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
   s.d = {M, int64_t(batch.items.size()), max_blocks, int64_t(e[0][0].size()), int64_t(e[1][0].size()),
          int64_t(snap_item.size()), int64_t(head_rows.size()), (max_pos + 1) / 4};
   ws.reset();
-  s.carve(ws, cfg_);
+  s.carve(ws, cfg_, tp_);
   std::vector<int32_t> blob;
   blob.reserve(size_t(s.d.blob()));
   auto put = [&](const std::vector<int32_t>& v) { blob.insert(blob.end(), v.begin(), v.end()); };
@@ -269,6 +294,11 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
     be_.rms_norm(yr, D, w_.norm, eps, yr);
     round(yr);
     be_.linear(yr, w_.head, logits, {});
+    if (comm_) {
+      Tensor all = s.logits_all.rows(0, int64_t(tp_) * s.d.R);
+      comm_->all_gather(logits, all);
+      logits = all.view({int64_t(tp_), s.d.R, cfg_.vocab_size / tp_});
+    }
   }
   if (stats) stats->ops_total = be_.counters().ops - ops0;
   return logits;
@@ -318,7 +348,7 @@ void Dsv4Model::attention(int l, Step& s, const Tensor& x, const Tensor& out) {
   const LayerWeights& L = w_.layers[size_t(l)];
   const bool ref = numerics_ == Numerics::Reference;
   const LinearOpts q8{ref, ref};
-  const int64_t H = cfg_.n_heads, hd = cfg_.head_dim;
+  const int64_t H = cfg_.n_heads / tp_, hd = cfg_.head_dim;  // this rank's heads
   const float eps = float(cfg_.rms_norm_eps);
   const Tensor& rope = rope_for(l);
   const KvLayerView view = s.kv_storage->view(l);
@@ -341,7 +371,9 @@ void Dsv4Model::attention(int l, Step& s, const Tensor& x, const Tensor& out) {
   // the cache (a later step, a prefix-cache hit) is the value this step used.
   if (view.shape.main.dtype != KvDtype::F32) be_.kv_roundtrip(s.kv, view.shape.main);
 
-  // Indexer selection (ratio 4) needs its compressor's keys first, as in the reference.
+  // Indexer selection (ratio 4) needs its compressor's keys first, as in the reference. The indexer is
+  // replicated on every rank, not split by head: each rank computes the same selection with no collective
+  // (a split would all-reduce an M x entries score matrix per layer, which grows with the context).
   if (L.ratio == 4) {
     compressor(l, true, s, x);
     const int64_t IH = cfg_.index_n_heads, ID = cfg_.index_head_dim;
@@ -385,8 +417,9 @@ void Dsv4Model::attention(int l, Step& s, const Tensor& x, const Tensor& out) {
   // Remove the value's absolute rotation, then the grouped low-rank output projection.
   be_.rope(s.o, H, hd, s.meta.pos, rope, true);
   round(s.o);
-  be_.linear(s.o, L.wo_a, s.z, {false, ref, cfg_.o_groups});  // bf16 weights in the reference
-  be_.linear(s.z, L.wo_b, out, q8);
+  be_.linear(s.o, L.wo_a, s.z, {false, ref, cfg_.o_groups / tp_});  // bf16 weights in the reference
+  be_.linear(s.z, L.wo_b, out, {ref, ref && !comm_});  // row-parallel: a partial sum per rank
+  reduce(out);
 }
 
 void Dsv4Model::moe(int l, Step& s, const Tensor& x, const Tensor& out) {
@@ -411,14 +444,25 @@ void Dsv4Model::moe(int l, Step& s, const Tensor& x, const Tensor& out) {
   ma.weights = s.ew;
   ma.routed = &L.experts;
   ma.shared = &L.shared;
-  ma.inter = cfg_.moe_inter_dim;
+  // Expert parallelism: whole experts, this rank's range; otherwise every expert split by width.
+  const Placement& pl = w_.placement;
+  if (pl.expert_parallel && tp_ > 1) {
+    const int64_t per = cfg_.n_routed_experts / tp_;
+    ma.expert_begin = pl.rank * per;
+    ma.expert_end = ma.expert_begin + per;
+    ma.inter = cfg_.moe_inter_dim;
+  } else {
+    ma.inter = cfg_.moe_inter_dim / tp_;
+  }
+  ma.shared_inter = cfg_.moe_inter_dim / tp_;
   ma.swiglu_limit = float(cfg_.swiglu_limit);
   ma.lin = {ref, ref};
   ma.round_hidden = ref;
-  ma.round_out = ref;
+  ma.round_out = ref && !comm_;
   ma.scratch = s.moe_scratch;
   ma.out = out;
   be_.moe(ma);
+  reduce(out);
 }
 
 }  // namespace dsv4

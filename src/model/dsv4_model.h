@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "dist/communicator.h"
 #include "kernels/backend.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
@@ -31,7 +32,11 @@ struct ForwardStats {
 
 class Dsv4Model {
  public:
-  Dsv4Model(const ModelConfig& cfg, const ModelWeights& w, Backend& be, Numerics numerics);
+  // `comm` (optional) is this rank's tensor-parallel data plane; the weights are then this rank's shards
+  // (w.placement). Per step and layer it adds one all-reduce after the attention output projection and one
+  // after the MoE, plus one all-gather of the vocab-split logits (docs/perf-notes.md has the byte counts).
+  Dsv4Model(const ModelConfig& cfg, const ModelWeights& w, Backend& be, Numerics numerics,
+            dist::Communicator* comm = nullptr);
 
   const ModelConfig& config() const { return cfg_; }
   Numerics numerics() const { return numerics_; }
@@ -39,7 +44,9 @@ class Dsv4Model {
   uint64_t workspace_bytes(const StepLimits& limits, int block_tokens) const;
 
   // Advances every item by its tokens. Returns the logits ([logit_rows, vocab] f32, in item order: every row
-  // of All items, the last of Last items) as a tensor in `ws`, valid until the next forward.
+  // of All items, the last of Last items) as a tensor in `ws`, valid until the next forward. With N ranks the
+  // vocabulary is split: the tensor is [N, logit_rows, vocab / N] (rank r's columns in block r), the same on
+  // every rank.
   Tensor forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, ForwardStats* stats = nullptr);
 
  private:
@@ -51,10 +58,15 @@ class Dsv4Model {
   const Tensor& rope_for(int l) const { return cfg_.ratio(l) ? w_.rope_compress : w_.rope_main; }
   HcParams hc_params(const HcWeights& h) const;
 
+  // Sums a row-parallel result over the ranks, then applies the bf16 rounding the single-rank linear would
+  // have applied to the whole sum.
+  void reduce(const Tensor& x) const;
   ModelConfig cfg_;
   const ModelWeights& w_;
   Backend& be_;
   Numerics numerics_;
+  dist::Communicator* comm_ = nullptr;
+  int tp_ = 1;  // ranks sharing each layer
 };
 
 }  // namespace dsv4

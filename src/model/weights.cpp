@@ -46,6 +46,7 @@ class Placer {
   void finish(const LoadProgress& progress) {
     uint64_t total = staging_.size();
     for (auto& m : mapped_) total += uint64_t(m.t->nbytes());
+    mw_.tensor_bytes = total;
     uint64_t done = 0;
     auto report = [&](uint64_t n) {
       done += n;
@@ -225,7 +226,10 @@ class Loader {
       // A column slice (row-parallel linear): gathered on the host. Quantized formats need the cut on their
       // scale groups.
       const int64_t group = lw.fmt == WeightFormat::FP8Block ? block_ : lw.fmt == WeightFormat::FP4Group32 ? 32 : 1;
-      if (ri.begin % group || ri.count % group)
+      // Whole scale groups, or a slice inside one group (it keeps that group's scale: column j of the slice
+      // still finds its scale at j / group = 0).
+      const bool inside_one = ri.begin / group == (ri.begin + ri.count - 1) / group;
+      if ((ri.begin % group || ri.count % group) && !inside_one)
         fail("{}: column slice [{}, {}) is not on the {}-column scale groups", prefix, ri.begin, ri.begin + ri.count,
              group);
       const int64_t src_row = in * esz / elem_div, dst_row = ri.count * esz / elem_div, off = ri.begin * esz / elem_div;
@@ -234,7 +238,8 @@ class Loader {
         std::memcpy(buf.data() + r * dst_row, w.data + (ro.begin + r) * src_row + off, size_t(dst_row));
       pl_.staged(&lw.data, data_dtype, {ro.count, dst_row / int64_t(dtype_size(data_dtype))}, buf.data(), buf.size());
       if (lw.quantized()) {
-        const int64_t ss = int64_t(dtype_size(s->dtype)), rows = scale_rows, c0 = ri.begin / group, cn = ri.count / group;
+        const int64_t ss = int64_t(dtype_size(s->dtype)), rows = scale_rows, c0 = ri.begin / group,
+                      cn = (ri.count + group - 1) / group;
         std::vector<uint8_t> sb(size_t(rows * cn * ss));
         for (int64_t r = 0; r < rows; ++r)
           std::memcpy(sb.data() + r * cn * ss, s->data + (r * scale_cols + c0) * ss, size_t(cn * ss));
@@ -419,9 +424,9 @@ void place_all(const ModelConfig& c, const TensorSource& src, Backend& be, Model
     L.vec(&lw.attn_sink, a + "attn_sink", {H}, ShardKind::SplitOut);
     if (lw.ratio) L.compressor(&lw.compressor, a + "compressor", lw.ratio, c.head_dim, D);
     if (lw.ratio == 4) {
-      L.linear(&lw.idx_wq_b, a + "indexer.wq_b", int64_t(c.index_n_heads) * c.index_head_dim, c.q_lora_rank,
-                             ShardKind::SplitOut);
-      L.linear(&lw.idx_weights_proj, a + "indexer.weights_proj", c.index_n_heads, D, ShardKind::SplitOut);
+      // Replicated (see Dsv4Model::attention): every rank selects the same entries with no collective.
+      L.linear(&lw.idx_wq_b, a + "indexer.wq_b", int64_t(c.index_n_heads) * c.index_head_dim, c.q_lora_rank);
+      L.linear(&lw.idx_weights_proj, a + "indexer.weights_proj", c.index_n_heads, D);
       L.compressor(&lw.idx_compressor, a + "indexer.compressor", 4, c.index_head_dim, D);
     }
     const std::string f = p + "ffn.";
@@ -429,12 +434,18 @@ void place_all(const ModelConfig& c, const TensorSource& src, Backend& be, Model
     if (lw.hash_routed) L.tid2eid(&lw.tid2eid, f + "gate.tid2eid", V, c.n_experts_per_tok, c.n_routed_experts);
     else L.vec(&lw.gate_bias, f + "gate.bias", {c.n_routed_experts});
     lw.experts.resize(size_t(c.n_routed_experts));
-    for (int e = 0; e < c.n_routed_experts; ++e) {
+    // Expert parallelism: this rank's experts whole (the others stay empty); otherwise each split by width.
+    const ShardRange mine = placement.expert_parallel
+                                ? shard_range(c.n_routed_experts, placement, ShardKind::SplitOut, "routed experts")
+                                : ShardRange{0, c.n_routed_experts};
+    const ShardKind out_cut = placement.expert_parallel ? ShardKind::Replicated : ShardKind::SplitOut;
+    const ShardKind in_cut = placement.expert_parallel ? ShardKind::Replicated : ShardKind::SplitIn;
+    for (int64_t e = mine.begin; e < mine.begin + mine.count; ++e) {
       const std::string ep = fmt::format("{}experts.{}.", f, e);
       ExpertWeights& ew = lw.experts[size_t(e)];
-      L.linear(&ew.w1, ep + "w1", c.moe_inter_dim, D, ShardKind::SplitOut);
-      L.linear(&ew.w2, ep + "w2", D, c.moe_inter_dim, ShardKind::SplitIn);
-      L.linear(&ew.w3, ep + "w3", c.moe_inter_dim, D, ShardKind::SplitOut);
+      L.linear(&ew.w1, ep + "w1", c.moe_inter_dim, D, out_cut);
+      L.linear(&ew.w2, ep + "w2", D, c.moe_inter_dim, in_cut);
+      L.linear(&ew.w3, ep + "w3", c.moe_inter_dim, D, out_cut);
     }
     L.linear(&lw.shared.w1, f + "shared_experts.w1", c.moe_inter_dim, D, ShardKind::SplitOut);
     L.linear(&lw.shared.w2, f + "shared_experts.w2", D, c.moe_inter_dim, ShardKind::SplitIn);

@@ -19,6 +19,7 @@ namespace dsv4 {
 enum class ShardKind : uint8_t { Replicated, SplitOut, SplitIn };
 struct Placement {
   int rank = 0, size = 1;
+  bool expert_parallel = false;  // routed experts whole, split by expert id (else by width like the rest)
 };
 // The slice [begin, begin + count) of `n` that rank r of `size` holds (n must divide evenly).
 struct ShardRange {
@@ -71,6 +72,7 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
   Tensor rope_main, rope_compress;  // f64 per-pair frequencies of the two RoPE regimes
   uint64_t placed_bytes = 0;        // backend memory taken by weights (imported mappings included)
+  uint64_t tensor_bytes = 0;        // bytes of this rank's tensors (its shards: what it reads per token)
 
   // Loads, validates (errors name the file and tensor) and places every tensor the config needs.
   static std::unique_ptr<ModelWeights> load(const ModelConfig& c, const std::string& dir, Backend& be,

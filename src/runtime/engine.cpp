@@ -142,28 +142,35 @@ struct Engine::Impl {
   }
 };
 
+RunnerOptions runner_options(const EngineConfig& c) {
+  RunnerOptions ro;
+  ro.model_dir = c.model_dir;
+  ro.device = c.device;
+  ro.load_format = c.load_format;
+  ro.numerics = c.numerics;
+  ro.kv_dtype = c.kv_cache_dtype == "auto" ? default_kv_dtype(c.numerics) : parse_kv_dtype(c.kv_cache_dtype);
+  ro.block_tokens = c.block_size;
+  ro.prefix_tails = c.enable_prefix_caching;
+  ro.n_slots = c.max_num_seqs;
+  ro.limits.max_rows = c.max_num_batched_tokens;
+  ro.limits.max_items = c.max_num_seqs;
+  ro.limits.max_logit_rows = c.max_num_seqs;
+  ro.kv_cache_memory = c.kv_cache_memory;
+  ro.memory_utilization = c.gpu_memory_utilization;
+  ro.max_model_len = c.max_model_len;
+  ro.dist = c.dist;
+  ro.expert_parallel = c.enable_expert_parallel;
+  ro.local_rank = c.local_rank;
+  return ro;
+}
+
 Engine::Engine(EngineConfig cfg, const Tokenizer* tokenizer) : impl_(std::make_unique<Impl>()) {
   Impl& I = *impl_;
   I.cfg = std::move(cfg);
   I.tok = tokenizer;
   if (I.cfg.max_num_seqs < 1) fail("--max-num-seqs must be >= 1");
   if (I.cfg.max_num_batched_tokens < 1) fail("--max-num-batched-tokens must be >= 1");
-  RunnerOptions ro;
-  ro.model_dir = I.cfg.model_dir;
-  ro.device = I.cfg.device;
-  ro.load_format = I.cfg.load_format;
-  ro.numerics = I.cfg.numerics;
-  ro.kv_dtype = I.cfg.kv_cache_dtype == "auto" ? default_kv_dtype(I.cfg.numerics) : parse_kv_dtype(I.cfg.kv_cache_dtype);
-  ro.block_tokens = I.cfg.block_size;
-  ro.prefix_tails = I.cfg.enable_prefix_caching;
-  ro.n_slots = I.cfg.max_num_seqs;
-  ro.limits.max_rows = I.cfg.max_num_batched_tokens;
-  ro.limits.max_items = I.cfg.max_num_seqs;
-  ro.limits.max_logit_rows = I.cfg.max_num_seqs;
-  ro.kv_cache_memory = I.cfg.kv_cache_memory;
-  ro.memory_utilization = I.cfg.gpu_memory_utilization;
-  ro.max_model_len = I.cfg.max_model_len;
-  I.runner = std::make_unique<ModelRunner>(ro);
+  I.runner = std::make_unique<ModelRunner>(runner_options(I.cfg));
   const ModelConfig& c = I.runner->config();
   const MemoryPlan& mp = I.runner->memory();
   I.block_tokens = I.runner->kv_layout().block_tokens();
@@ -189,6 +196,8 @@ const ModelConfig& Engine::model_config() const { return impl_->runner->config()
 const EngineConfig& Engine::config() const { return impl_->cfg; }
 int64_t Engine::max_model_len() const { return impl_->max_len; }
 ModelRunner& Engine::runner() { return *impl_->runner; }
+void Engine::heartbeat() { impl_->runner->heartbeat(); }
+bool Engine::distributed() const { return impl_->runner->distributed(); }
 
 void Engine::validate(const std::vector<int32_t>& prompt, const SamplingParams& params) const {
   const Impl& I = *impl_;

@@ -32,7 +32,14 @@ struct EngineConfig {
   // (times gpu_memory_utilization), capped at what max_num_seqs full-length sequences can use twice over.
   uint64_t kv_cache_memory = 0;
   double gpu_memory_utilization = 0.9;
+  // Tensor parallelism (this process is rank 0 when dist.world_size > 1; the others run a worker).
+  dist::DistConfig dist;
+  bool enable_expert_parallel = false;
+  int local_rank = 0;
 };
+
+// The model runner's options for an engine configuration (rank 0's engine, and the other ranks' workers).
+RunnerOptions runner_options(const EngineConfig& c);
 
 // Per generated token: its logprob, rank and the top alternatives (the sampler's result).
 using TokenLogprobs = SampleResult;
@@ -92,6 +99,9 @@ class Engine {
   // After execute() failed: forgets the plan in flight (its requests' device state is unknown; abort them).
   void discard_step();
   bool has_work() const;
+  // Multi-rank: proves the other ranks are alive (throws dist::PeerError); the engine loop calls it while idle.
+  void heartbeat();
+  bool distributed() const;
   EngineStats stats() const;
   ModelRunner& runner();
 

@@ -39,6 +39,7 @@ std::shared_ptr<RequestStream> EngineLoop::submit(std::vector<int32_t> prompt, S
   auto s = std::make_shared<RequestStream>();
   {
     auto lk = lock_as_caller();
+    if (fatal_) fail("the engine is down: {}", *fatal_);
     s->id_ = engine_->add_request(std::move(prompt), std::move(params));  // throws on invalid input
     streams_[s->id_] = s;
   }
@@ -54,6 +55,25 @@ void EngineLoop::abort(uint64_t id) {
   cv_.notify_all();
 }
 
+std::optional<std::string> EngineLoop::fatal_error() const {
+  auto lk = lock_as_caller();
+  return fatal_;
+}
+
+void EngineLoop::on_fatal(std::function<void(const std::string&)> fn) {
+  auto lk = lock_as_caller();
+  on_fatal_ = std::move(fn);
+}
+
+void EngineLoop::fail_all(const std::string& error, std::vector<RequestOutput>& outs) {
+  for (auto& [id, w] : streams_) engine_->abort(id);
+  outs = engine_->step();
+  for (auto& o : outs) {
+    o.finish = FinishReason::Error;
+    o.error = error;
+  }
+}
+
 EngineStats EngineLoop::stats() const {
   auto lk = lock_as_caller();
   return engine_->stats();
@@ -61,19 +81,47 @@ EngineStats EngineLoop::stats() const {
 
 void EngineLoop::run() {
   std::unique_lock lk(mu_);
+  // Multi-rank: while idle, prove the other ranks alive at a third of the timeout (they give up on rank 0
+  // after one timeout without a message).
+  const bool dist = engine_->distributed();
+  const auto beat = engine_->runner().options().dist.timeout / 3;
+  auto ready = [&] { return stop_ || (!fatal_ && (engine_->has_work() || !to_abort_.empty())); };
   while (true) {
-    cv_.wait(lk, [&] { return stop_ || engine_->has_work() || !to_abort_.empty(); });
+    if (dist && !fatal_) {
+      if (!cv_.wait_for(lk, beat, ready)) {
+        std::string error;
+        lk.unlock();
+        try {
+          engine_->heartbeat();
+        } catch (const dist::PeerError& e) {
+          error = e.what();
+        }
+        lk.lock();
+        if (!error.empty()) {
+          spdlog::error("{}", error);
+          fatal_ = error;
+          if (on_fatal_) on_fatal_(error);
+        }
+        continue;
+      }
+    } else {
+      cv_.wait(lk, ready);
+    }
     if (stop_) break;
     for (uint64_t id : to_abort_) engine_->abort(id);
     to_abort_.clear();
     std::vector<RequestOutput> outs;
     std::string error;
+    bool peer_failed = false;
     StepPlan plan = engine_->schedule();
     // The model computes without the lock: submits, aborts (queued for the next step) and stats go on.
     lk.unlock();
     StepResult result;
     try {
       result = engine_->execute(plan);
+    } catch (const dist::PeerError& e) {
+      error = e.what();
+      peer_failed = true;
     } catch (const std::exception& e) {
       error = e.what();
     }
@@ -81,15 +129,11 @@ void EngineLoop::run() {
     if (error.empty()) {
       outs = engine_->complete(result);
     } else {
-      // A failed step must not take the server down: fail every request in flight.
+      // A failed step must not take the server down: fail every request in flight. A failed group cannot
+      // compute again: the engine stays down.
       spdlog::error("engine step failed: {}", error);
       engine_->discard_step();
-      for (auto& [id, w] : streams_) engine_->abort(id);
-      outs = engine_->step();
-      for (auto& o : outs) {
-        o.finish = FinishReason::Error;
-        o.error = error;
-      }
+      fail_all(error, outs);
     }
     for (auto& o : outs) {
       auto it = streams_.find(o.id);
@@ -105,6 +149,10 @@ void EngineLoop::run() {
         to_abort_.push_back(o.id);  // nobody listens any more
       }
       if (done) streams_.erase(it);
+    }
+    if (peer_failed) {
+      fatal_ = error;
+      if (on_fatal_) on_fatal_(error);
     }
     if (pending_.load() > 0) {
       lk.unlock();

@@ -9,6 +9,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string>
 #include <thread>
 
 #include "runtime/engine.h"
@@ -40,10 +42,18 @@ class EngineLoop {
   void abort(uint64_t id);  // safe to call for finished ids
   EngineStats stats() const;
   const Engine& engine() const { return *engine_; }
+  // Multi-rank: set once the tensor-parallel group failed (a peer died, hung or was cut off). Every request
+  // in flight was finished with this error; new submits throw it. The process should exit non-zero.
+  std::optional<std::string> fatal_error() const;
+  // Called once, on the loop's thread, when fatal_error() becomes set.
+  void on_fatal(std::function<void(const std::string&)> fn);
 
  private:
   void run();
+  void fail_all(const std::string& error, std::vector<RequestOutput>& outs);
   std::unique_ptr<Engine> engine_;
+  std::optional<std::string> fatal_;
+  std::function<void(const std::string&)> on_fatal_;
   // Guards the engine's scheduling state and the maps. The loop releases it while the model computes
   // (Engine::execute), so submits, aborts (queued for the next step) and stats never wait for a forward pass.
   mutable std::mutex mu_;

@@ -8,19 +8,37 @@
 
 #include "core/error.h"
 #include "kernels/timing_backend.h"
+#include "runtime/rank_identity.h"
 
 namespace dsv4 {
 
+namespace {
+// Messages from rank 0 to the other ranks, one broadcast each: a kind byte, then the body.
+constexpr char kPlan = 'P', kHeartbeat = 'H', kStop = 'Q';
+}  // namespace
+
 ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   cfg_ = ModelConfig::load((std::filesystem::path(opts_.model_dir) / "config.json").string());
+  if (opts_.dist.active()) {
+    // Before anything slow: every rank must agree on dsv4, the model and (from rank 0) the options.
+    std::string payload = opts_.dist.rank == 0 ? options_json(opts_) : std::string();
+    control_ = dist::join(opts_.dist, rank_identity(opts_.model_dir, opts_.load_format), payload);
+    if (opts_.dist.rank != 0) apply_options_json(payload, opts_);
+  }
   if (opts_.n_slots < 1) fail("the runner needs at least one sequence slot");
-  be_ = opts_.backend_factory ? opts_.backend_factory() : make_backend(opts_.device);
+  be_ = opts_.backend_factory ? opts_.backend_factory() : make_backend(opts_.device, opts_.local_rank);
   if (opts_.profile_ops) be_ = std::make_unique<TimingBackend>(std::move(be_));
+  Placement placement;
+  if (control_) {
+    comm_ = dist::make_communicator(*control_, *be_);
+    placement = {control_->rank(), control_->size(), opts_.expert_parallel};
+  }
   const auto t_load = std::chrono::steady_clock::now();
-  if (opts_.load_format == "dummy") weights_ = ModelWeights::load_dummy(cfg_, *be_, 1, {}, opts_.progress);
-  else if (opts_.load_format == "auto") weights_ = ModelWeights::load(cfg_, opts_.model_dir, *be_, {}, opts_.progress);
+  if (opts_.load_format == "dummy") weights_ = ModelWeights::load_dummy(cfg_, *be_, 1, placement, opts_.progress);
+  else if (opts_.load_format == "auto")
+    weights_ = ModelWeights::load(cfg_, opts_.model_dir, *be_, placement, opts_.progress);
   else fail("unknown --load-format '{}' (auto or dummy)", opts_.load_format);
-  model_ = std::make_unique<Dsv4Model>(cfg_, *weights_, *be_, opts_.numerics);
+  model_ = std::make_unique<Dsv4Model>(cfg_, *weights_, *be_, opts_.numerics, comm_.get());
   be_->synchronize();
   load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
   mem_.weights = weights_->placed_bytes;
@@ -62,6 +80,12 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
            opts_.memory_utilization * 100);
     blocks = std::min<int64_t>(cap, int64_t((avail - double(slots)) / double(layout.block_bytes())));
   }
+  if (control_) {
+    // Rank 0 schedules blocks for every rank: the smallest budget holds everywhere. Ranks finish loading at
+    // different times, hence the long wait here.
+    control_->barrier(opts_.dist.load_timeout);
+    blocks = control_->all_reduce_min(blocks);
+  }
   const int64_t cap_tokens = blocks * bt;
   mem_.max_model_len = opts_.max_model_len ? opts_.max_model_len : std::min<int64_t>(ctx, cap_tokens);
   if (mem_.max_model_len > cap_tokens)
@@ -84,9 +108,67 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
                opts_.n_slots, layout.slot_bytes(), mem_.max_model_len);
 }
 
-ModelRunner::~ModelRunner() = default;
+ModelRunner::~ModelRunner() {
+  if (control_ && control_->rank() == 0 && !failed_) {
+    try {
+      send(kStop, {});
+    } catch (const std::exception& e) {
+      spdlog::warn("tensor-parallel group: could not tell the other ranks to stop: {}", e.what());
+    }
+  }
+}
+
+void ModelRunner::send(char kind, const std::string& body) {
+  std::string msg(1, kind);
+  msg += body;
+  guard_group([&] { control_->broadcast(msg, 0, opts_.dist.timeout); });
+}
+
+void ModelRunner::guard_group(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const dist::PeerError&) {
+    failed_ = true;
+    if (comm_) comm_->abort();  // NCCL: unblock kernels waiting on the lost peer
+    throw;
+  }
+}
 
 StepResult ModelRunner::execute(const StepPlan& plan) {
+  if (control_) {
+    DSV4_CHECK(control_->rank() == 0, "execute: only rank 0 schedules; the other ranks run serve_worker()");
+    send(kPlan, plan.serialize());
+    StepResult r;
+    guard_group([&] { r = execute_local(plan); });
+    return r;
+  }
+  return execute_local(plan);
+}
+
+void ModelRunner::heartbeat() {
+  if (!control_) return;
+  send(kHeartbeat, {});
+  guard_group([&] { control_->barrier(opts_.dist.timeout); });
+}
+
+void ModelRunner::serve_worker() {
+  DSV4_CHECK(control_ && control_->rank() != 0, "serve_worker: only for ranks > 0 of a group");
+  // Rank 0 sends a heartbeat at least every timeout / 3 while idle, so a silent timeout means it is gone.
+  while (true) {
+    std::string msg;
+    control_->broadcast(msg, 0, opts_.dist.timeout);
+    DSV4_CHECK(!msg.empty(), "tensor-parallel group: empty message from rank 0");
+    if (msg[0] == kStop) return;
+    if (msg[0] == kHeartbeat) {
+      control_->barrier(opts_.dist.timeout);
+      continue;
+    }
+    DSV4_CHECK(msg[0] == kPlan, "tensor-parallel group: unknown message kind {} from rank 0", int(msg[0]));
+    execute_local(StepPlan::deserialize(msg.substr(1)));
+  }
+}
+
+StepResult ModelRunner::execute_local(const StepPlan& plan) {
   StepResult r;
   r.step = plan.step;
   r.vocab = cfg_.vocab_size;
@@ -108,9 +190,26 @@ StepResult ModelRunner::execute(const StepPlan& plan) {
              plan.batch.rows(), plan.batch.logit_rows(), plan.batch.items.size(), lim.max_rows, lim.max_logit_rows,
              lim.max_items);
   Tensor logits = model_->forward(plan.batch, *kv_, *ws_, &r.stats);
-  r.rows = logits.valid() ? logits.rows() : 0;
-  r.logits.resize(size_t(r.rows * r.vocab));
-  if (r.rows) be_->download(r.logits.data(), logits, r.logits.size() * 4);
+  if (control_ && control_->rank() != 0) {
+    be_->synchronize();  // errors surface in this step, not the next
+    return r;
+  }
+  if (!logits.valid()) return r;
+  if (!comm_) {
+    r.rows = logits.rows();
+    r.logits.resize(size_t(r.rows * r.vocab));
+    be_->download(r.logits.data(), logits, r.logits.size() * 4);
+    return r;
+  }
+  // [ranks, rows, vocab / ranks] -> [rows, vocab]: rank k's columns are the k-th vocabulary slice.
+  const int64_t N = logits.dim(0), R = logits.dim(1), Vl = logits.dim(2);
+  std::vector<float> parts(size_t(N * R * Vl));
+  be_->download(parts.data(), logits, parts.size() * 4);
+  r.rows = R;
+  r.logits.resize(size_t(R * r.vocab));
+  for (int64_t k = 0; k < N; ++k)
+    for (int64_t row = 0; row < R; ++row)
+      std::copy_n(parts.data() + (k * R + row) * Vl, Vl, r.logits.data() + row * r.vocab + k * Vl);
   return r;
 }
 

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "dist/communicator.h"
 #include "kernels/backend.h"
 #include "model/dsv4_model.h"
 #include "runtime/step_plan.h"
@@ -32,7 +33,13 @@ struct RunnerOptions {
   bool profile_ops = false;  // wrap the backend in a TimingBackend (per-op times; slower steps)
   // A backend of the caller's own instead of make_backend(device) (tests: a shadowing or instrumented one).
   std::function<std::unique_ptr<Backend>()> backend_factory;
+  // Tensor parallelism: this process is rank dist.rank of dist.world_size. Rank 0's options (everything above
+  // but model_dir, device and the factory) are sent to every rank at the rendezvous, so ranks cannot disagree.
+  dist::DistConfig dist;
+  bool expert_parallel = false;  // routed experts split by expert id instead of by width
+  int local_rank = 0;            // the GPU this rank uses on its host
 };
+
 
 struct StepResult {
   uint64_t step = 0;
@@ -51,7 +58,14 @@ class ModelRunner {
   explicit ModelRunner(RunnerOptions opts);
   ~ModelRunner();
 
+  // On rank 0 of a group this first sends the plan to every rank; the logits come back whole ([rows, vocab]).
   StepResult execute(const StepPlan& plan);
+  // Ranks > 0: executes what rank 0 sends until it says stop (returns) or the group fails (throws PeerError).
+  void serve_worker();
+  // Rank 0 while idle: proves every rank is alive within the timeout (throws PeerError otherwise).
+  void heartbeat();
+  bool distributed() const { return control_ != nullptr; }
+  const dist::Communicator* communicator() const { return comm_.get(); }
 
   const ModelConfig& config() const { return cfg_; }
   const KvLayout& kv_layout() const { return kv_->layout(); }
@@ -63,9 +77,15 @@ class ModelRunner {
   const RunnerOptions& options() const { return opts_; }
 
  private:
+  StepResult execute_local(const StepPlan& plan);
+  void send(char kind, const std::string& body);
+  void guard_group(const std::function<void()>& fn);  // a PeerError marks the group failed
+  bool failed_ = false;
   RunnerOptions opts_;
   ModelConfig cfg_;
+  std::unique_ptr<dist::ControlGroup> control_;
   std::unique_ptr<Backend> be_;
+  std::unique_ptr<dist::Communicator> comm_;
   std::unique_ptr<ModelWeights> weights_;
   std::unique_ptr<Dsv4Model> model_;
   std::unique_ptr<KvStorage> kv_;

@@ -24,6 +24,8 @@ struct SessionOptions {
   int64_t max_tokens = 4096;     // positions per sequence
   int64_t max_step_tokens = 4096;  // tokens per forward call (all chunks together)
   std::function<std::unique_ptr<Backend>()> backend_factory;  // see RunnerOptions
+  dist::DistConfig dist;          // rank 0 of a tensor-parallel group (see RunnerOptions)
+  bool expert_parallel = false;
 };
 
 class Session {

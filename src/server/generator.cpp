@@ -33,4 +33,8 @@ void EngineGenerator::abort(uint64_t id) { loop_->abort(id); }
 
 EngineStats EngineGenerator::stats() const { return loop_->stats(); }
 
+std::optional<std::string> EngineGenerator::fatal_error() const { return loop_->fatal_error(); }
+
+void EngineGenerator::on_fatal(std::function<void(const std::string&)> fn) { loop_->on_fatal(std::move(fn)); }
+
 }  // namespace dsv4::server

@@ -3,6 +3,9 @@
 // EngineGenerator is the product's (an EngineLoop); tests/server/fake/scripted_generator.h replays fixed
 // texts for tests of output shapes a random demo model never produces (tool calls, reasoning).
 #pragma once
+#include <functional>
+#include <optional>
+#include <string>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -36,6 +39,10 @@ class Generator {
   virtual int64_t max_model_len() const = 0;
   virtual int64_t vocab_size() const = 0;
   virtual int32_t eos_token_id() const = 0;
+  // Set when the generator cannot serve any more (a tensor-parallel peer failed); /health then says so.
+  virtual std::optional<std::string> fatal_error() const { return std::nullopt; }
+  // Called once when fatal_error() becomes set (the server then shuts down and exits non-zero).
+  virtual void on_fatal(std::function<void(const std::string&)> fn) { (void)fn; }
 };
 
 class EngineGenerator final : public Generator {
@@ -48,6 +55,8 @@ class EngineGenerator final : public Generator {
   int64_t max_model_len() const override { return max_len_; }
   int64_t vocab_size() const override { return vocab_; }
   int32_t eos_token_id() const override { return eos_; }
+  std::optional<std::string> fatal_error() const override;
+  void on_fatal(std::function<void(const std::string&)> fn) override;
 
  private:
   std::unique_ptr<EngineLoop> loop_;

@@ -146,6 +146,8 @@ Reply dispatch(ServerContext& ctx, Route route, const HttpRequest& hr) {
       return r;
     }
     case Route::Health:
+      if (auto f = ctx.generator.fatal_error())
+        return Reply{503, "application/json", nlohmann::json{{"status", "unhealthy"}, {"error", *f}}.dump(), {}};
       return Reply{200, "application/json", "", {}};
     case Route::Version:
       return Reply{200, "application/json", R"({"version":"dsv4"})", {}};

@@ -18,6 +18,8 @@ class TrackedGenerator final : public Generator {
   int64_t max_model_len() const override { return inner_.max_model_len(); }
   int64_t vocab_size() const override { return inner_.vocab_size(); }
   int32_t eos_token_id() const override { return inner_.eos_token_id(); }
+  std::optional<std::string> fatal_error() const override { return inner_.fatal_error(); }
+  void on_fatal(std::function<void(const std::string&)> fn) override { inner_.on_fatal(std::move(fn)); }
 
   void abort_all();  // every request submitted and not yet released by its reader
   size_t running() const;

@@ -135,13 +135,17 @@ void CpuBackend::moe(const MoeArgs& a) {
   const float* wts = ptr<float>(a.weights);
   float* out = ptr<float>(a.out);
 
-  auto run_expert = [&](const ExpertWeights& e, const float* xin, int64_t m, const float* w) {
+  auto run_expert = [&](const ExpertWeights& e, const float* xin, int64_t m, const float* w, int64_t I) {
     linear_rows(xin, D, m, e.w1, g1, I, a.lin.act_fp8, a.lin.out_bf16);
     linear_rows(xin, D, m, e.w3, g3, I, a.lin.act_fp8, a.lin.out_bf16);
     swiglu(g1, g3, m, I, a.swiglu_limit, w);
     if (a.round_hidden) dsv4::round_bf16(g1, m * I);
     linear_rows(g1, I, m, e.w2, ye, D, a.lin.act_fp8, a.lin.out_bf16);
   };
+  const int64_t e_begin = a.expert_begin, e_end = a.expert_end < 0 ? E : a.expert_end;
+  const int64_t IS = a.shared_inter ? a.shared_inter : I;
+  DSV4_CHECK(0 <= e_begin && e_begin <= e_end && e_end <= E && IS <= I, "moe: expert range [{}, {}) of {}, widths {}/{}",
+             e_begin, e_end, E, I, IS);
   // Rows of each expert, in row order (the host can read the routing: CPU tensors are host memory).
   std::vector<std::vector<std::pair<int64_t, float>>> by_expert(static_cast<size_t>(E));
   for (int64_t m = 0; m < M; ++m)
@@ -152,7 +156,7 @@ void CpuBackend::moe(const MoeArgs& a) {
     }
   std::fill(out, out + M * D, 0.f);
   std::vector<float> we;
-  for (int64_t e = 0; e < E; ++e) {
+  for (int64_t e = e_begin; e < e_end; ++e) {
     const auto& rows = by_expert[size_t(e)];
     if (rows.empty()) continue;
     const int64_t m = int64_t(rows.size());
@@ -161,14 +165,14 @@ void CpuBackend::moe(const MoeArgs& a) {
       std::memcpy(xe + r * D, x + rows[size_t(r)].first * D, sizeof(float) * size_t(D));
       we[size_t(r)] = rows[size_t(r)].second;
     }
-    run_expert((*a.routed)[size_t(e)], xe, m, we.data());
+    run_expert((*a.routed)[size_t(e)], xe, m, we.data(), I);
     for (int64_t r = 0; r < m; ++r) {
       float* o = out + rows[size_t(r)].first * D;
       const float* y = ye + r * D;
       for (int64_t dd = 0; dd < D; ++dd) o[dd] += y[dd];
     }
   }
-  run_expert(*a.shared, x, M, nullptr);
+  run_expert(*a.shared, x, M, nullptr, IS);
   for (int64_t i = 0; i < M * D; ++i) out[i] += ye[i];
   if (a.round_out) dsv4::round_bf16(out, M * D);
 }

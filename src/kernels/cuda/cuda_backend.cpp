@@ -56,6 +56,7 @@ class CudaBackend final : public Backend {
     L_.stream = stream_;
     L_.err = err_;
     L_.num_sms = prop.multiProcessorCount;
+    L_.device = device;
   }
   ~CudaBackend() override {
     cudaSetDevice(device_);
@@ -405,6 +406,10 @@ class CudaBackend final : public Backend {
   void moe(const MoeArgs& a) override {
     op();
     DSV4_CHECK(a.routed && !a.routed->empty(), "moe: no routed experts");
+    // Expert parallelism needs the expert sort to skip other ranks' experts: not written for CUDA yet.
+    DSV4_CHECK(a.expert_begin == 0 && (a.expert_end < 0 || a.expert_end == int64_t(a.routed->size())) &&
+                   (a.shared_inter == 0 || a.shared_inter == a.inter),
+               "not implemented on CUDA: expert parallelism (--enable-expert-parallel); use tensor parallelism");
     DevMoe d;
     d.M = a.x.rows();
     d.D = a.x.row_elems();

@@ -84,6 +84,7 @@ struct Launch {
   cudaStream_t stream = nullptr;
   int* err = nullptr;  // device error slot (int[4])
   int num_sms = 1;
+  int device = 0;
 };
 
 // ---- elementwise and row ops (cuda_elementwise.cu)
