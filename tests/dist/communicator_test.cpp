@@ -1,0 +1,187 @@
+// The dist layer in one process: ranks are threads joined through the real TCP store and Gloo mesh on
+// loopback. Join checks, collectives on CPU-backend tensors, and failure detection.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+
+#include "dist/communicator.h"
+#include "dist/tcp_store.h"
+
+using namespace dsv4;
+using namespace dsv4::dist;
+using namespace std::chrono_literals;
+
+namespace {
+
+int free_port() {
+  static std::atomic<int> next{31000 + int(::getpid() % 2000) * 8};
+  return next.fetch_add(1);
+}
+
+DistConfig cfg(int rank, int n, int port, std::chrono::milliseconds timeout = 5000ms) {
+  DistConfig c;
+  c.world_size = n;
+  c.rank = rank;
+  c.master_port = port;
+  c.timeout = timeout;
+  c.join_timeout = 10000ms;
+  c.load_timeout = 10000ms;
+  return c;
+}
+
+std::vector<IdentityItem> id(const std::string& ckpt) { return {{"dsv4 version", "v"}, {"checkpoint", ckpt}}; }
+
+// Runs fn(rank) on n threads; returns each rank's error message ("" when none).
+std::vector<std::string> on_ranks(int n, const std::function<void(int)>& fn) {
+  std::vector<std::string> err(static_cast<size_t>(n), std::string());
+  std::vector<std::thread> ts;
+  for (int r = 0; r < n; ++r)
+    ts.emplace_back([&, r] {
+      try {
+        fn(r);
+      } catch (const std::exception& e) {
+        err[size_t(r)] = e.what();
+      }
+    });
+  for (auto& t : ts) t.join();
+  return err;
+}
+
+}  // namespace
+
+TEST(Rendezvous, HeadPayloadReachesEveryRank) {
+  const int port = free_port();
+  std::vector<std::string> got(3);
+  auto err = on_ranks(3, [&](int r) {
+    std::string payload = r == 0 ? "options from rank 0" : "";
+    auto g = join(cfg(r, 3, port), id("same"), payload);
+    got[size_t(r)] = payload;
+    EXPECT_EQ(g->rank(), r);
+    EXPECT_EQ(g->size(), 3);
+  });
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(err[size_t(r)], "") << r;
+    EXPECT_EQ(got[size_t(r)], "options from rank 0") << r;
+  }
+}
+
+TEST(Rendezvous, ADifferentCheckpointIsRefusedOnEveryRankNamingIt) {
+  const int port = free_port();
+  auto err = on_ranks(2, [&](int r) {
+    std::string payload;
+    join(cfg(r, 2, port), id(r == 0 ? "ckpt-A" : "ckpt-B"), payload);
+  });
+  for (auto& e : err) {
+    EXPECT_NE(e.find("rank 1 has a different checkpoint (ckpt-B) than rank 0 (ckpt-A)"), std::string::npos) << e;
+  }
+}
+
+TEST(Rendezvous, AWrongRankCountIsRefused) {
+  const int port = free_port();
+  auto err = on_ranks(2, [&](int r) {
+    std::string payload;
+    DistConfig c = cfg(r, 2, port);
+    if (r == 1) c.world_size = 3;
+    join(c, id("x"), payload);
+  });
+  EXPECT_NE(err[0].find("rank 1 was started for 3 ranks, rank 0 for 2"), std::string::npos) << err[0];
+  EXPECT_NE(err[1].find("rank 1 was started for 3 ranks"), std::string::npos) << err[1];
+}
+
+TEST(Rendezvous, ARankThatNeverArrivesIsNamedAfterTheTimeout) {
+  const int port = free_port();
+  DistConfig c = cfg(0, 3, port);
+  c.join_timeout = 1500ms;
+  auto err = on_ranks(2, [&](int r) {  // rank 2 never starts
+    std::string payload;
+    DistConfig me = c;
+    me.rank = r;
+    join(me, id("x"), payload);
+  });
+  EXPECT_NE(err[0].find("rank(s) 2 did not join within 1 s"), std::string::npos) << err[0];
+}
+
+TEST(Rendezvous, MasterUnreachableAndPortInUseSayWhat) {
+  const int port = free_port();
+  DistConfig c = cfg(1, 2, port);
+  c.join_timeout = 800ms;
+  std::string payload;
+  try {
+    join(c, id("x"), payload);
+    FAIL() << "joined without a master";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot reach the master at 127.0.0.1:" + std::to_string(port)),
+              std::string::npos)
+        << e.what();
+  }
+  TcpStoreServer holder(port);
+  try {
+    TcpStoreServer second(port);
+    FAIL() << "bound a port in use";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--master-port " + std::to_string(port) + " is in use"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(GlooCommunicator, AllReduceAndAllGatherOnCpuTensors) {
+  const int port = free_port();
+  constexpr int N = 3, n = 1000;
+  std::vector<std::vector<float>> reduced(N), gathered(N);
+  auto err = on_ranks(N, [&](int r) {
+    std::string payload;
+    auto g = join(cfg(r, N, port), id("x"), payload);
+    auto be = make_cpu_backend();
+    auto comm = make_communicator(*g, *be);
+    auto buf = be->alloc(size_t(n + N * n) * 4, BufferUsage::Workspace);
+    Tensor x(buf.get(), 0, DType::F32, {n}), all(buf.get(), n * 4, DType::F32, {N * n});
+    std::vector<float> v(n);
+    for (int i = 0; i < n; ++i) v[size_t(i)] = float(r + 1) * float(i);
+    be->upload(x, v.data(), v.size() * 4);
+    comm->all_gather(x, all);
+    comm->all_reduce_sum(x);
+    reduced[size_t(r)].resize(n);
+    gathered[size_t(r)].resize(size_t(N * n));
+    be->download(reduced[size_t(r)].data(), x, size_t(n) * 4);
+    be->download(gathered[size_t(r)].data(), all, size_t(N * n) * 4);
+    EXPECT_EQ(comm->calls(), 2u);
+    g->barrier(5000ms);
+  });
+  for (int r = 0; r < N; ++r) {
+    ASSERT_EQ(err[size_t(r)], "");
+    for (int i = 0; i < n; ++i) {
+      EXPECT_EQ(reduced[size_t(r)][size_t(i)], float(1 + 2 + 3) * float(i));
+      for (int k = 0; k < N; ++k) EXPECT_EQ(gathered[size_t(r)][size_t(k * n + i)], float(k + 1) * float(i));
+    }
+  }
+}
+
+TEST(ControlGroup, BroadcastMinAndAPeerThatLeavesIsAPeerError) {
+  const int port = free_port();
+  std::atomic<bool> rank1_gone{false};
+  auto err = on_ranks(2, [&](int r) {
+    std::string payload;
+    auto g = join(cfg(r, 2, port, 1500ms), id("x"), payload);
+    std::string msg = r == 0 ? std::string(100000, 'p') : "";
+    g->broadcast(msg, 0, 5000ms);
+    EXPECT_EQ(msg, std::string(100000, 'p'));
+    EXPECT_EQ(g->all_reduce_min(r == 0 ? 7 : 3), 3);
+    if (r == 1) {
+      g.reset();  // this rank leaves
+      rank1_gone = true;
+      return;
+    }
+    while (!rank1_gone) std::this_thread::sleep_for(10ms);
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      g->barrier(1500ms);
+      ADD_FAILURE() << "a barrier with a departed peer returned";
+    } catch (const PeerError& e) {
+      EXPECT_NE(std::string(e.what()).find("tensor-parallel group failed in a barrier"), std::string::npos) << e.what();
+    }
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  });
+  EXPECT_EQ(err[0], "");
+  EXPECT_EQ(err[1], "");
+}

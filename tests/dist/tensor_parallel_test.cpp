@@ -1,0 +1,121 @@
+// Tensor and expert parallelism with real processes: `dsv4 score --tensor-parallel-size N` starts N - 1 rank
+// processes that meet over TCP (Gloo); the logits must equal one rank's (exact numerics: fp32 partial sums
+// summed in another order, so to float rounding).
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "model/tiny_checkpoint.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kTiny = std::string(DSV4_SHARED_DIR) + "/fixtures/tiny-a";
+const std::string kBin = std::string(DSV4_BINARY_DIR) + "/dsv4";
+
+fs::path temp_dir() {
+  static const fs::path d = [] {
+    fs::path p = fs::temp_directory_path() / ("dsv4-tp-" + std::to_string(::getpid()));
+    fs::create_directories(p);
+    return p;
+  }();
+  return d;
+}
+
+std::string write_ids(int n, int vocab, unsigned seed) {
+  const fs::path p = temp_dir() / ("ids-" + std::to_string(n) + "-" + std::to_string(seed));
+  std::ofstream f(p);
+  std::mt19937 g(seed);
+  for (int i = 0; i < n; ++i) f << (g() % unsigned(vocab)) << ' ';
+  return p.string();
+}
+
+int port() {
+  static int next = 32000 + int(::getpid() % 1500) * 4;
+  return next++;
+}
+
+std::vector<float> score(const std::string& model, const std::string& ids, const std::string& extra) {
+  static int n = 0;
+  const fs::path out = temp_dir() / ("logits-" + std::to_string(n++));
+  const std::string cmd = kBin + " score --device cpu --numerics exact --model " + model + " --ids " + ids +
+                          " --out " + out.string() + " --master-port " + std::to_string(port()) + " " + extra +
+                          " > " + out.string() + ".log 2>&1";
+  const int rc = std::system(cmd.c_str());
+  if (rc != 0) {
+    std::ifstream log(out.string() + ".log");
+    ADD_FAILURE() << cmd << " exited " << rc << ":\n" << std::string(std::istreambuf_iterator<char>(log), {});
+    return {};
+  }
+  std::ifstream f(out, std::ios::binary);
+  std::vector<float> v(fs::file_size(out) / 4);
+  f.read(reinterpret_cast<char*>(v.data()), std::streamsize(v.size() * 4));
+  return v;
+}
+
+double rel(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  if (a.size() != b.size() || a.empty()) return 1e9;
+  double d = 0, m = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    d = std::max(d, std::fabs(double(a[i]) - double(b[i])));
+    m = std::max(m, std::fabs(double(a[i])));
+  }
+  return d / m;
+}
+
+}  // namespace
+
+TEST(TensorParallel, TinyATp2AndEp2EqualOneRank) {
+  if (!fs::exists(kTiny + "/model.safetensors")) FAIL() << "fixture " << kTiny << " missing";
+  const std::string ids = write_ids(300, 2048, 1);
+  const auto one = score(kTiny, ids, "--chunk 64");
+  ASSERT_FALSE(one.empty());
+  // Measured 7.4e-7 (TP=2) and 6.9e-7 (EP=2): float rounding of the reordered sums.
+  EXPECT_LT(rel(one, score(kTiny, ids, "--chunk 64 --tensor-parallel-size 2")), 1e-5);
+  EXPECT_LT(rel(one, score(kTiny, ids, "--chunk 64 --tensor-parallel-size 2 --enable-expert-parallel")), 1e-5);
+}
+
+TEST(TensorParallel, ModelWithMoreHeadsGroupsAndExpertsAtTp4AndEp4) {
+  // 8 heads in 4 output groups, 16 experts of width 256, index heads 8: TP=4 leaves each rank 2 heads, one
+  // group, 64 columns of every expert (inside one FP8 block) or 4 whole experts under EP.
+  nlohmann::json c = dsv4::tiny_demo_config_json();
+  c["num_hidden_layers"] = 4;
+  c["vocab_size"] = 1024;
+  c["num_attention_heads"] = 8;
+  c["o_groups"] = 4;
+  c["n_routed_experts"] = 16;
+  c["moe_intermediate_size"] = 256;
+  c["index_n_heads"] = 8;
+  c["sliding_window"] = 16;
+  c["index_topk"] = 8;
+  const fs::path dir = temp_dir() / "wide-model";
+  dsv4::make_random_checkpoint(dir.string(), c, 11);
+  const std::string ids = write_ids(160, 1024, 2);
+  const auto one = score(dir.string(), ids, "--chunk 23");
+  ASSERT_FALSE(one.empty());
+  EXPECT_LT(rel(one, score(dir.string(), ids, "--chunk 23 --tensor-parallel-size 2")), 1e-5);
+  EXPECT_LT(rel(one, score(dir.string(), ids, "--chunk 23 --tensor-parallel-size 4")), 1e-5);
+  EXPECT_LT(rel(one, score(dir.string(), ids, "--chunk 23 --tensor-parallel-size 4 --enable-expert-parallel")), 1e-5);
+}
+
+TEST(TensorParallel, ShapesThatDoNotSplitAreRefusedWithTheReason) {
+  if (!fs::exists(kTiny + "/model.safetensors")) FAIL() << "fixture " << kTiny << " missing";
+  const std::string ids = write_ids(10, 2048, 3);
+  const fs::path log = temp_dir() / "tp3.log";
+  // tiny-a has 4 heads: 3 ranks cannot share them.
+  const std::string cmd = kBin + " score --device cpu --model " + kTiny + " --ids " + ids + " --out " +
+                          (temp_dir() / "tp3.bin").string() + " --tensor-parallel-size 3 --master-port " +
+                          std::to_string(port()) + " > " + log.string() + " 2>&1";
+  EXPECT_NE(std::system(cmd.c_str()), 0);
+  std::ifstream f(log);
+  const std::string text(std::istreambuf_iterator<char>(f), {});
+  EXPECT_NE(text.find("does not split evenly across 3 ranks"), std::string::npos) << text;
+}
