@@ -137,6 +137,8 @@ void ModelRunner::guard_group(const std::function<void()>& fn) {
 StepResult ModelRunner::execute(const StepPlan& plan) {
   if (control_) {
     DSV4_CHECK(control_->rank() == 0, "execute: only rank 0 schedules; the other ranks run serve_worker()");
+    if (plan.batch.items.empty() && plan.copies.empty()) return execute_local(plan);  // nothing to send
+    if (failed_) throw dist::PeerError("the tensor-parallel group failed earlier; it cannot compute again");
     send(kPlan, plan.serialize());
     StepResult r;
     guard_group([&] { r = execute_local(plan); });
@@ -147,6 +149,7 @@ StepResult ModelRunner::execute(const StepPlan& plan) {
 
 void ModelRunner::heartbeat() {
   if (!control_) return;
+  if (failed_) throw dist::PeerError("the tensor-parallel group failed earlier");
   send(kHeartbeat, {});
   guard_group([&] { control_->barrier(opts_.dist.timeout); });
 }
