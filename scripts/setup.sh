@@ -7,7 +7,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 
 PKGS=(build-essential cmake ninja-build pkg-config git curl ca-certificates nodejs npm
       nlohmann-json3-dev libfmt-dev libspdlog-dev libcli11-dev libpcre2-dev libxxhash-dev libboost-dev libcpp-httplib-dev
-      libgtest-dev libgmock-dev libbenchmark-dev libgloo-dev prometheus python3-numpy clang libclang-rt-14-dev)
+      libgtest-dev libgmock-dev libbenchmark-dev libgloo-dev iproute2 prometheus python3-numpy clang libclang-rt-14-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
