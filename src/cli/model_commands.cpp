@@ -15,6 +15,7 @@
 #include "runtime/session.h"
 #include "model/kv_cache.h"
 #include "model/weight_schema.h"
+#include "model/weights.h"
 
 namespace dsv4::cli {
 
@@ -148,7 +149,11 @@ void add_model_commands(CLI::App& app) {
   {
     auto* cmd = app.add_subcommand("inspect", "Check a checkpoint against its config (headers only)");
     auto dir = std::make_shared<std::string>();
+    auto tp = std::make_shared<int>(1);
+    auto ep = std::make_shared<bool>(false);
     cmd->add_option("--model", *dir, "checkpoint directory")->required();
+    cmd->add_option("--tensor-parallel-size,--tp", *tp, "also print the weight bytes each of N ranks holds");
+    cmd->add_flag("--enable-expert-parallel", *ep, "with --tensor-parallel-size: experts split by expert id");
     cmd->callback([=] {
       check_model_dir(*dir);
       auto cfg = ModelConfig::load((std::filesystem::path(*dir) / "config.json").string());
@@ -176,6 +181,16 @@ void add_model_commands(CLI::App& app) {
                     "(window rings, compressor state)\n",
                     kv_dtype_name(dt), double(lay.block_bytes()) / 256, (long long)lay.block_bytes(),
                     (long long)lay.slot_bytes());
+      }
+      if (*tp > 1 && r.ok()) {
+        std::printf("tensor parallel %d%s: weight bytes per rank\n", *tp, *ep ? " (expert parallel)" : "");
+        uint64_t sum = 0;
+        for (int rank = 0; rank < *tp; ++rank) {
+          const uint64_t b = ModelWeights::measure(cfg, *dir, Placement{rank, *tp, *ep});
+          sum += b;
+          std::printf("  rank %d: %llu bytes (%.3f GB)\n", rank, (unsigned long long)b, double(b) / 1e9);
+        }
+        std::printf("  all ranks: %.3f GB (replicated tensors counted on every rank)\n", double(sum) / 1e9);
       }
       list("missing tensors", r.missing);
       list("unexpected tensors", r.unexpected);

@@ -27,10 +27,17 @@ namespace {
 // may not touch afterwards; see DSV4_GUARD_BACKEND_MEMORY).
 class Placer {
  public:
-  Placer(Backend& be, ModelWeights& mw) : be_(be), mw_(mw) {}
+  // be == nullptr: measuring only (ModelWeights::measure): tensors are counted, nothing is copied or placed.
+  Placer(Backend* be, ModelWeights& mw) : be_(be), mw_(mw) {}
+  bool measuring() const { return be_ == nullptr; }
 
   // A tensor whose bytes are host-made (converted or gathered): staged, uploaded at finish().
   void staged(Tensor* t, DType dt, std::initializer_list<int64_t> shape, const void* src, size_t bytes) {
+    staged_bytes_ += bytes;
+    if (measuring()) {
+      *t = Tensor(nullptr, 0, dt, shape);
+      return;
+    }
     const size_t off = (staging_.size() + 255) / 256 * 256;
     staging_.resize(off + bytes);
     std::memcpy(staging_.data() + off, src, bytes);
@@ -44,17 +51,21 @@ class Placer {
   }
 
   void finish(const LoadProgress& progress) {
+    uint64_t tensors = staged_bytes_;
+    for (auto& m : mapped_) tensors += uint64_t(m.t->nbytes());
+    mw_.tensor_bytes = tensors;
+    if (measuring()) return;
     uint64_t total = staging_.size();
     for (auto& m : mapped_) total += uint64_t(m.t->nbytes());
-    mw_.tensor_bytes = total;
+    Backend& be = *be_;
     uint64_t done = 0;
     auto report = [&](uint64_t n) {
       done += n;
       if (progress.on_bytes) progress.on_bytes(done, total);
     };
     if (!staging_.empty()) {
-      auto buf = be_.alloc(staging_.size(), BufferUsage::Weights);
-      be_.upload(Tensor(buf.get(), 0, DType::U8, {int64_t(staging_.size())}), staging_.data(), staging_.size());
+      auto buf = be.alloc(staging_.size(), BufferUsage::Weights);
+      be.upload(Tensor(buf.get(), 0, DType::U8, {int64_t(staging_.size())}), staging_.data(), staging_.size());
       for (Tensor* t : staged_) t->buf = buf.get();
       mw_.placed_bytes += staging_.size();
       report(staging_.size());
@@ -65,7 +76,7 @@ class Placer {
     std::map<const std::string*, Buffer*> imported;
     if (mw_.ckpt)
       for (auto& f : mw_.ckpt->files()) {
-        auto buf = be_.import_host(f->mapping(), f->file_size(), BufferUsage::Weights);
+        auto buf = be.import_host(f->mapping(), f->file_size(), BufferUsage::Weights);
         if (!buf) break;
         imported[&f->path()] = buf.get();
         mw_.placed_bytes += f->file_size();
@@ -83,13 +94,13 @@ class Placer {
     // Otherwise one device buffer for every mapped tensor, filled in checkpoint order.
     uint64_t bytes = 0;
     for (auto& m : mapped_) bytes = (bytes + 255) / 256 * 256 + uint64_t(m.t->nbytes());
-    auto buf = be_.alloc(bytes, BufferUsage::Weights);
+    auto buf = be.alloc(bytes, BufferUsage::Weights);
     uint64_t off = 0;
     for (auto& m : mapped_) {
       off = (off + 255) / 256 * 256;
       m.t->buf = buf.get();
       m.t->offset = int64_t(off);
-      be_.upload(*m.t, m.src, size_t(m.t->nbytes()));
+      be.upload(*m.t, m.src, size_t(m.t->nbytes()));
       off += uint64_t(m.t->nbytes());
       report(uint64_t(m.t->nbytes()));
     }
@@ -103,8 +114,9 @@ class Placer {
     const uint8_t* src;
     const std::string* file;
   };
-  Backend& be_;
+  Backend* be_;
   ModelWeights& mw_;
+  uint64_t staged_bytes_ = 0;  // unpadded, as the tensors' own sizes
   std::vector<uint8_t> staging_;
   std::vector<Tensor*> staged_;
   std::vector<Mapped> mapped_;
@@ -233,10 +245,11 @@ class Loader {
         fail("{}: column slice [{}, {}) is not on the {}-column scale groups", prefix, ri.begin, ri.begin + ri.count,
              group);
       const int64_t src_row = in * esz / elem_div, dst_row = ri.count * esz / elem_div, off = ri.begin * esz / elem_div;
-      std::vector<uint8_t> buf(size_t(ro.count * dst_row));
-      for (int64_t r = 0; r < ro.count; ++r)
+      std::vector<uint8_t> buf(pl_.measuring() ? 0 : size_t(ro.count * dst_row));
+      for (int64_t r = 0; r < ro.count && !pl_.measuring(); ++r)
         std::memcpy(buf.data() + r * dst_row, w.data + (ro.begin + r) * src_row + off, size_t(dst_row));
-      pl_.staged(&lw.data, data_dtype, {ro.count, dst_row / int64_t(dtype_size(data_dtype))}, buf.data(), buf.size());
+      pl_.staged(&lw.data, data_dtype, {ro.count, dst_row / int64_t(dtype_size(data_dtype))}, buf.data(),
+                 size_t(ro.count * dst_row));
       if (lw.quantized()) {
         const int64_t ss = int64_t(dtype_size(s->dtype)), rows = scale_rows, c0 = ri.begin / group,
                       cn = (ri.count + group - 1) / group;
@@ -303,7 +316,7 @@ class Loader {
 
 namespace {
 
-void place_all(const ModelConfig& c, const TensorSource& src, Backend& be, ModelWeights* mw, Placement placement,
+void place_all(const ModelConfig& c, const TensorSource& src, Backend* be, ModelWeights* mw, Placement placement,
                const LoadProgress& progress);
 
 }  // namespace
@@ -317,8 +330,20 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const ModelConfig& c, const std
   mw->ckpt = std::make_unique<Checkpoint>(dir);
   const Checkpoint& ck = *mw->ckpt;
   TensorSource src{[&ck](const std::string& n) { return ck.find(n); }};
-  place_all(c, src, be, mw.get(), placement, progress);
+  place_all(c, src, &be, mw.get(), placement, progress);
   return mw;
+}
+
+uint64_t ModelWeights::measure(const ModelConfig& c, const std::string& dir, Placement placement) {
+  if (placement.size < 1 || placement.rank < 0 || placement.rank >= placement.size)
+    fail("invalid placement: rank {} of {}", placement.rank, placement.size);
+  ModelWeights mw;
+  mw.placement = placement;
+  mw.ckpt = std::make_unique<Checkpoint>(dir);
+  const Checkpoint& ck = *mw.ckpt;
+  TensorSource src{[&ck](const std::string& n) { return ck.find(n); }};
+  place_all(c, src, nullptr, &mw, placement, {});
+  return mw.tensor_bytes;
 }
 
 std::unique_ptr<ModelWeights> ModelWeights::load_dummy(const ModelConfig& c, Backend& be, uint64_t seed,
@@ -385,15 +410,15 @@ std::unique_ptr<ModelWeights> ModelWeights::load_dummy(const ModelConfig& c, Bac
     auto it = infos.find(n);
     return it == infos.end() ? nullptr : &it->second;
   }};
-  place_all(c, src, be, mw.get(), placement, progress);
+  place_all(c, src, &be, mw.get(), placement, progress);
   return mw;
 }
 
 namespace {
 
-void place_all(const ModelConfig& c, const TensorSource& src, Backend& be, ModelWeights* mw, Placement placement,
+void place_all(const ModelConfig& c, const TensorSource& src, Backend* be, ModelWeights* mw, Placement placement,
                const LoadProgress& progress) {
-  Placer P(be, *mw);
+  Placer P(be, *mw);  // be: null when measuring
   Loader L(src, P, placement, c.weight_block);
   const int64_t D = c.dim, V = c.vocab_size, H = c.n_heads, hd = c.head_dim;
   // Column-parallel (SplitOut) and row-parallel (SplitIn) cuts of the official convert.py (spec §4.4). The

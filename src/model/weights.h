@@ -77,6 +77,9 @@ struct ModelWeights {
   // Loads, validates (errors name the file and tensor) and places every tensor the config needs.
   static std::unique_ptr<ModelWeights> load(const ModelConfig& c, const std::string& dir, Backend& be,
                                             Placement placement = {}, const LoadProgress& progress = {});
+  // Bytes of the tensors rank placement.rank would hold (its shards), from the checkpoint's headers and the
+  // same cuts as load(); nothing is placed and no weight bytes are read (`dsv4 inspect --tensor-parallel-size`).
+  static uint64_t measure(const ModelConfig& c, const std::string& dir, Placement placement);
   // --load-format dummy: every tensor of the config with valid random values, placed as a checkpoint's would be
   // (no checkpoint on disk; for benchmarks at full size).
   static std::unique_ptr<ModelWeights> load_dummy(const ModelConfig& c, Backend& be, uint64_t seed = 1,

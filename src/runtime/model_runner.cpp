@@ -109,6 +109,9 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
 }
 
 ModelRunner::~ModelRunner() {
+  if (comm_ && steps_)
+    spdlog::info("tensor-parallel rank {}: {} collectives, {} bytes over {} forward passes ({} and {} bytes per pass)",
+                 comm_->rank(), comm_->calls(), comm_->bytes(), steps_, comm_->calls() / steps_, comm_->bytes() / steps_);
   if (control_ && control_->rank() == 0 && !failed_) {
     try {
       send(kStop, {});
@@ -193,6 +196,7 @@ StepResult ModelRunner::execute_local(const StepPlan& plan) {
              plan.batch.rows(), plan.batch.logit_rows(), plan.batch.items.size(), lim.max_rows, lim.max_logit_rows,
              lim.max_items);
   Tensor logits = model_->forward(plan.batch, *kv_, *ws_, &r.stats);
+  ++steps_;
   if (control_ && control_->rank() != 0) {
     be_->synchronize();  // errors surface in this step, not the next
     return r;

@@ -81,6 +81,7 @@ class ModelRunner {
   void send(char kind, const std::string& body);
   void guard_group(const std::function<void()>& fn);  // a PeerError marks the group failed
   bool failed_ = false;
+  uint64_t steps_ = 0;  // forward passes
   RunnerOptions opts_;
   ModelConfig cfg_;
   std::unique_ptr<dist::ControlGroup> control_;

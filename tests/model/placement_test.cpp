@@ -75,15 +75,52 @@ TEST(Placement, EachRankHoldsItsSliceOfEveryShardedWeight) {
   std::filesystem::remove_all(dir);
 }
 
-TEST(Placement, ACutInsideAScaleTileIsAClearError) {
-  // tiny-a's FP8 shared expert is 128 wide: 2 ranks would cut its single 128-column scale tile.
+TEST(Placement, ASliceInsideOneScaleTileKeepsThatTilesScale) {
+  // tiny-a's FP8 shared expert w2 is 128 wide: 2 ranks take 64 columns each of its one 128-column tile.
   ASSERT_TRUE(std::filesystem::exists(kTiny + "/model.safetensors")) << kTiny << " missing";
   const ModelConfig c = ModelConfig::load(kTiny + "/config.json");
   auto be = make_cpu_backend();
+  auto full = ModelWeights::load(c, kTiny, *be);
+  for (int rank = 0; rank < 2; ++rank) {
+    auto part = ModelWeights::load(c, kTiny, *be, {rank, 2});
+    const LinearWeight &F = full->layers[0].shared.w2, &P = part->layers[0].shared.w2;
+    EXPECT_EQ(P.in, F.in / 2);
+    EXPECT_EQ(P.scale_cols, 1);
+    EXPECT_EQ(bytes_of(*be, P.data), cut(bytes_of(*be, F.data), F.in, 0, F.out, rank * F.in / 2, F.in / 2));
+    EXPECT_EQ(bytes_of(*be, P.scale), bytes_of(*be, F.scale));  // one tile column: the same scales
+  }
+}
+
+TEST(Placement, ACutAcrossScaleTilesOffTheirBoundaryIsAClearError) {
+  // Width 192 = tiles [0, 128) and [128, 192): rank 1 of 2 would take [96, 192), across both.
+  const std::string dir = test::temp_dir("placement-cross");
+  nlohmann::json cj = tiny_demo_config_json();
+  cj["vocab_size"] = 4096;
+  cj["moe_intermediate_size"] = 192;
+  make_random_checkpoint(dir, cj, 5);
+  const ModelConfig c = ModelConfig::from_json(cj);
+  auto be = make_cpu_backend();
   try {
-    ModelWeights::load(c, kTiny, *be, {1, 2});
-    FAIL() << "a cut inside an FP8 scale tile was accepted";
+    ModelWeights::load(c, dir, *be, {1, 2});
+    FAIL() << "a cut across FP8 scale tiles was accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("scale groups"), std::string::npos) << e.what();
   }
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Placement, MeasureCountsEachRanksShardsWithoutPlacing) {
+  ASSERT_TRUE(std::filesystem::exists(kTiny + "/model.safetensors")) << kTiny << " missing";
+  const ModelConfig c = ModelConfig::load(kTiny + "/config.json");
+  auto be = make_cpu_backend();
+  for (bool ep : {false, true})
+    for (int rank = 0; rank < 2; ++rank) {
+      const Placement p{rank, 2, ep};
+      EXPECT_EQ(ModelWeights::measure(c, kTiny, p), ModelWeights::load(c, kTiny, *be, p)->tensor_bytes);
+    }
+  const uint64_t one = ModelWeights::measure(c, kTiny, {});
+  EXPECT_EQ(one, ModelWeights::load(c, kTiny, *be)->tensor_bytes);
+  const uint64_t half = ModelWeights::measure(c, kTiny, {0, 2});
+  EXPECT_LT(half, one);        // split tensors halve
+  EXPECT_GT(2 * half, one);    // replicated ones (embedding, indexer, compressors, router) do not
 }
