@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "kernels/timing_backend.h"
+#include "dist/watchdog.h"
 #include "runtime/rank_identity.h"
 
 namespace dsv4 {
@@ -32,6 +33,8 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   if (control_) {
     comm_ = dist::make_communicator(*control_, *be_);
     placement = {control_->rank(), control_->size(), opts_.expert_parallel};
+    // Device collectives have no timeout of their own.
+    if (comm_->name() == "nccl") watchdog_ = std::make_unique<dist::Watchdog>(*comm_, opts_.dist.timeout);
   }
   const auto t_load = std::chrono::steady_clock::now();
   if (opts_.load_format == "dummy") weights_ = ModelWeights::load_dummy(cfg_, *be_, 1, placement, opts_.progress);
@@ -195,12 +198,15 @@ StepResult ModelRunner::execute_local(const StepPlan& plan) {
              "step plan: {} tokens / {} logit rows / {} sequences exceed the step limits ({} / {} / {})",
              plan.batch.rows(), plan.batch.logit_rows(), plan.batch.items.size(), lim.max_rows, lim.max_logit_rows,
              lim.max_items);
-  Tensor logits = model_->forward(plan.batch, *kv_, *ws_, &r.stats);
+  Tensor logits;
+  auto forward = [&] {
+    logits = model_->forward(plan.batch, *kv_, *ws_, &r.stats);
+    if (control_) be_->synchronize();  // errors (and a lost peer) surface in this step, not the next
+  };
+  if (watchdog_) watchdog_->run("a forward pass", forward);
+  else forward();
   ++steps_;
-  if (control_ && control_->rank() != 0) {
-    be_->synchronize();  // errors surface in this step, not the next
-    return r;
-  }
+  if (control_ && control_->rank() != 0) return r;
   if (!logits.valid()) return r;
   if (!comm_) {
     r.rows = logits.rows();

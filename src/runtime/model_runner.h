@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dist/communicator.h"
+#include "dist/watchdog.h"
 #include "kernels/backend.h"
 #include "model/dsv4_model.h"
 #include "runtime/step_plan.h"
@@ -87,6 +88,7 @@ class ModelRunner {
   std::unique_ptr<dist::ControlGroup> control_;
   std::unique_ptr<Backend> be_;
   std::unique_ptr<dist::Communicator> comm_;
+  std::unique_ptr<dist::Watchdog> watchdog_;  // NCCL only
   std::unique_ptr<ModelWeights> weights_;
   std::unique_ptr<Dsv4Model> model_;
   std::unique_ptr<KvStorage> kv_;

@@ -147,10 +147,10 @@ Reply dispatch(ServerContext& ctx, Route route, const HttpRequest& hr) {
     }
     case Route::Health:
       if (auto f = ctx.generator.fatal_error())
-        return Reply{503, "application/json", nlohmann::json{{"status", "unhealthy"}, {"error", *f}}.dump(), {}};
-      return Reply{200, "application/json", "", {}};
+        return Reply{503, "application/json", nlohmann::json{{"status", "unhealthy"}, {"error", *f}}.dump(), {}, {}};
+      return Reply{200, "application/json", "", {}, {}};
     case Route::Version:
-      return Reply{200, "application/json", R"({"version":"dsv4"})", {}};
+      return Reply{200, "application/json", R"({"version":"dsv4"})", {}, {}};
   }
   throw ApiError(404, "not found");
 }

@@ -3,10 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include "dist/communicator.h"
 #include "dist/tcp_store.h"
+#include "dist/watchdog.h"
 
 using namespace dsv4;
 using namespace dsv4::dist;
@@ -184,4 +187,52 @@ TEST(ControlGroup, BroadcastMinAndAPeerThatLeavesIsAPeerError) {
   });
   EXPECT_EQ(err[0], "");
   EXPECT_EQ(err[1], "");
+}
+
+namespace {
+// A communicator whose collective blocks until abort(), as NCCL kernels do when a peer is gone.
+class StuckCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  std::string name() const override { return "stuck"; }
+  void all_reduce_sum(const Tensor&) override {
+    std::unique_lock l(mu_);
+    cv_.wait(l, [&] { return aborted_; });
+    throw Error("collective ended by abort");
+  }
+  void all_gather(const Tensor&, const Tensor&) override {}
+  void abort() override {
+    std::lock_guard l(mu_);
+    aborted_ = true;
+    cv_.notify_all();
+  }
+  bool aborted() {
+    std::lock_guard l(mu_);
+    return aborted_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool aborted_ = false;
+};
+}  // namespace
+
+TEST(Watchdog, AbortsAStuckStepAndReportsAPeerError) {
+  StuckCommunicator comm;
+  Watchdog wd(comm, 300ms);
+  int quick = 0;
+  wd.run("a quick step", [&] { ++quick; });
+  EXPECT_EQ(quick, 1);
+  EXPECT_FALSE(comm.aborted());
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    wd.run("a forward pass", [&] { comm.all_reduce_sum(Tensor()); });
+    FAIL() << "a stuck step returned";
+  } catch (const PeerError& e) {
+    EXPECT_NE(std::string(e.what()).find("a forward pass made no progress for 0 s"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(comm.aborted());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
 }
