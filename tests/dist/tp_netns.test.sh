@@ -64,4 +64,36 @@ PIDS=()
 [ "$hrc" = 0 ] || fail "the head exited $hrc on SIGTERM"
 [ "$wrc" = 0 ] || fail "the worker exited $wrc after the head stopped"
 grep -q "stopped by rank 0" "$T/worker.log" || fail "the worker did not stop on the head's word"
+
+# A partition: the link between the hosts goes down while a stream runs; the head reports it in the stream.
+ip netns exec "$H" "$BIN" serve --device cpu --host "${NET}1" --port 0 --tensor-parallel-size 2 --nnodes 2 \
+  --node-rank 0 --master-addr "${NET}1" --master-port 29601 --distributed-timeout 4 >"$T/head2.log" 2>&1 &
+HEAD=$!
+PIDS+=("$HEAD")
+ip netns exec "$W" "$BIN" serve --device cpu --tensor-parallel-size 2 --nnodes 2 --node-rank 1 --headless \
+  --master-addr "${NET}1" --master-port 29601 --distributed-timeout 4 >"$T/worker2.log" 2>&1 &
+WORKER=$!
+PIDS+=("$WORKER")
+port=""
+for _ in $(seq 1 900); do
+  port=$(grep -o "listening on http://${NET}1:[0-9]*" "$T/head2.log" | grep -o '[0-9]*$' || true)
+  [ -n "$port" ] && break
+  sleep 0.1
+done
+[ -n "$port" ] || fail "the second pair did not start"
+ip netns exec "$H" curl -sN --max-time 60 -H 'Content-Type: application/json' \
+  -d '{"model":"dsv4-tiny","messages":[{"role":"user","content":"go"}],"max_tokens":4000,"ignore_eos":true,"stream":true}' \
+  "http://${NET}1:$port/v1/chat/completions" >"$T/stream.txt" &
+CURL=$!
+for _ in $(seq 1 200); do grep -q '"content"' "$T/stream.txt" 2>/dev/null && break; sleep 0.05; done
+grep -q '"content"' "$T/stream.txt" || fail "the stream produced no tokens"
+t0=$(date +%s)
+ip -n "$W" link set "$VW" down
+wait "$CURL" || true
+t1=$(date +%s)
+grep -q 'tensor-parallel group failed' "$T/stream.txt" || fail "no error event after the partition: $(tail -c 300 "$T/stream.txt")"
+[ $((t1 - t0)) -le 15 ] || fail "the partition took $((t1 - t0)) s to detect (timeout 4 s)"
+set +e; wait "$HEAD"; hrc=$?; wait "$WORKER"; wrc=$?; set -e
+PIDS=()
+[ "$hrc" -ne 0 ] && [ "$wrc" -ne 0 ] || fail "after a partition both must exit non-zero (head $hrc, worker $wrc)"
 echo "PASS tp_netns"

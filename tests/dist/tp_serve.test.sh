@@ -43,6 +43,21 @@ set +e; wait "$HEAD"; rc=$?; set -e
 [ "$rc" -ne 0 ] || fail "the head exited 0 after its worker died"
 grep -q "stopped: tensor-parallel group failed" "$T/tp2.log" || fail "the head's log does not say why it stopped"
 
+# A hung worker (stopped, its sockets open) is detected by the timeout, not only a dead one.
+start_server tp3 --device cpu --tensor-parallel-size 2 --master-port $((PORTBASE + 3)) --distributed-timeout 4
+HEAD=$PID
+WORKER=$(pgrep -P "$HEAD" -f rank-worker) || fail "no rank-worker child"
+kill -STOP "$WORKER"
+t0=$(date +%s)
+code=$(post /v1/chat/completions '{"model":"dsv4-tiny","messages":[{"role":"user","content":"hi"}],"max_tokens":4}')
+t1=$(date +%s)
+kill -CONT "$WORKER" 2>/dev/null || true
+[ "$code" = 500 ] || fail "a request to a pair with a hung worker: HTTP $code"
+grep -q "tensor-parallel group failed" "$T/out.json" || fail "the error does not say why: $(cat "$T/out.json")"
+[ $((t1 - t0)) -le 12 ] || fail "the hung worker took $((t1 - t0)) s to detect (timeout 4 s)"
+for _ in $(seq 1 200); do kill -0 "$HEAD" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$HEAD" 2>/dev/null && fail "the head still runs after its worker hung"
+
 # A worker node serving another checkpoint is refused on both nodes, naming what differs.
 P=$((PORTBASE + 2))
 "$BIN" serve --device cpu --host 127.0.0.1 --port 0 --tensor-parallel-size 2 --nnodes 2 --node-rank 0 \
