@@ -95,5 +95,5 @@ grep -q 'tensor-parallel group failed' "$T/stream.txt" || fail "no error event a
 [ $((t1 - t0)) -le 15 ] || fail "the partition took $((t1 - t0)) s to detect (timeout 4 s)"
 set +e; wait "$HEAD"; hrc=$?; wait "$WORKER"; wrc=$?; set -e
 PIDS=()
-[ "$hrc" -ne 0 ] && [ "$wrc" -ne 0 ] || fail "after a partition both must exit non-zero (head $hrc, worker $wrc)"
+if [ "$hrc" -eq 0 ] || [ "$wrc" -eq 0 ]; then fail "after a partition both must exit non-zero (head $hrc, worker $wrc)"; fi
 echo "PASS tp_netns"

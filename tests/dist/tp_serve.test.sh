@@ -2,6 +2,7 @@
 # A served TP=2 pair (rank 0 serves HTTP, its rank-1 child computes with it) on the demo model: chat works;
 # killing the worker mid-stream gives the client an error event within the bound, /health turns unhealthy
 # and the server exits non-zero; a worker node with another checkpoint is refused, naming the mismatch.
+# shellcheck source=../server/lib.sh
 source "$(dirname "$0")/../server/lib.sh"
 PORTBASE=$((33000 + $$ % 1000 * 4))
 
@@ -69,7 +70,7 @@ SERVER_PIDS+=("$H")
 W=$!
 SERVER_PIDS+=("$W")
 set +e; wait "$W"; wrc=$?; wait "$H"; hrc=$?; set -e
-[ "$wrc" -ne 0 ] && [ "$hrc" -ne 0 ] || fail "mismatched nodes: exit codes head $hrc worker $wrc"
+if [ "$wrc" -eq 0 ] || [ "$hrc" -eq 0 ]; then fail "mismatched nodes: exit codes head $hrc worker $wrc"; fi
 grep -q "rank 1 has a different config.json" "$T/head.log" || fail "head log does not name the mismatch"
 grep -q "rank 1 has a different config.json" "$T/worker.log" || fail "worker log does not name the mismatch"
 # Headless on node 0 is a usage error.
