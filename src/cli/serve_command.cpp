@@ -225,6 +225,7 @@ void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
   ec.numerics = parse_numerics(o.numerics);
   ec.max_num_seqs = o.max_num_seqs;
   ec.max_num_batched_tokens = o.max_num_batched_tokens;
+  ec.max_inter_token_latency_ms = o.max_inter_token_latency_ms;
   ec.max_model_len = max_len;
   ec.block_size = o.block_size;
   ec.kv_cache_dtype = o.kv_cache_dtype;
@@ -326,6 +327,10 @@ void add_serve_options(CLI::App& app, ServeOpts& opts) {
   cmd->add_option("--max-model-len", o->max_model_len,
                   "prompt + output limit in tokens (default: what the model and KV cache allow; 65536 for the demo)");
   cmd->add_option("--max-num-seqs", o->max_num_seqs, "sequences running at once")->capture_default_str();
+  cmd->add_option("--max-inter-token-latency-ms", o->max_inter_token_latency_ms,
+                  "while requests decode, cap a step's prefill tokens so it stays within this (0: off; the "
+                  "bound adapts to measured step times)")
+      ->capture_default_str();
   cmd->add_option("--max-num-batched-tokens", o->max_num_batched_tokens, "tokens per engine step")
       ->capture_default_str();
   cmd->add_option("--block-size", o->block_size, "KV block size in tokens (multiple of 128)")->capture_default_str();

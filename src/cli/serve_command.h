@@ -34,6 +34,7 @@ struct ServeOpts {
   int port = 8000;
   int64_t max_model_len = 0;
   int max_num_seqs, max_num_batched_tokens, block_size;
+  double max_inter_token_latency_ms = 0;
   std::string kv_cache_dtype = "auto", kv_cache_memory = "auto";
   std::string device = "auto", load_format = "auto";
   double gpu_memory_utilization = 0.9;

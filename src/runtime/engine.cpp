@@ -3,11 +3,13 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
 #include <deque>
 #include <map>
 
 #include "core/error.h"
 #include "runtime/kv_block_manager.h"
+#include "runtime/latency_budget.h"
 #include "runtime/prefix_cache.h"
 #include "runtime/request_text.h"
 #include "runtime/stop_matcher.h"
@@ -71,6 +73,9 @@ struct Engine::Impl {
   };
   std::vector<Scheduled> scheduled;  // the plan in flight
   EngineStats st;
+  PrefillLatencyBudget latency{0};
+  int64_t step_prefill = 0;  // prefill tokens of the plan in flight
+  std::chrono::steady_clock::time_point step_start;
 
   uint64_t used_bytes() const {
     return uint64_t(pool->used()) * block_bytes + uint64_t(running.size()) * seq_fixed_bytes;
@@ -171,6 +176,8 @@ Engine::Engine(EngineConfig cfg, const Tokenizer* tokenizer) : impl_(std::make_u
   if (I.cfg.max_num_seqs < 1) fail("--max-num-seqs must be >= 1");
   if (I.cfg.max_num_batched_tokens < 1) fail("--max-num-batched-tokens must be >= 1");
   I.runner = std::make_unique<ModelRunner>(runner_options(I.cfg));
+  if (I.cfg.max_inter_token_latency_ms < 0) fail("--max-inter-token-latency-ms must be >= 0");
+  I.latency = PrefillLatencyBudget(I.cfg.max_inter_token_latency_ms / 1000.0);
   const ModelConfig& c = I.runner->config();
   const MemoryPlan& mp = I.runner->memory();
   I.block_tokens = I.runner->kv_layout().block_tokens();
@@ -280,17 +287,24 @@ StepPlan Engine::schedule() {
   DSV4_CHECK(I.scheduled.empty(), "Engine::schedule: the previous step was not completed");
   int64_t budget = I.cfg.max_num_batched_tokens;
   std::vector<Impl::Scheduled>& sched = I.scheduled;
+  I.step_start = std::chrono::steady_clock::now();
 
   // 1. Running requests: decodes first (a long prefill never starves them), then prefill chunks.
   std::vector<Request*> order;
+  int64_t decodes = 0;
   for (auto& r : I.running)
-    if (int64_t(r->tokens.size()) - r->computed() == 1) order.push_back(r.get());
+    if (int64_t(r->tokens.size()) - r->computed() == 1) order.push_back(r.get()), ++decodes;
   for (auto& r : I.running)
     if (int64_t(r->tokens.size()) - r->computed() > 1) order.push_back(r.get());
+  // With decodes in the step, prefill tokens (running chunks and admissions) are capped by the latency bound.
+  int64_t prefill_room = decodes ? I.latency.prefill_tokens(std::max<int64_t>(budget - decodes, 0)) : budget;
   for (Request* r : order) {
     if (budget <= 0) break;
     if (!r->has_seq()) continue;  // preempted while making room for an earlier one
-    const int64_t n = std::min<int64_t>(int64_t(r->tokens.size()) - r->computed(), budget);
+    const int64_t left = int64_t(r->tokens.size()) - r->computed();
+    if (left > 1 && prefill_room <= 0) continue;
+    const int64_t n = std::min<int64_t>(left, left > 1 ? std::min(budget, prefill_room) : budget);
+    if (left > 1) prefill_room -= n;
     if (!I.reserve(*r, r->computed() + n)) {
       I.preempt(*r);  // nothing else to take memory from: retry it later
       continue;
@@ -304,10 +318,10 @@ StepPlan Engine::schedule() {
   std::erase_if(sched, [](const Impl::Scheduled& s) { return !s.r->has_seq(); });
 
   // 2. Admit waiting requests (FIFO) while there is room.
-  while (budget > 0 && !I.waiting.empty() && int(I.running.size()) < I.cfg.max_num_seqs) {
+  while (budget > 0 && prefill_room > 0 && !I.waiting.empty() && int(I.running.size()) < I.cfg.max_num_seqs) {
     Request& r = *I.waiting.front();
     if (!r.has_seq() && !I.start_seq(r)) break;  // no free slot
-    const int64_t n = std::min<int64_t>(int64_t(r.tokens.size()) - r.computed(), budget);
+    const int64_t n = std::min<int64_t>(int64_t(r.tokens.size()) - r.computed(), std::min(budget, prefill_room));
     if (!r.kv.ensure(*I.pool, r.computed() + n, I.block_tokens)) {
       const int64_t need = SequenceKv::blocks_for(r.computed() + n, I.block_tokens) - int64_t(r.kv.blocks.size());
       if (I.prefix && I.prefix->evict(need) > 0) continue;
@@ -328,13 +342,16 @@ StepPlan Engine::schedule() {
     I.waiting.pop_front();
     sched.push_back({I.running.back().get(), n, false});
     budget -= n;
+    prefill_room -= n;
   }
 
   // 3. The plan: every scheduled chunk, and the copies that resume prefix-cache hits first.
   StepPlan plan;
   plan.step = I.next_step++;
+  I.step_prefill = 0;
   for (auto& s : sched) {
     Request& r = *s.r;
+    if (int64_t(r.tokens.size()) - r.computed() > 1) I.step_prefill += s.n;
     s.sample = r.computed() + s.n == int64_t(r.tokens.size());
     StepItem it;
     it.slot = r.kv.slot;
@@ -356,6 +373,9 @@ std::vector<RequestOutput> Engine::complete(const StepResult& result) {
   I.finished_outside_step.clear();
   std::vector<Impl::Scheduled> sched = std::move(I.scheduled);
   I.scheduled.clear();
+  if (!sched.empty())
+    I.latency.observe(I.step_prefill,
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - I.step_start).count());
 
   // Sample, check stop conditions, collect outputs.
   const int64_t V = I.vocab;

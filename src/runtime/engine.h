@@ -32,6 +32,9 @@ struct EngineConfig {
   // (times gpu_memory_utilization), capped at what max_num_seqs full-length sequences can use twice over.
   uint64_t kv_cache_memory = 0;
   double gpu_memory_utilization = 0.9;
+  // While requests decode, a step's prefill tokens are capped so its predicted time stays within this
+  // (runtime/latency_budget.h); 0 = off (the step token budget alone bounds a step).
+  double max_inter_token_latency_ms = 0;
   // Tensor parallelism (this process is rank 0 when dist.world_size > 1; the others run a worker).
   dist::DistConfig dist;
   bool enable_expert_parallel = false;

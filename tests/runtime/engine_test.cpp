@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "../model/session_util.h"
 #include "runtime/engine.h"
+#include "runtime/latency_budget.h"
 
 using namespace dsv4;
 
@@ -171,6 +172,59 @@ TEST(Engine, DecodeIsNotStarvedByLongPrefill) {
     }
   }
   EXPECT_GE(steps_with_big_prefilling, 15);
+}
+
+TEST(Engine, LatencyBoundCapsPrefillChunksOnlyWhileRequestsDecode) {
+  if (!have_fixture()) FAIL() << "fixture " << kTiny << " missing (../shared must be beside the checkout)";
+  // A bound far below any step's time: with a decode in the step, a prefill advances the minimum chunk per step
+  // (and the decode gets its token every step); alone, the prefill takes the whole token budget.
+  auto c = config();
+  c.max_num_batched_tokens = 256;
+  c.max_inter_token_latency_ms = 1e-6;
+  Engine e(c);
+  const uint64_t dec = e.add_request(prompt_of(10, 1), greedy(80));
+  for (int i = 0; i < 2; ++i) e.step();
+  const uint64_t big = e.add_request(prompt_of(600, 2), greedy(1));
+  int steps_until_big = 0;
+  bool big_done = false;
+  while (!big_done && steps_until_big < 100) {
+    bool dec_tok = false;
+    for (auto& o : e.step()) {
+      dec_tok |= o.id == dec && !o.new_tokens.empty();
+      big_done |= o.id == big && o.finished();
+    }
+    ++steps_until_big;
+    if (!big_done) EXPECT_TRUE(dec_tok) << "step " << steps_until_big;
+  }
+  // 600 prompt tokens at 16 per step (PrefillLatencyBudget::kMinChunk; the first chunk, unmeasured, is 256).
+  EXPECT_GE(steps_until_big, (600 - 256) / int(PrefillLatencyBudget::kMinChunk));
+  EXPECT_LT(steps_until_big, 60);
+  drain(e);
+  // No decode in flight: one long prompt takes full budgets.
+  Engine solo(c);
+  solo.add_request(prompt_of(600, 2), greedy(1));
+  int steps = 0;
+  drain(solo, nullptr, nullptr, &steps);
+  EXPECT_LE(steps, 3);
+}
+
+TEST(PrefillLatencyBudget, FitsBaseAndPerTokenCostAndCapsToTheBound) {
+  PrefillLatencyBudget off(0);
+  EXPECT_EQ(off.prefill_tokens(2048), 2048);
+  PrefillLatencyBudget b(0.050);  // 50 ms
+  EXPECT_EQ(b.prefill_tokens(2048), PrefillLatencyBudget::kFirstChunk);  // nothing measured yet
+  for (int i = 0; i < 20; ++i) b.observe(0, 0.010);                       // decode-only steps: 10 ms
+  for (int i = 0; i < 20; ++i) b.observe(400, 0.010 + 400 * 1e-4);       // 0.1 ms per prefill token
+  EXPECT_NEAR(b.base_seconds(), 0.010, 1e-9);
+  EXPECT_NEAR(b.per_token_seconds(), 1e-4, 1e-9);
+  EXPECT_EQ(b.prefill_tokens(2048), 400);  // (50 - 10) ms / 0.1 ms
+  EXPECT_EQ(b.prefill_tokens(100), 100);   // never above the token budget
+  // The context grows, each token costs more: the cap follows.
+  for (int i = 0; i < 40; ++i) b.observe(200, 0.010 + 200 * 4e-4);
+  EXPECT_NEAR(double(b.prefill_tokens(2048)), 100.0, 1.0);
+  // Decodes alone exceed the bound: the prefill still advances by the minimum chunk.
+  for (int i = 0; i < 40; ++i) b.observe(0, 0.080);
+  EXPECT_EQ(b.prefill_tokens(2048), PrefillLatencyBudget::kMinChunk);
 }
 
 TEST(Engine, AbortFreesBlocksAtOnce) {
