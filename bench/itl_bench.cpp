@@ -30,7 +30,7 @@ void scenario(const std::string& model, int64_t L, double bound_ms) {
   c.kv_cache_dtype = "auto";
   c.max_num_seqs = 4;
   c.max_num_batched_tokens = 2048;
-  c.max_model_len = L + 1024;
+  c.max_model_len = 2 * L + 64;
   c.kv_cache_memory = 0;
   c.enable_prefix_caching = false;
   c.max_inter_token_latency_ms = bound_ms;
@@ -39,7 +39,7 @@ void scenario(const std::string& model, int64_t L, double bound_ms) {
   SamplingParams p;
   p.temperature = 0;
   p.ignore_eos = true;
-  p.max_tokens = 1 << 20;  // decodes until the long prompt's first token
+  p.max_tokens = int(L);  // decodes until the long prompt's first token (one token per step)
   const uint64_t dec = e.add_request(std::vector<int32_t>(16, 7), p);
   while (true) {  // until it decodes
     bool tok = false;

@@ -2,6 +2,10 @@
 // processes that meet over TCP (Gloo); the logits must equal one rank's (exact numerics: fp32 partial sums
 // summed in another order, so to float rounding).
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -37,9 +41,21 @@ std::string write_ids(int n, int vocab, unsigned seed) {
   return p.string();
 }
 
+// A port nobody listens on now (the kernel's pick; the rendezvous store binds it right after).
 int port() {
-  static int next = 32000 + int(::getpid() % 1500) * 4;
-  return next++;
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_ANY);
+  a.sin_port = 0;
+  socklen_t len = sizeof a;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ADD_FAILURE() << "cannot find a free port";
+    return 0;
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
 }
 
 std::vector<float> score(const std::string& model, const std::string& ids, const std::string& extra) {

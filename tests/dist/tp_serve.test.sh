@@ -4,9 +4,10 @@
 # and the server exits non-zero; a worker node with another checkpoint is refused, naming the mismatch.
 # shellcheck source=../server/lib.sh
 source "$(dirname "$0")/../server/lib.sh"
-PORTBASE=$((33000 + $$ % 1000 * 4))
+# A port nobody listens on now (the kernel's pick).
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'; }
 
-start_server tp --device cpu --numerics exact --tensor-parallel-size 2 --master-port $PORTBASE --distributed-timeout 6
+start_server tp --device cpu --numerics exact --tensor-parallel-size 2 --master-port "$(free_port)" --distributed-timeout 6
 grep -q "started rank 1" "$T/tp.log" || fail "rank 1 was not started"
 code=$(post /v1/chat/completions '{"model":"dsv4-tiny","messages":[{"role":"user","content":"hi"}],"max_tokens":8,"temperature":0}')
 [ "$code" = 200 ] || fail "chat through the TP=2 pair: HTTP $code"
@@ -20,7 +21,7 @@ jcheck "$T/out.json" 'j["choices"][0]["message"]["content"] == k["choices"][0]["
 kill "$PID"; wait "$PID" 2>/dev/null || true
 
 # Kill the worker while a stream runs.
-start_server tp2 --device cpu --tensor-parallel-size 2 --master-port $((PORTBASE + 1)) --distributed-timeout 6
+start_server tp2 --device cpu --tensor-parallel-size 2 --master-port "$(free_port)" --distributed-timeout 6
 HEAD=$PID
 WORKER=$(pgrep -P "$HEAD" -f rank-worker) || fail "no rank-worker child"
 curl -sN --max-time 120 -H 'Content-Type: application/json' \
@@ -45,7 +46,7 @@ set +e; wait "$HEAD"; rc=$?; set -e
 grep -q "stopped: tensor-parallel group failed" "$T/tp2.log" || fail "the head's log does not say why it stopped"
 
 # A hung worker (stopped, its sockets open) is detected by the timeout, not only a dead one.
-start_server tp3 --device cpu --tensor-parallel-size 2 --master-port $((PORTBASE + 3)) --distributed-timeout 4
+start_server tp3 --device cpu --tensor-parallel-size 2 --master-port "$(free_port)" --distributed-timeout 4
 HEAD=$PID
 WORKER=$(pgrep -P "$HEAD" -f rank-worker) || fail "no rank-worker child"
 kill -STOP "$WORKER"
@@ -60,7 +61,7 @@ for _ in $(seq 1 200); do kill -0 "$HEAD" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$HEAD" 2>/dev/null && fail "the head still runs after its worker hung"
 
 # A worker node serving another checkpoint is refused on both nodes, naming what differs.
-P=$((PORTBASE + 2))
+P=$(free_port)
 "$BIN" serve --device cpu --host 127.0.0.1 --port 0 --tensor-parallel-size 2 --nnodes 2 --node-rank 0 \
   --master-port $P --rendezvous-timeout 60 >"$T/head.log" 2>&1 &
 H=$!
