@@ -7,10 +7,12 @@
 #include "cli/parallel.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "runtime/rank_identity.h"
 
 int main(int argc, char** argv) {
   dsv4::init_logging();
   CLI::App app{"dsv4 — DeepSeek-V4 inference engine"};
+  app.set_version_flag("--version", std::string("dsv4 ") + dsv4::dsv4_version());
   app.require_subcommand(1);
   dsv4::cli::add_model_commands(app);
   dsv4::cli::add_make_tiny_command(app);

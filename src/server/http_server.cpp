@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "runtime/rank_identity.h"
 #include "server/handlers.h"
 #include "server/http_request.h"
 #include "server/openai_common.h"
@@ -150,7 +151,7 @@ Reply dispatch(ServerContext& ctx, Route route, const HttpRequest& hr) {
         return Reply{503, "application/json", nlohmann::json{{"status", "unhealthy"}, {"error", *f}}.dump(), {}, {}};
       return Reply{200, "application/json", "", {}, {}};
     case Route::Version:
-      return Reply{200, "application/json", R"({"version":"dsv4"})", {}, {}};
+      return Reply{200, "application/json", nlohmann::json{{"version", dsv4_version()}}.dump(), {}, {}};
   }
   throw ApiError(404, "not found");
 }
