@@ -7,7 +7,27 @@ set(_d ${CMAKE_SOURCE_DIR}/tests/deploy)
 
 # aarch64: the cross-compiled (scripts/setup_aarch64.sh) core and kernels suites under qemu-aarch64. The kernels
 # run must report the NEON path.
-add_test(NAME aarch64.test_core COMMAND bash ${_d}/aarch64_run.sh ${CMAKE_BINARY_DIR}/aarch64/test_core)
-add_test(NAME aarch64.test_kernels COMMAND bash ${_d}/aarch64_run.sh ${CMAKE_BINARY_DIR}/aarch64/test_kernels
-  "CPU de-quantization path: neon")
-set_tests_properties(aarch64.test_core aarch64.test_kernels PROPERTIES TIMEOUT 600)
+# Registered on x86-64 hosts only: on an aarch64 host the whole native suite is already the aarch64 run.
+if(CMAKE_HOST_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
+  add_test(NAME aarch64.test_core COMMAND bash ${_d}/aarch64_run.sh ${CMAKE_BINARY_DIR}/aarch64/test_core)
+  add_test(NAME aarch64.test_kernels COMMAND bash ${_d}/aarch64_run.sh ${CMAKE_BINARY_DIR}/aarch64/test_kernels
+    "CPU de-quantization path: neon")
+  set_tests_properties(aarch64.test_core aarch64.test_kernels PROPERTIES TIMEOUT 600)
+endif()
+
+# Static checks: shellcheck on every shell script, `docker-compose config` on the Compose file + example .env.
+add_test(NAME deploy.shellcheck COMMAND bash ${_d}/shellcheck.sh)
+add_test(NAME deploy.compose_config COMMAND bash ${_d}/compose_config.sh)
+set_tests_properties(deploy.shellcheck deploy.compose_config PROPERTIES TIMEOUT 300 ENVIRONMENT "${_dsv4_deploy_env}")
+
+# The CPU image from deploy/Dockerfile on a locally made Debian base (no registry), serving a chat request.
+# RUN_SERIAL: the image build compiles dsv4 on both cores; other tests' liveness bounds should not compete.
+add_test(NAME deploy.image COMMAND bash ${_d}/image.sh)
+set_tests_properties(deploy.image PROPERTIES TIMEOUT 2400 RUN_SERIAL ON ENVIRONMENT "${_dsv4_deploy_env}")
+
+# Native mode of scripts/start-dsv4.sh / stop-dsv4.sh across two network namespaces with a real sshd.
+add_test(NAME deploy.native_single_node COMMAND bash ${_d}/two_host.sh single)
+add_test(NAME deploy.two_host_preflight COMMAND bash ${_d}/two_host.sh preflight)
+add_test(NAME deploy.two_host_tp2 COMMAND bash ${_d}/two_host.sh tp2)
+set_tests_properties(deploy.native_single_node deploy.two_host_preflight deploy.two_host_tp2 PROPERTIES
+  TIMEOUT 900 ENVIRONMENT "${_dsv4_deploy_env}")
