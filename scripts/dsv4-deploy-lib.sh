@@ -29,6 +29,9 @@ load_env() {
     key=${line%%=*}
     [[ "$key" =~ ^[A-Z_][A-Z0-9_]*$ && "$line" == *=* ]] || die "$ENV_FILE: not KEY=value: $line"
     SETTINGS+=("$line")
+    # A node's rank and role are the start script's to decide (0 here, 1 on the worker), whatever the file says;
+    # exported, they would override the per-node values docker-compose reads from its env file.
+    case "$key" in NODE_RANK|HEADLESS) continue ;; esac
     export "$key=${line#*=}"
   done <"$ENV_FILE"
   DSV4_MODE=${DSV4_MODE:-container}
@@ -85,7 +88,7 @@ stage_node() {  # stage_node RANK
     node_settings compose >"$tmp"
     printf 'NODE_RANK=%s\nHEADLESS=%s\n' "$rank" "$([ "$rank" = 0 ] && echo 0 || echo 1)" >>"$tmp"
     on_node "$rank" "mkdir -p $d && umask 077 && cat > $d/dsv4-rank$rank.compose.env" "$tmp"
-    on_node "$rank" "cat > $d/docker-compose.yml" "$ROOT/deploy/docker-compose.yml"
+    on_node "$rank" "cat > $d/docker-compose.yml" "$ROOT/${DSV4_COMPOSE_FILE:-deploy/docker-compose.yml}"
   fi
   rm -f "$tmp"
 }

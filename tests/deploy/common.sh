@@ -6,10 +6,14 @@ SRC=${DSV4_SOURCE_DIR:?DSV4_SOURCE_DIR (the checkout) is set by CTest}
 T=$(mktemp -d)
 CLEANUPS=()
 on_exit() { CLEANUPS+=("$1"); }
-run_cleanups() {
-  local i
-  for ((i = ${#CLEANUPS[@]} - 1; i >= 0; i--)); do eval "${CLEANUPS[$i]}" || true; done
-  rm -rf "$T"
+run_cleanups() {  # keeps the test's exit status: a failing cleanup step is reported, not the verdict
+  local rc=$? i
+  set +e
+  for ((i = ${#CLEANUPS[@]} - 1; i >= 0; i--)); do eval "${CLEANUPS[$i]}"; done
+  # Mounts a daemon may have left under $T (dockerd's exec-root netns), innermost first.
+  awk -v t="$T/" 'index($2, t) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  rm -rf "$T" || echo "warning: could not remove $T"
+  exit "$rc"
 }
 trap run_cleanups EXIT
 fail() {

@@ -20,6 +20,8 @@ for v in $(grep -oE '\$\{[A-Z_0-9]+' "$D/docker-compose.yml" | cut -c3- | sort -
   grep -qE "^$v=" "$D/.env.example" || fail "$v is used by docker-compose.yml but not in .env.example"
   grep -B1 -E "^$v=" "$D/.env.example" | head -1 | grep -q '^#' || fail "$v in .env.example has no comment"
 done
+docker-compose --env-file "$D/.env.example" -f "$D/docker-compose.cpu.yml" config >/dev/null 2>"$T/err" ||
+  { cat "$T/err"; fail "docker-compose config rejected deploy/docker-compose.cpu.yml"; }
 grep -v '^MODEL_DIR=' "$D/.env.example" >"$T/no-model.env"
 if docker-compose --env-file "$T/no-model.env" -f "$D/docker-compose.yml" config >/dev/null 2>"$T/err2"; then
   fail "docker-compose config accepted a deployment without MODEL_DIR"

@@ -19,7 +19,8 @@ t0=$(date +%s)
 base_image "$base"
 t1=$(date +%s)
 echo "image: base ready in $((t1 - t0)) s; building $img (CPU, dsv4 target only)"
-on_exit "docker rmi -f $img >/dev/null"
+# The image, then the build stage's layers it leaves dangling (DSV4_DOCKER_KEEP_CACHE=1 keeps those, for re-runs).
+on_exit "docker rmi -f $img >/dev/null; [ \"\${DSV4_DOCKER_KEEP_CACHE:-0}\" = 1 ] || docker image prune -f >/dev/null"
 # --network host: the build stage installs its compiler from the Debian mirror.
 docker build --network host -f "$SRC/deploy/Dockerfile" -t "$img" --build-arg BUILD_BASE="$base" \
   --build-arg RUNTIME_BASE="$base" --build-arg DSV4_ENABLE_CUDA=OFF "$SRC" >"$T/build.log" 2>&1 ||
@@ -34,7 +35,7 @@ fi
 [ "$(docker run --rm --entrypoint /usr/bin/id "$img" -u)" = 10001 ] || fail "the image does not run as uid 10001"
 
 port=$(free_port)
-on_exit "docker rm -f $ctr >/dev/null"
+on_exit "docker rm -f $ctr >/dev/null 2>&1"
 docker run -d --name "$ctr" --network host --read-only --tmpfs /tmp -e PORT="$port" -e SERVED_MODEL_NAME=dsv4-demo \
   -e API_KEY=test-key "$img" >/dev/null
 ok=0
@@ -67,4 +68,33 @@ for _ in $(seq 1 60); do
   sleep 1
 done
 [ "$health" = healthy ] || fail "HEALTHCHECK status: $health"
-echo "image: chat OK from the container; healthy; total $(($(date +%s) - t0)) s"
+echo "image: chat OK from the container; healthy"
+docker rm -f "$ctr" >/dev/null
+
+# scripts/start-dsv4.sh / stop-dsv4.sh in container mode on this one node (the CPU Compose variant; the GPU file
+# needs an NVIDIA runtime and /dev/infiniband), with the demo model mounted read-only as MODEL_DIR.
+need docker-compose docker-compose
+model=${DSV4_BINARY_DIR:?}/tiny-model
+[ -f "$model/config.json" ] || fail "$model missing: scripts/setup.sh makes it"
+cp "$SRC/deploy/.env.example" "$T/dsv4.env"
+python3 - "$T/dsv4.env" "DSV4_IMAGE=$img" "MODEL_DIR=$model" "PORT=$port" "STATE_DIR=$T/state" <<'PY'
+import re, sys
+path, kvs = sys.argv[1], sys.argv[2:]
+kvs += ["DSV4_MODE=container", "DSV4_COMPOSE_FILE=deploy/docker-compose.cpu.yml", "DEVICE=cpu", "NNODES=1",
+        "TENSOR_PARALLEL_SIZE=1", "WORKER_SSH=", "SERVED_MODEL_NAME=dsv4-demo", "API_KEY=k2", "START_TIMEOUT=120"]
+text = open(path).read()
+for kv in kvs:
+    key = kv.split("=", 1)[0]
+    assert re.search(rf"^{key}=", text, re.M), key
+    text = re.sub(rf"^{key}=.*$", lambda m: kv, text, flags=re.M)
+open(path, "w").write(text)
+PY
+on_exit "bash $SRC/scripts/stop-dsv4.sh --env $T/dsv4.env >/dev/null 2>&1"
+bash "$SRC/scripts/start-dsv4.sh" --env "$T/dsv4.env" || fail "start-dsv4.sh (container mode) failed"
+code=$(curl -s --max-time 120 -o "$T/chat2.json" -w '%{http_code}' -H 'Content-Type: application/json' \
+  -H 'Authorization: Bearer k2' "http://127.0.0.1:$port/v1/chat/completions" \
+  -d '{"model": "dsv4-demo", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}')
+[ "$code" = 200 ] || fail "chat through the Compose-started container: HTTP $code $(head -c 300 "$T/chat2.json")"
+bash "$SRC/scripts/stop-dsv4.sh" --env "$T/dsv4.env" || fail "stop-dsv4.sh (container mode) failed"
+[ -z "$(docker ps -aq --filter name=dsv4-rank0)" ] || fail "the container is still there after stop-dsv4.sh"
+echo "image: start/stop in container mode OK; total $(($(date +%s) - t0)) s"
