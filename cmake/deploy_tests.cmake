@@ -18,7 +18,10 @@ endif()
 # Static checks: shellcheck on every shell script, `docker-compose config` on the Compose file + example .env.
 add_test(NAME deploy.shellcheck COMMAND bash ${_d}/shellcheck.sh)
 add_test(NAME deploy.compose_config COMMAND bash ${_d}/compose_config.sh)
-set_tests_properties(deploy.shellcheck deploy.compose_config PROPERTIES TIMEOUT 300 ENVIRONMENT "${_dsv4_deploy_env}")
+# The settings -> `dsv4 serve` flag mapping of deploy/dsv4-launch.sh (vLLM's multi-rank flags, API key in env).
+add_test(NAME deploy.launch_flags COMMAND bash ${_d}/launch_flags.sh)
+set_tests_properties(deploy.shellcheck deploy.compose_config deploy.launch_flags PROPERTIES TIMEOUT 300
+  ENVIRONMENT "${_dsv4_deploy_env}")
 
 # The CPU image from deploy/Dockerfile on a locally made Debian base (no registry), serving a chat request.
 # RUN_SERIAL: the image build compiles dsv4 on both cores; other tests' liveness bounds should not compete.

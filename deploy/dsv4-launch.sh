@@ -47,6 +47,10 @@ if [ -n "${DSV4_EXTRA_ARGS:-}" ]; then
   read -r -a extra <<<"$DSV4_EXTRA_ARGS"
   args+=("${extra[@]}")
 fi
+# The CPU collectives (gloo) bind the interface NCCL uses, as in the Compose file.
+if [ -n "${NCCL_SOCKET_IFNAME:-}" ] && [ -z "${GLOO_SOCKET_IFNAME:-}" ]; then
+  export GLOO_SOCKET_IFNAME="$NCCL_SOCKET_IFNAME"
+fi
 [ -n "${API_KEY:-}" ] && export DSV4_API_KEY="$API_KEY"
 unset API_KEY
 if ((print)); then printf '%s\n' "$DSV4_BIN" "${args[@]}"; exit 0; fi
