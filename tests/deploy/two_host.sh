@@ -144,6 +144,18 @@ time.sleep(120)' >/dev/null 2>&1 &
     [ ! -e "$T/state" ] || fail "start-dsv4.sh created $T/state: $(ls "$T/state")"
     [ -z "$(ip netns exec "$NH" ss -Hltn)" ] || fail "something listens on the head: $(ip netns exec "$NH" ss -Hltnp)"
     [ -z "$(ip netns exec "$NW" ss -Hltn | grep -v ":22 ")" ] || fail "something listens on the worker"
+    # A different checkpoint on the worker (its own copy, one config value changed) is refused.
+    ip netns exec "$NH" ssh -o BatchMode=yes -i "$T/ssh/id" -o UserKnownHostsFile="$T/ssh/known_hosts" \
+      "root@$WORKER_IP" "mkdir -p $T/head-only/tiny && sed 's/\"rms_norm_eps\": *[^,]*/\"rms_norm_eps\": 0.5/' \
+        $model/config.json > $T/head-only/tiny/config.json && cp $model/model.safetensors $T/head-only/tiny/"
+    if in_head bash "$SRC/scripts/start-dsv4.sh" --env "$T/dsv4.env" >"$T/out" 2>&1; then fail "started with different checkpoints"; fi
+    grep -q "the checkpoints differ between the nodes" "$T/out" || fail "checkpoint comparison: $(cat "$T/out")"
+    # An unreachable worker: the ssh problem and its fix, nothing else tried there.
+    settings "${common[@]}" NNODES=2 TENSOR_PARALLEL_SIZE=2 "WORKER_SSH=root@10.77.0.3" MASTER_ADDR=$HEAD_IP \
+      NCCL_SOCKET_IFNAME=dsv4net0 "MODEL_DIR=$model"
+    if in_head bash "$SRC/scripts/start-dsv4.sh" --env "$T/dsv4.env" >"$T/out" 2>&1; then fail "started without ssh"; fi
+    grep -q "cannot ssh to the worker root@10.77.0.3" "$T/out" && grep -q "fix: ssh-copy-id" "$T/out" ||
+      fail "ssh failure message: $(cat "$T/out")"
     # A wrong NCCL interface is refused on both nodes the same way.
     settings "${common[@]}" NNODES=2 TENSOR_PARALLEL_SIZE=2 "WORKER_SSH=root@$WORKER_IP" MASTER_ADDR=$HEAD_IP \
       NCCL_SOCKET_IFNAME=eth9 "MODEL_DIR=$model"
