@@ -77,6 +77,10 @@ node_settings() {  # node_settings shell|compose
 stage_node() {  # stage_node RANK
   local rank=$1 d tmp
   d=$(q "$STATE_DIR")
+  # Ours alone (it holds the launcher that runs and the settings with the API key): a STATE_DIR in /tmp that
+  # someone else created first is refused, not used.
+  on_node "$rank" "mkdir -p $d && [ -O $d ] && chmod 700 $d" ||
+    die "$(node_name "$rank"): STATE_DIR $STATE_DIR cannot be created or belongs to another user: choose another"
   tmp=$(mktemp)
   if [ "$DSV4_MODE" = native ]; then
     node_settings shell >"$tmp"

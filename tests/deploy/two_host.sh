@@ -127,6 +127,12 @@ time.sleep(120)' >/dev/null 2>&1 &
     sleep 0.5
     if in_head bash "$SRC/scripts/start-dsv4.sh" --env "$T/dsv4.env" >"$T/out" 2>&1; then fail "started on a busy port"; fi
     grep -q "port $PORT is in use" "$T/out" || fail "busy port: $(cat "$T/out")"
+    # A STATE_DIR someone else owns is refused (it would hold the launcher and the API key).
+    kill "$blocker"; wait "$blocker" 2>/dev/null || true
+    mkdir "$T/foreign" && chown nobody "$T/foreign"
+    settings "${common[@]}" NNODES=1 TENSOR_PARALLEL_SIZE=1 WORKER_SSH= "MODEL_DIR=$model" "STATE_DIR=$T/foreign"
+    if in_head bash "$SRC/scripts/start-dsv4.sh" --env "$T/dsv4.env" >"$T/out" 2>&1; then fail "used a foreign STATE_DIR"; fi
+    grep -q "belongs to another user" "$T/out" || fail "foreign STATE_DIR: $(cat "$T/out")"
     ;;
   preflight)
     cp -r "$model" "$T/head-only/tiny"
