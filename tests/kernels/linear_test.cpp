@@ -3,11 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <string>
 #include <vector>
 
 #include "backend_test_util.h"
 #include "core/dtype.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/linear_weight.h"
 
 using namespace dsv4;
@@ -26,6 +29,21 @@ std::vector<float> dequantized_transpose(Backend& be, const LinearWeight& w) {
 }
 
 }  // namespace
+
+// The tests below assert the same bits on every path; this one makes sure the path is the one the target should
+// get (x86-64-v3: AVX2/F16C, aarch64: NEON), so they are not silently testing the scalar loop alone.
+TEST(LinearWeight, SimdPathMatchesTarget) {
+  const std::string path = cpu_dequant_simd_path();
+  RecordProperty("dequant_path", path);
+  std::printf("CPU de-quantization path: %s\n", path.c_str());
+#if defined(__x86_64__) && defined(__AVX2__) && defined(__F16C__)
+  EXPECT_EQ(path, "avx2-f16c");
+#elif defined(__aarch64__)
+  EXPECT_EQ(path, "neon");
+#else
+  EXPECT_EQ(path, "scalar");
+#endif
+}
 
 TEST(LinearWeight, Fp8RowDequantEqualsScalarForEveryCode) {
   auto be = make_cpu_backend();

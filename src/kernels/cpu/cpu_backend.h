@@ -12,5 +12,8 @@ namespace dsv4 {
 void cpu_backend_with_access(Backend& be, const std::function<void()>& fn);
 // Whether `be` is a CPU backend running in guard mode.
 bool cpu_backend_guarded(const Backend& be);
+// Which de-quantization path this build compiled: "avx2-f16c", "neon" or "scalar" (tests check it is the one the
+// target architecture should get, so a lost -march flag cannot silently fall back to scalar code).
+const char* cpu_dequant_simd_path();
 
 }  // namespace dsv4

@@ -1,8 +1,13 @@
 // CPU backend: linear layers in the checkpoint's own weight formats. Each task de-quantizes a few weight rows
-// exactly (AVX2/F16C where available, the old LinearWeight::dequant_row) and reuses them for every input row.
+// exactly (AVX2/F16C on x86-64-v3, NEON on aarch64, else the scalar loop that also finishes every row's tail)
+// and reuses them for every input row. All three paths give the same bits: tests/kernels runs the same
+// assertions on whichever one is compiled (CI runs them natively on x86 and under qemu-aarch64).
 #if defined(__AVX2__) && defined(__F16C__)
 #include <immintrin.h>
 #define DSV4_X86_SIMD 1
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define DSV4_NEON_SIMD 1
 #endif
 
 #include <algorithm>
@@ -11,6 +16,7 @@
 
 #include "core/dtype.h"
 #include "core/parallel.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/quant.h"
 
@@ -64,6 +70,12 @@ void dequant_row(const LinearWeight& w, int64_t r, float* dst) {
         __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + k)));
         _mm256_storeu_ps(dst + k, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
       }
+#elif defined(DSV4_NEON_SIMD)
+      for (; k + 8 <= in; k += 8) {  // the same 16-bit shift: widen u16 -> u32 shifted left by 16
+        const uint16x8_t v = vld1q_u16(s + k);
+        vst1q_f32(dst + k, vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(v), 16)));
+        vst1q_f32(dst + k + 4, vreinterpretq_f32_u32(vshll_high_n_u16(v, 16)));
+      }
 #endif
       for (; k < in; ++k) dst[k] = bf16_to_f32(s[k]);
       break;
@@ -86,6 +98,17 @@ void dequant_row(const LinearWeight& w, int64_t r, float* dst) {
           __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8),
                                    _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7f)), 7));
           _mm256_storeu_ps(dst + k, _mm256_mul_ps(_mm256_cvtph_ps(h), scv));
+        }
+#elif defined(DSV4_NEON_SIMD)
+        // The same bit move into fp16, then NEON's fp16 -> f32 conversion (FCVTL, base ARMv8 ASIMD).
+        const float32x4_t scv = vdupq_n_f32(sc * 256.f);
+        for (; k + 8 <= k1; k += 8) {
+          const uint16x8_t b = vmovl_u8(vld1_u8(s + k));
+          const uint16x8_t h = vorrq_u16(vshlq_n_u16(vandq_u16(b, vdupq_n_u16(0x80)), 8),
+                                         vshlq_n_u16(vandq_u16(b, vdupq_n_u16(0x7f)), 7));
+          const float16x8_t hf = vreinterpretq_f16_u16(h);
+          vst1q_f32(dst + k, vmulq_f32(vcvt_f32_f16(vget_low_f16(hf)), scv));
+          vst1q_f32(dst + k + 4, vmulq_f32(vcvt_high_f32_f16(hf), scv));
         }
 #endif
         for (; k < k1; ++k) dst[k] = e4m3_to_f32(s[k]) * sc;
@@ -158,4 +181,15 @@ void CpuBackend::linear(const Tensor& x, const LinearWeight& w, const Tensor& y,
 }
 
 }  // namespace cpu
+
+const char* cpu_dequant_simd_path() {
+#if defined(DSV4_X86_SIMD)
+  return "avx2-f16c";
+#elif defined(DSV4_NEON_SIMD)
+  return "neon";
+#else
+  return "scalar";
+#endif
+}
+
 }  // namespace dsv4
