@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # aarch64.* tests: runs one cross-compiled test binary (scripts/setup_aarch64.sh builds them) under qemu-aarch64.
-#   aarch64_run.sh BINARY [EXPECTED_OUTPUT_LINE]
+#   aarch64_run.sh BINARY [EXPECTED_OUTPUT_LINE [GTEST_FILTER]]
 # Fails, never skips, when qemu or the binary is missing: CI must cross-compile and run them.
 set -euo pipefail
-bin=$1 expect=${2:-}
+bin=$1 expect=${2:-} filter=${3:-*}
 fail() { echo "FAIL: $*"; exit 1; }
 command -v qemu-aarch64 >/dev/null ||
   fail "qemu-aarch64 not found: install qemu-user (scripts/setup_aarch64.sh does, via scripts/setup.sh)"
@@ -19,7 +19,7 @@ export OMP_NUM_THREADS=1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 rc=0
-qemu-aarch64 -L /usr/aarch64-linux-gnu "$bin" --gtest_brief=1 >"$log" 2>&1 || rc=$?
+qemu-aarch64 -L /usr/aarch64-linux-gnu "$bin" --gtest_brief=1 --gtest_filter="$filter" >"$log" 2>&1 || rc=$?
 cat "$log"
 [ "$rc" = 0 ] || fail "$bin exited $rc under qemu-aarch64"
 grep -q '^\[  PASSED  \] [1-9]' "$log" || fail "$bin ran no passing tests"
