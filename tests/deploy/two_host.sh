@@ -170,7 +170,9 @@ time.sleep(120)' >/dev/null 2>&1 &
     ;;
   tp2)
     # The harness above is up (namespaces, veth, sshd); the bring-up needs vLLM's multi-rank flags in dsv4.
-    "$BIN" serve --help 2>&1 | grep -q -- --nnodes ||
+    # (The help text is read whole first: `grep -q` closing the pipe early would fail it under pipefail.)
+    help=$("$BIN" serve --help 2>&1)
+    grep -q -- --nnodes <<<"$help" ||
       fail "multi-rank serving not in this build: dsv4 serve has no --nnodes / --tensor-parallel-size yet"
     settings "${common[@]}" NNODES=2 TENSOR_PARALLEL_SIZE=2 "WORKER_SSH=root@$WORKER_IP" MASTER_ADDR=$HEAD_IP \
       MASTER_PORT=29511 NCCL_SOCKET_IFNAME=dsv4net0 "MODEL_DIR=$model"
