@@ -4,7 +4,7 @@
 # libraries, the tiny-a fixture) or builds with CMake when none is there.
 #   bench/gpu/run.sh [checks|bench|all]   (default all)
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 WHAT=${1:-all}
 OUT=${OUT:-$PWD/gpu-out}
 PKG=${PKG:-$PWD/gpu-pkg}

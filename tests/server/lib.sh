@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Shared by the server test scripts (sourced): start `dsv4 serve` on a free loopback port, JSON checks.
 set -euo pipefail
 BIN=${DSV4_BIN:?}
