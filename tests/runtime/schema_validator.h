@@ -4,7 +4,7 @@
 //                   semantics: oneOf means exactly one branch, patterns via std::wregex);
 //   viable_prefix() whether text is a prefix of some document the schema accepts, in the output form the
 //                   grammar defines (no whitespace but one optional space after ':' and ','; numbers with up
-//                   to 15 integer/fraction digits and 3 exponent digits; strings with any escape, valid
+//                   to 15 integer/fraction digits and 2 exponent digits; strings with any escape, valid
 //                   UTF-8). A direct backtracking parse over the schema; no pattern/format, no bounds on
 //                   non-integer numbers (throws Skip for those).
 #pragma once
@@ -348,7 +348,7 @@ class PrefixChecker {
       if (t_[r] == '+' || t_[r] == '-') ++r;
       if (end(r)) return true;
       const size_t x = digits(r);
-      if (x == r || x - r > 3) return false;
+      if (x == r || x - r > 2) return false;
       return end(x) || k(x);
     };
     if (end(e)) return true;
@@ -378,7 +378,7 @@ class PrefixChecker {
     const Json* extra = nullptr;
     if (s.contains("additionalProperties")) {
       if (s["additionalProperties"] != false) extra = s["additionalProperties"].is_boolean() ? &kAny : &s["additionalProperties"];
-    } else if (props.empty()) {
+    } else if (!s.contains("properties")) {
       extra = &kAny;
     }
     std::function<bool(size_t, size_t, bool)> members = [&](size_t i, size_t q, bool wrote) -> bool {

@@ -12,7 +12,7 @@ namespace dsv4::grammar {
 namespace {
 
 constexpr int64_t kMaxMagnitude = 999999999999999;  // 15 digits
-constexpr int kIntDigits = 15, kFracDigits = 15, kExpDigits = 3;
+constexpr int kIntDigits = 15, kFracDigits = 15, kExpDigits = 2;  // 15 digits x 10^99 stays finite
 
 [[noreturn]] void unsupported(const std::string& kw, const std::string& path, const std::string& why = {}) {
   fail("unsupported JSON Schema keyword '{}' at {}{}", kw, path, why.empty() ? "" : ": " + why);
@@ -555,7 +555,7 @@ Frag SchemaCompiler::object_frag(const SchemaJson& s, const std::string& path) {
   if (s.contains("additionalProperties")) {
     const SchemaJson& ap = s["additionalProperties"];
     if (!(ap.is_boolean() && !ap.get<bool>())) extra = ap.is_boolean() ? &kAny : &ap;
-  } else if (props.empty()) {
+  } else if (!s.contains("properties")) {
     extra = &kAny;
   }
   const size_t n = props.size();

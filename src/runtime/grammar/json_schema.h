@@ -7,11 +7,11 @@
 // for overlap), allOf (merged into one schema), $ref to "#", "#/$defs/..", "#/definitions/.." or any local
 // JSON pointer (recursion through rule calls, depth kMaxCallDepth); object: properties (emitted in schema
 // order), required, additionalProperties (false, true or a schema; absent = false when properties are
-// given, true otherwise); array: items, prefixItems, minItems, maxItems; string: enum, const, pattern
+// given, true otherwise, as OpenAI's strict mode); array: items, prefixItems, minItems, maxItems; string: enum, const, pattern
 // (regex.h), format (date, time, date-time, uuid, ipv4, email, uri, hostname), minLength, maxLength (up to
 // kMaxStringLength); integer and number: minimum, maximum, exclusiveMinimum, exclusiveMaximum (for numbers
 // integer-valued bounds only). Bounds: integers and integer parts up to 15 digits, fractions up to 15 digits,
-// exponents up to 3 digits; no whitespace except one optional space after ':' and ','.
+// exponents up to 2 digits; no whitespace except one optional space after ':' and ','.
 #pragma once
 #include <map>
 #include <nlohmann/json.hpp>
