@@ -120,9 +120,10 @@ ChatPrompt render(Json messages, Json tools, const Json* response_format, const 
 
 // The tool-call grammar for the kept tools: required / named force a call; auto constrains calls the model
 // opens (when enabled).
-void tool_constraint(ChatPrompt& p, const Json& tools, const std::string& mode) {
+void tool_constraint(ChatPrompt& p, const Json& tools, const std::string& mode, bool parallel) {
   if (tools.empty()) return;
   grammar::ConstraintSpec spec;
+  spec.parallel_calls = parallel;
   spec.kind = grammar::ConstraintSpec::Kind::ToolCalls;
   spec.tool_mode = mode == "required" ? grammar::ConstraintSpec::ToolMode::Required
                    : mode == "function" ? grammar::ConstraintSpec::ToolMode::Named
@@ -225,7 +226,7 @@ ChatPrompt openai_chat_prompt(const Json& body, const ChatEncodeOptions& default
   // A forced tool call wins over response_format; otherwise response_format constrains the answer (and a
   // call cannot be made); otherwise calls the model opens follow the tools' schemas.
   if (mode == "required" || mode == "function" || !rf_spec) {
-    tool_constraint(p, tools, mode);
+    tool_constraint(p, tools, mode, get_bool(body, "parallel_tool_calls").value_or(true));
   } else {
     rf_spec->thinking = p.thinking == ThinkingMode::Thinking;
     p.constraint = std::move(rf_spec);
@@ -395,7 +396,8 @@ ChatPrompt anthropic_chat_prompt(const Json& body, const ChatEncodeOptions& defa
   std::string mode;
   tools = apply_tool_choice(std::move(tools), find_field(body, "tool_choice"), true, &mode);
   ChatPrompt p = render(std::move(conv["messages"]), tools, nullptr, opts);
-  tool_constraint(p, tools, mode);
+  const Json* tc = get_object(body, "tool_choice");
+  tool_constraint(p, tools, mode, !(tc && get_bool(*tc, "disable_parallel_tool_use").value_or(false)));
   return p;
 }
 

@@ -59,7 +59,7 @@ std::string check(const Job& j) {
   if (out.summary.tool_call_malformed || out.summary.tool_call_truncated) return "malformed DSML";
   if (!out.content.empty()) return "content beside the call: " + out.content;
   if (out.tool_calls.empty()) return "no tool call";
-  if (j.mode == ConstraintSpec::ToolMode::Named && out.tool_calls.size() != 1) return "a named choice made several calls";
+  if (out.tool_calls.size() != 1) return "several calls without parallel_tool_calls";
   for (const auto& c : out.tool_calls) {
     const ToolDef* t = nullptr;
     for (const auto& d : j.tools)
@@ -74,14 +74,16 @@ std::string check(const Job& j) {
 
 // A random model never ends free text on its own: inside an unbounded DSML string="true" value only the
 // exact `</｜DSML｜parameter>` closes it. For the demo-model run every free string (no maxLength, pattern,
-// format, enum or const) gets maxLength 24 and "any value" schemas become bounded scalars, so outputs
-// finish within max_tokens; the unbounded forms are covered by the brute-force mask test.
+// format, enum or const) gets maxLength 24, "any value" schemas become bounded scalars, extra keys are
+// dropped, and required calls are single (parallel_tool_calls false), so outputs finish within max_tokens;
+// the unbounded forms are covered by the brute-force mask test and the auto test.
 SchemaJson bound_strings(SchemaJson s) {
   if (s.is_object()) {
     bool constrained = false;
     for (auto it = s.begin(); it != s.end(); ++it)
       constrained = constrained || (it.key() != "description" && it.key() != "title");
     if (!constrained) return SchemaJson{{"type", {"string", "number", "boolean", "null"}}, {"maxLength", 24}};
+    if (s.contains("properties") && s.contains("additionalProperties")) s["additionalProperties"] = false;  // free keys
     const bool str = s.contains("type") && (s["type"] == "string" || (s["type"].is_array() &&
                      std::find(s["type"].begin(), s["type"].end(), "string") != s["type"].end()));
     if (str && !s.contains("maxLength") && !s.contains("pattern") && !s.contains("format") && !s.contains("enum") &&
@@ -150,6 +152,7 @@ TEST(StructuredOutput, DemoModelOutputsValidateForEveryCorpusSchema) {
       spec.kind = ConstraintSpec::Kind::ToolCalls;
       spec.tools = jobs[j].tools;
       spec.tool_mode = jobs[j].mode;
+      spec.parallel_calls = false;
     }
     SamplingParams p;
     p.temperature = 1.0f;

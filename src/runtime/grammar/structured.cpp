@@ -16,7 +16,8 @@ constexpr size_t kCacheSize = 64;
 }  // namespace
 
 std::string ConstraintSpec::key() const {
-  SchemaJson k = {{"kind", int(kind)}, {"mode", int(tool_mode)}, {"thinking", thinking}, {"schema", schema}};
+  SchemaJson k = {{"kind", int(kind)}, {"mode", int(tool_mode)}, {"thinking", thinking}, {"parallel", parallel_calls},
+                  {"schema", schema}};
   SchemaJson t = SchemaJson::array();
   for (const auto& d : tools) t.push_back({d.name, d.parameters});
   k["tools"] = std::move(t);
@@ -63,7 +64,7 @@ Grammar build_grammar(const ConstraintSpec& spec) {
                                  b.literal("</｜DSML｜invoke>\n")}));
       }
       Frag one = b.alt(invokes);
-      Frag calls = spec.tool_mode == ConstraintSpec::ToolMode::Named ? one : b.plus(one);
+      Frag calls = spec.tool_mode == ConstraintSpec::ToolMode::Named || !spec.parallel_calls ? one : b.plus(one);
       Frag block = b.seq({b.literal(std::string(kBlockStart) + ">\n"), calls, b.literal("</｜DSML｜tool_calls>")});
       if (spec.tool_mode == ConstraintSpec::ToolMode::Auto) {
         parts.push_back(text_avoiding(b, kBlockStart));

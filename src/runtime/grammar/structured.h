@@ -3,7 +3,7 @@
 //   JsonSchema   a value of the schema (response_format json_schema, Responses text.format)
 //   ToolCalls    a DSML tool-call block whose calls name the given tools with arguments that match their
 //                parameter schemas (tokenizer/dsml_parser.h reads it back):
-//                  Required  the block only (one or more calls)
+//                  Required  the block only (one or more calls; exactly one without parallel_calls)
 //                  Named     the block with exactly one call of the one tool given
 //                  Auto      free content (never containing the block marker) then optionally the block:
 //                            once the model opens a block, its markup and arguments follow the schemas.
@@ -31,6 +31,7 @@ struct ConstraintSpec {
   SchemaJson schema;           // JsonSchema
   std::vector<ToolDef> tools;  // ToolCalls
   ToolMode tool_mode = ToolMode::Auto;
+  bool parallel_calls = true;  // false (parallel_tool_calls: false): at most one call per block
   bool thinking = false;       // reasoning (up to `</think>`) comes first
   std::string key() const;     // canonical, for the cache
   std::string describe() const;
