@@ -83,7 +83,7 @@ SchemaJson bound_strings(SchemaJson s) {
     for (auto it = s.begin(); it != s.end(); ++it)
       constrained = constrained || (it.key() != "description" && it.key() != "title");
     if (!constrained) return SchemaJson{{"type", {"string", "number", "boolean", "null"}}, {"maxLength", 24}};
-    if (s.contains("properties") && s.contains("additionalProperties")) s["additionalProperties"] = false;  // free keys
+    if (s.contains("additionalProperties")) s["additionalProperties"] = false;  // free keys never end either
     const bool str = s.contains("type") && (s["type"] == "string" || (s["type"].is_array() &&
                      std::find(s["type"].begin(), s["type"].end(), "string") != s["type"].end()));
     if (str && !s.contains("maxLength") && !s.contains("pattern") && !s.contains("format") && !s.contains("enum") &&
