@@ -11,6 +11,7 @@
 #include "runtime/grammar/structured.h"
 #include "runtime/sampler.h"
 #include "schema_validator.h"
+#include "tokenizer/dsml_parser.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace dsv4;
@@ -238,4 +239,30 @@ TEST(GrammarMask, EqualsBruteForceOverTheVocabulary) {
     }
   }
   EXPECT_EQ(checked, schemas.size() * size_t(prefixes));
+}
+
+TEST(Grammar, DsmlCallsFollowTheParserFormatIncludingFreeFormParameters) {
+  ConstraintSpec spec;
+  spec.kind = ConstraintSpec::Kind::ToolCalls;
+  spec.tool_mode = ConstraintSpec::ToolMode::Named;
+  spec.tools = {{"exec", SchemaJson::parse(R"({"type":"object","properties":{"cmd":{"type":"string"},
+    "n":{"type":"integer"}},"required":["cmd"],"additionalProperties":true})")}};
+  auto g = std::make_shared<CompiledGrammar>(build_grammar(spec), byte_vocab());
+  const std::string head = "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"exec\">\n";
+  const std::string tail = "</｜DSML｜invoke>\n</｜DSML｜tool_calls>";
+  auto p = [](const std::string& k, const std::string& t, const std::string& v) {
+    return "<｜DSML｜parameter name=\"" + k + "\" string=\"" + t + "\">" + v + "</｜DSML｜parameter>\n";
+  };
+  const std::string ok = head + p("cmd", "true", "ls -l\n<b>") + p("n", "false", "3") + p("workdir", "true", "/tmp") +
+                         p("env", "false", "{\"A\": [1, null]}") + tail;
+  EXPECT_TRUE(accepts(*g, ok));
+  const ParsedOutput out = parse_output(ok, ThinkingMode::Chat, 1);
+  ASSERT_EQ(out.tool_calls.size(), 1u);
+  EXPECT_EQ(SchemaJson::parse(out.tool_calls[0].arguments),
+            SchemaJson::parse(R"({"cmd": "ls -l\n<b>", "n": 3, "workdir": "/tmp", "env": {"A": [1, null]}})"));
+  EXPECT_FALSE(accepts(*g, head + p("n", "false", "3") + tail));                         // cmd is required
+  EXPECT_FALSE(accepts(*g, head + p("cmd", "false", "\"ls\"") + tail));                 // strings are raw
+  EXPECT_FALSE(accepts(*g, head + p("cmd", "true", "a") + p("cmd", "true", "b") + tail));  // a declared name again
+  EXPECT_FALSE(accepts(*g, head + p("cmd", "true", "a｜b") + tail));                     // the marker's bar
+  EXPECT_FALSE(accepts(*g, head + p("cmd", "true", "a") + tail + "\nmore"));             // nothing after the block
 }

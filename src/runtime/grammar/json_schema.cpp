@@ -548,6 +548,59 @@ std::vector<Prop> object_props(const SchemaJson& s, const std::string& path, con
 }
 }  // namespace
 
+namespace {
+// The characters of a key that is none of `names`: a character trie of the names, left for free text at the
+// first character that leaves it; no escapes, no control characters (the same bytes raw or in JSON).
+Frag key_not_in(GrammarBuilder& b_, const std::vector<std::string>& names, TextOptions opt_) {
+  struct TrieNode {
+    std::map<uint32_t, int> next;
+    bool word = false;
+  };
+  std::vector<TrieNode> trie(1);
+  for (const std::string& nm : names) {
+    int cur = 0;
+    for (size_t i = 0; i < nm.size();) {  // by code point
+      const uint8_t c = uint8_t(nm[i]);
+      const int len = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+      uint32_t cp = len == 1 ? c : c & (0xFF >> (len + 1));
+      for (int k = 1; k < len && i + size_t(k) < nm.size(); ++k) cp = cp << 6 | (uint8_t(nm[i + size_t(k)]) & 0x3F);
+      i += size_t(len);
+      auto it = trie[size_t(cur)].next.find(cp);
+      if (it == trie[size_t(cur)].next.end()) {
+        trie.push_back({});
+        it = trie[size_t(cur)].next.emplace(cp, int(trie.size() - 1)).first;
+      }
+      cur = it->second;
+    }
+    trie[size_t(cur)].word = true;
+  }
+  Ranges plain = subtract({{0x20, 0x10FFFF}}, {{'"', '"'}, {'\\', '\\'}});
+  const uint32_t key_end = b_.node(), free_st = b_.node();
+  std::vector<uint32_t> tn(trie.size());
+  for (auto& x : tn) x = b_.node();
+  Frag fc = char_class(b_, plain, Encoding::Raw, opt_);
+  b_.eps(free_st, fc.in);
+  b_.eps(fc.out, free_st);
+  b_.eps(free_st, key_end);
+  for (size_t t = 0; t < trie.size(); ++t) {
+    if (!trie[t].word) b_.eps(tn[t], key_end);
+    Ranges out = plain;
+    for (const auto& [cp, child] : trie[t].next) {
+      Frag c = char_class(b_, {{cp, cp}}, Encoding::Raw, opt_);
+      b_.eps(tn[t], c.in);
+      b_.eps(c.out, tn[size_t(child)]);
+      out = subtract(out, {{cp, cp}});
+    }
+    if (!out.empty()) {
+      Frag c = char_class(b_, out, Encoding::Raw, opt_);
+      b_.eps(tn[t], c.in);
+      b_.eps(c.out, free_st);
+    }
+  }
+  return {tn[0], key_end};
+}
+}  // namespace
+
 Frag SchemaCompiler::object_frag(const SchemaJson& s, const std::string& path) {
   static const SchemaJson kAny = SchemaJson::object();
   const std::vector<Prop> props = object_props(s, path, kAny);
@@ -574,63 +627,19 @@ Frag SchemaCompiler::object_frag(const SchemaJson& s, const std::string& path) {
     }
   }
   if (extra) {
-    // Additional keys: any string that is not a declared property (a character trie of the names, left at
-    // the first character that leaves it), without escapes; values of the extra schema.
+    // Additional keys: any string that is not a declared property; values of the extra schema.
     const uint32_t rule = b_.declare_rule();
     b_.define_rule(rule, json(*extra, path + "/additionalProperties"));
-    struct TrieNode {
-      std::map<uint32_t, int> next;
-      bool word = false;
-    };
-    std::vector<TrieNode> trie(1);
-    for (const auto& p : props) {
-      int cur = 0;
-      const std::string& nm = p.name;
-      for (size_t i = 0; i < nm.size();) {  // by code point
-        const uint8_t c = uint8_t(nm[i]);
-        const int len = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
-        uint32_t cp = len == 1 ? c : c & (0xFF >> (len + 1));
-        for (int k = 1; k < len && i + size_t(k) < nm.size(); ++k) cp = cp << 6 | (uint8_t(nm[i + size_t(k)]) & 0x3F);
-        i += size_t(len);
-        auto it = trie[size_t(cur)].next.find(cp);
-        if (it == trie[size_t(cur)].next.end()) {
-          trie.push_back({});
-          it = trie[size_t(cur)].next.emplace(cp, int(trie.size() - 1)).first;
-        }
-        cur = it->second;
-      }
-      trie[size_t(cur)].word = true;
-    }
-    Ranges plain = subtract({{0x20, 0x10FFFF}}, {{'"', '"'}, {'\\', '\\'}});
-    const uint32_t key_end = b_.node(), free_st = b_.node();
-    std::vector<uint32_t> tn(trie.size());
-    for (auto& x : tn) x = b_.node();
-    Frag fc = char_class(b_, plain, Encoding::Raw, opt_);
-    b_.eps(free_st, fc.in);
-    b_.eps(fc.out, free_st);
-    b_.eps(free_st, key_end);
-    for (size_t t = 0; t < trie.size(); ++t) {
-      if (!trie[t].word) b_.eps(tn[t], key_end);
-      Ranges out = plain;
-      for (const auto& [cp, child] : trie[t].next) {
-        Frag c = char_class(b_, {{cp, cp}}, Encoding::Raw, opt_);
-        b_.eps(tn[t], c.in);
-        b_.eps(c.out, tn[size_t(child)]);
-        out = subtract(out, {{cp, cp}});
-      }
-      if (!out.empty()) {
-        Frag c = char_class(b_, out, Encoding::Raw, opt_);
-        b_.eps(tn[t], c.in);
-        b_.eps(c.out, free_st);
-      }
-    }
+    std::vector<std::string> names;
+    for (const auto& p : props) names.push_back(p.name);
+    const Frag key = key_not_in(b_, names, opt_);
     for (int e = 0; e < 2; ++e) {
       Frag head = b_.seq({e ? b_.seq({b_.literal(","), ws()}) : b_.empty(), b_.literal("\"")});
       b_.eps(st[n][e], head.in);
-      b_.eps(head.out, tn[0]);
+      b_.eps(head.out, key.in);
     }
     Frag tail = b_.seq({b_.literal("\":"), ws(), b_.call(rule)});
-    b_.eps(key_end, tail.in);
+    b_.eps(key.out, tail.in);
     b_.eps(tail.out, st[n][1]);
   }
   Frag close = b_.literal("}");
@@ -723,6 +732,30 @@ Frag SchemaCompiler::dsml_parameters(const SchemaJson& s0, const std::string& pa
     b_.eps(st[i], line.in);
     b_.eps(line.out, st[i + 1]);
     if (!p.required) b_.eps(st[i], st[i + 1]);
+  }
+  // Additional parameters (free-form tools such as {"type": "object"}): names that are not declared, after
+  // the declared ones. Two extra parameters with the same name are not prevented (the parser would reject
+  // that call); models do not repeat a parameter.
+  const SchemaJson* extra = nullptr;
+  if (s.contains("additionalProperties")) {
+    const SchemaJson& ap = s["additionalProperties"];
+    if (!(ap.is_boolean() && !ap.get<bool>())) extra = ap.is_boolean() ? &kAny : &ap;
+  } else if (!s.contains("properties")) {
+    extra = &kAny;
+  }
+  if (extra) {
+    std::vector<std::string> names;
+    for (const auto& p : props) names.push_back(p.name);
+    const std::string pp = path + "/additionalProperties";
+    std::vector<Frag> forms;
+    if (auto raw = value(*extra, pp, Mode::Raw)) forms.push_back(b_.seq({b_.literal("string=\"true\">"), *raw}));
+    if (auto js = value(*extra, pp, Mode::JsonNoString)) forms.push_back(b_.seq({b_.literal("string=\"false\">"), *js}));
+    if (!forms.empty()) {
+      Frag line = b_.seq({b_.literal("<｜DSML｜parameter name=\""), key_not_in(b_, names, opt_), b_.literal("\" "),
+                          b_.alt(forms), b_.literal("</｜DSML｜parameter>\n")});
+      b_.eps(st[n], line.in);
+      b_.eps(line.out, st[n]);
+    }
   }
   return {st[0], st[n]};
 }
