@@ -398,6 +398,7 @@ Frag digit_range(GrammarBuilder& b, char lo, char hi) {
 Frag same_len(GrammarBuilder& b, const std::string& lo, const std::string& hi) {
   const size_t n = lo.size();
   if (n == 0) return b.empty();
+  if (lo == std::string(n, '0') && hi == std::string(n, '9')) return digit_run(b, int(n), int(n));  // linear size
   if (lo[0] == hi[0]) return b.seq({digit_range(b, lo[0], lo[0]), same_len(b, lo.substr(1), hi.substr(1))});
   const std::string nines(n - 1, '9'), zeros(n - 1, '0');
   std::vector<Frag> alts;
