@@ -111,8 +111,12 @@ class GrammarAutomaton {
   }
   // For use inside with_lock only.
   int32_t trans_locked(int32_t id, uint8_t b) {
-    int32_t& t = rows_[size_t(id) * 256 + b];
-    if (t == kUnknown) t = compute(id, b);
+    const size_t at = size_t(id) * 256 + b;
+    int32_t t = rows_[at];
+    if (t == kUnknown) {
+      t = compute(id, b);  // may intern a state, growing rows_: no reference across it
+      rows_[at] = t;
+    }
     return t;
   }
   bool accepting_locked(int32_t id) const { return info_[size_t(id)].accepting; }
