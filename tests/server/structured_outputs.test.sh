@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Structured outputs over HTTP on the demo model (random weights: only the grammar makes the output valid):
 # response_format json_schema (chat and completions), Responses text.format, a named tool (OpenAI) and a
-# required tool (Anthropic tool_choice any) as DSML calls whose arguments validate, the 400 for an
+# required tool (Anthropic tool_choice any, one call) as DSML calls whose arguments validate, the 400 for an
 # unsupported keyword (response_format and tools), and the mask-time metrics.
 source "$(dirname "$0")/lib.sh"
 start_server demo --block-size 128
@@ -42,10 +42,11 @@ for seed in 7; do
   jcheck "$T/out.json" '(lambda c: c["function"]["name"] == "get_weather" and (lambda a: a["city"] in ("Paris", "Oslo") and set(a) <= {"city", "days"} and (1 <= a.get("days", 1) <= 7))(json.loads(c["function"]["arguments"])))(j["choices"][0]["message"]["tool_calls"][0])' "named tool arguments validate (seed $seed)"
 done
 
-# Anthropic tool_choice any (= required): tool_use blocks only.
+# Anthropic tool_choice any (= required) without parallel calls: exactly one tool_use block. (With parallel
+# calls a random model keeps adding calls until max_tokens cuts the block: that is stop_reason max_tokens.)
 ATOOLS='[{"name":"get_weather","input_schema":{"type":"object","properties":{"city":{"type":"string","enum":["Paris","Oslo"]}},"required":["city"]}}]'
-expect_status 200 "$(post /v1/messages '{"model":"dsv4-tiny","max_tokens":200,"temperature":1.0,"tools":'"$ATOOLS"',"tool_choice":{"type":"any"},"messages":[{"role":"user","content":"Weather?"}]}')" "anthropic any"
-jcheck "$T/out.json" 'j["stop_reason"] == "tool_use" and all(b["type"] == "tool_use" and b["name"] == "get_weather" and b["input"]["city"] in ("Paris", "Oslo") for b in j["content"]) and len(j["content"]) >= 1' "anthropic required call validates"
+expect_status 200 "$(post /v1/messages '{"model":"dsv4-tiny","max_tokens":200,"temperature":1.0,"tools":'"$ATOOLS"',"tool_choice":{"type":"any","disable_parallel_tool_use":true},"messages":[{"role":"user","content":"Weather?"}]}')" "anthropic any"
+jcheck "$T/out.json" 'j["stop_reason"] == "tool_use" and all(b["type"] == "tool_use" and b["name"] == "get_weather" and b["input"]["city"] in ("Paris", "Oslo") for b in j["content"]) and len(j["content"]) == 1' "anthropic required call validates"
 
 # Metrics: mask time per step is exported.
 curl -sf "$URL/metrics" >"$T/metrics.txt" || fail "GET /metrics"
