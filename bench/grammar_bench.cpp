@@ -6,7 +6,8 @@
 //            mask computed or taken from the per-state cache, applied, then sampling); time per step is
 //            the sum over the batch of the mask time alone (grammar_metrics), first pass (cold caches)
 //            and second pass (warm);
-//   decode:  the demo model's Engine step time in steady decode at batch B (no grammar).
+//   decode:  the demo model's Engine step time in steady decode at batch B (no grammar; the fastest of 24
+//            steps, so the mask/decode ratios are conservative on a shared machine).
 // usage: grammar_bench [MODEL_DIR] [--tokenizer PATH] [--steps N]
 #include <fmt/format.h>
 
@@ -97,12 +98,20 @@ int main(int argc, char** argv) {
     }
     engine.step();  // prefill
     engine.step();
-    t0 = clk::now();
+    // The machine may be shared: the fastest step is the estimate of an unloaded one (and the ratios below,
+    // against it, are the conservative ones).
+    double best = 1e30, total = 0;
     int n = 0;
-    for (; n < 24 && engine.has_work(); ++n) engine.step();
-    decode_ms[B] = 1e3 * secs(t0) / n;
+    for (; n < 24 && engine.has_work(); ++n) {
+      t0 = clk::now();
+      engine.step();
+      const double ms = 1e3 * secs(t0);
+      best = std::min(best, ms);
+      total += ms;
+    }
+    decode_ms[B] = best;
     while (engine.has_work()) engine.step();
-    fmt::print("decode step (demo model, CPU, batch {}): {:.2f} ms\n", B, decode_ms[B]);
+    fmt::print("decode step (demo model, CPU, batch {}): fastest {:.2f} ms, mean {:.2f} ms\n", B, best, total / n);
   }
 
   // ---- masks: B requests over corpus grammars (JSON form and required DSML form alternately)
