@@ -190,6 +190,7 @@ int32_t GrammarAutomaton::intern(std::vector<uint32_t> key) {
 }
 
 void GrammarAutomaton::reset() {
+  memo_.clear();
   index_.clear();
   keys_.clear();
   info_.clear();
@@ -213,18 +214,41 @@ GrammarAutomaton::State GrammarAutomaton::make_state_locked(int32_t id) const {
   return s;
 }
 
+const GrammarAutomaton::ClosureResult& GrammarAutomaton::closure_of(const std::vector<uint32_t>& config) {
+  std::string k(reinterpret_cast<const char*>(config.data()), config.size() * sizeof(uint32_t));
+  auto it = memo_.find(k);
+  if (it != memo_.end()) return it->second;
+  if (memo_.size() >= (1u << 16)) memo_.clear();
+  Closure cl{*g_, {}, {}, false};
+  cl.visit(config);
+  ClosureResult r;
+  r.accepting = cl.accepting;
+  for (const Config& c : cl.kept) {
+    r.configs.push_back(uint32_t(c.size()));
+    r.configs.insert(r.configs.end(), c.begin(), c.end());
+  }
+  return memo_.emplace(std::move(k), std::move(r)).first->second;
+}
+
 int32_t GrammarAutomaton::compute(int32_t id, uint8_t b) {
   ++stats_.transitions;
   const std::vector<uint32_t>& k = *keys_[size_t(id)];
-  Closure cl{*g_, {}, {}, false};
+  Closure cl{*g_, {}, {}, false};  // used for its kept set and key(); filled from memoized closures
+  Config d;
   for (size_t i = 1; i < k.size();) {
     const uint32_t len = k[i];
     const uint32_t* c = &k[i + 1];
     for (const ByteEdge& e : g_->nodes[c[len - 1]].bytes)
       if (e.lo <= b && b <= e.hi) {
-        Config d(c, c + len);
+        d.assign(c, c + len);
         d.back() = e.to;
-        cl.visit(std::move(d));
+        const ClosureResult& r = closure_of(d);
+        cl.accepting = cl.accepting || r.accepting;
+        for (size_t j = 0; j < r.configs.size();) {
+          const uint32_t n = r.configs[j];
+          cl.kept.emplace(r.configs.begin() + long(j) + 1, r.configs.begin() + long(j) + 1 + n);
+          j += 1 + n;
+        }
       }
     i += 1 + len;
   }

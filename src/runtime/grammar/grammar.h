@@ -137,6 +137,14 @@ class GrammarAutomaton {
   int32_t intern(std::vector<uint32_t> key);
   int32_t compute(int32_t id, uint8_t b);
   void reset();
+  // The closure of one configuration (flattened as in a key, without the accepting word), memoized: a byte
+  // range edge leads every byte of the range to the same configuration.
+  struct ClosureResult {
+    std::vector<uint32_t> configs;
+    bool accepting = false;
+  };
+  const ClosureResult& closure_of(const std::vector<uint32_t>& config);
+  std::unordered_map<std::string, ClosureResult> memo_;
 
   std::shared_ptr<const Grammar> g_;
   size_t max_states_;
