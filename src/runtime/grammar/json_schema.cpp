@@ -81,6 +81,10 @@ std::string json_type_of(const SchemaJson& v) {
 
 }  // namespace
 
+namespace {
+Frag key_not_in(GrammarBuilder& b_, const std::vector<std::string>& names, TextOptions opt_);
+}  // namespace
+
 SchemaCompiler::SchemaCompiler(GrammarBuilder& b, const SchemaJson& root, TextOptions opt)
     : b_(b), root_(root), opt_(opt) {}
 
@@ -163,10 +167,10 @@ Frag SchemaCompiler::any_value() {
     any_rule_ = int(b_.declare_rule());
     const uint32_t r = uint32_t(any_rule_);
     Frag str = b_.seq({b_.literal("\""), b_.star(json_string_char(b_, opt_)), b_.literal("\"")});
-    Frag member = b_.seq({b_.seq({b_.literal("\""), b_.star(json_string_char(b_, opt_)), b_.literal("\"")}),
-                          b_.literal(":"), ws(), b_.call(r)});
-    Frag more_members = b_.star(b_.seq({b_.literal(","), ws(), b_.seq({b_.literal("\""), b_.star(json_string_char(b_, opt_)),
-                                                                        b_.literal("\""), b_.literal(":"), ws(), b_.call(r)})}));
+    // Keys as for additional properties everywhere: no escapes.
+    Frag member = b_.seq({b_.literal("\""), key_not_in(b_, {}, opt_), b_.literal("\":"), ws(), b_.call(r)});
+    Frag more_members = b_.star(b_.seq({b_.literal(","), ws(), b_.literal("\""), key_not_in(b_, {}, opt_),
+                                        b_.literal("\":"), ws(), b_.call(r)}));
     Frag obj = b_.seq({b_.literal("{"), b_.opt(b_.seq({member, more_members})), b_.literal("}")});
     Frag arr = b_.seq({b_.literal("["), b_.opt(b_.seq({b_.call(r), b_.star(b_.seq({b_.literal(","), ws(), b_.call(r)}))})),
                        b_.literal("]")});
