@@ -267,3 +267,63 @@ TEST(StructuredOutput, AutoToolChoiceNeverLeavesMalformedDsml) {
   std::printf("auto: %d runs, %d ended by EOS, %d opened a block, %d complete calls\n", runs, ended, blocks, calls);
   EXPECT_GT(blocks, 0);
 }
+
+// Preemption by recompute keeps the request's SamplerState, so its grammar position survives: under a KV
+// budget that forces preemption, greedy constrained requests produce exactly what they produce alone.
+TEST(StructuredOutput, PreemptedRequestsKeepTheirGrammarState) {
+  if (!std::filesystem::exists(kTok)) GTEST_SKIP() << "tokenizer missing (scripts/fetch_tokenizer.sh)";
+  const Tokenizer tok = Tokenizer::from_file(kTok);
+  auto vocab = Vocabulary::from_tokenizer(tok);
+  ConstraintSpec spec;
+  spec.kind = ConstraintSpec::Kind::JsonSchema;
+  spec.schema = SchemaJson::parse(R"({"type":"object","properties":{"city":{"type":"string","maxLength":12},
+    "days":{"type":"array","items":{"type":"integer","minimum":0,"maximum":99},"maxItems":6}},"required":["city","days"],
+    "additionalProperties":false})");
+  auto g = compile_constraint(spec, vocab);
+  EngineConfig c;
+  c.model_dir = demo_model();
+  c.numerics = Numerics::Exact;
+  c.max_num_seqs = 4;
+  c.max_model_len = 1024;
+  c.kv_cache_memory = 64ull << 20;
+  EngineStats ps;
+  {
+    Engine probe(c, &tok);
+    ps = probe.stats();
+  }
+  auto prompt = [&](int i) {
+    std::vector<int32_t> p = tok.encode("<｜begin▁of▁sentence｜><｜User｜>");
+    while (p.size() < size_t(244 + 2 * i)) p.push_back(int32_t(1000 + (p.size() * 7 + size_t(i)) % 5000));
+    return p;
+  };
+  auto params = [&] {
+    SamplingParams p;
+    p.temperature = 0;
+    p.max_tokens = 120;
+    p.grammar = g;
+    return p;
+  };
+  auto run = [&](Engine& e, std::vector<int> which) {
+    std::map<uint64_t, int> id;
+    for (int i : which) id[e.add_request(prompt(i), params())] = i;
+    std::map<int, std::string> text;
+    while (e.has_work())
+      for (auto& o : e.step()) text[id.at(o.id)] += o.text;
+    return text;
+  };
+  std::map<int, std::string> alone;
+  {
+    Engine e(c, &tok);
+    for (int i = 0; i < 6; ++i) alone[i] = run(e, {i})[i];
+  }
+  c.kv_cache_memory = 4 * ps.bytes_per_sequence + 6 * ps.bytes_per_block;
+  Engine e(c, &tok);
+  auto together = run(e, {0, 1, 2, 3, 4, 5});
+  EXPECT_GT(e.stats().preemptions, 0u);
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(together[i], alone[i]) << "request " << i;
+    const auto v = SchemaJson::parse(together[i], nullptr, false);
+    EXPECT_FALSE(v.is_discarded()) << together[i];
+    if (!v.is_discarded()) EXPECT_EQ(schema_test::validate(v, spec.schema, spec.schema), "") << together[i];
+  }
+}
