@@ -175,6 +175,7 @@ void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
   so.max_body_bytes = parse_size(o.max_request_body_bytes, "--max-request-body-bytes");
   so.max_choices = std::max(1, o.max_num_seqs);
   so.max_stored_responses = std::max<size_t>(1, o.max_stored_responses);
+  so.auto_tool_grammar = o.auto_tool_grammar == "on";
 
   // Sampling defaults: generation_config.json (auto) or a given directory's, then the overrides.
   if (o.generation_config != "vllm") {
@@ -387,6 +388,12 @@ void add_serve_options(CLI::App& app, ServeOpts& opts) {
   cmd->add_option("--max-stored-responses", o->max_stored_responses,
                   "Responses API: `store: true` responses kept in memory for previous_response_id and GET (oldest "
                   "evicted first)")
+      ->capture_default_str();
+  cmd->add_option("--auto-tool-grammar", o->auto_tool_grammar,
+                  "tool_choice auto: once the model opens a DSML tool call, its markup and arguments follow the tools' "
+                  "schemas (docs/structured-outputs.md); response_format, tool_choice required and named tools are "
+                  "always enforced")
+      ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   auto* lim = "HTTP limits (docs/security.md)";
   auto& h = o->http;

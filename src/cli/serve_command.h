@@ -45,6 +45,7 @@ struct ServeOpts {
   std::string max_request_body_bytes = "32MiB";
   int http_threads = 0;
   size_t max_stored_responses = 1024;
+  std::string auto_tool_grammar = "on";  // on | off: tool_choice auto constrains the calls the model opens
   server::HttpLimits http;
   server::JsonLimits json;
   ParallelOpts parallel;

@@ -388,7 +388,14 @@ std::vector<RequestOutput> Engine::complete(const StepResult& result) {
     DSV4_CHECK(int64_t(row) < result.rows, "step result has {} logit rows, the plan asked for more", result.rows);
     const float* lg = result.logits.data() + row * size_t(V);
     ++row;
-    SampleResult sr = r.sampler->sample(std::span<const float>(lg, size_t(V)));
+    SampleResult sr;
+    try {
+      sr = r.sampler->sample(std::span<const float>(lg, size_t(V)));
+    } catch (const Error& e) {  // e.g. a grammar with no way on: this request fails, the batch goes on
+      r.pending.error = e.what();
+      I.finish(r, FinishReason::Error);
+      continue;
+    }
     const int32_t tok = sr.token;
     r.tokens.push_back(tok);
     ++I.st.generation_tokens;

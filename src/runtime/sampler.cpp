@@ -222,6 +222,7 @@ uint64_t SamplerRng::random_seed() {
 
 SamplerState::SamplerState(SamplingParams params, std::span<const int32_t> prompt)
     : params_(std::move(params)), rng_(params_.seed ? *params_.seed : SamplerRng::random_seed()) {
+  if (params_.grammar) matcher_.emplace(params_.grammar);
   track_seen_ = params_.repetition_penalty != 1.0f;
   track_counts_ = params_.frequency_penalty != 0.0f || params_.presence_penalty != 0.0f;
   if (track_seen_) {
@@ -239,6 +240,9 @@ SamplerState::SamplerState(SamplingParams params, std::span<const int32_t> promp
 }
 
 void SamplerState::record_output(int32_t token) {
+  if (matcher_ && !matcher_->accept_token(token))
+    fail("structured output: token {} is not allowed by the request's {} grammar here", token,
+         matcher_->compiled().description());
   ++num_generated_;
   if (token < 0) return;
   if (track_seen_) {
@@ -288,6 +292,8 @@ SamplerState::Prepared SamplerState::prepare(std::span<const float> logits) cons
   S.v.resize(V);
   float* v = S.v.data();
   clean_copy(logits.data(), v, V);
+  if (matcher_ && matcher_->apply(std::span<float>(v, V)) == 0)
+    fail("structured output: no token can continue the {} grammar here", matcher_->compiled().description());
   if (track_seen_ || track_counts_) {
     apply_penalties(std::span<float>(v, V));
     clean_copy(v, v, V);  // a penalty can push a huge logit to inf

@@ -8,6 +8,10 @@
 // Ties in every ranking (top_k, top_p, logprobs) go to the lowest token id, so results are deterministic.
 // Logprobs are vLLM's default "raw_logprobs": log-softmax of the logits exactly as the model produced them,
 // before penalties and temperature, so they describe the model, not the sampling transform.
+// Structured outputs (params.grammar, runtime/grammar/): before step 1 every token the grammar does not allow
+// at this point gets -inf, so penalties, temperature, top_k/top_p/min_p and greedy all choose among the
+// allowed tokens only; the sampled token advances the request's GrammarMatcher. Logprobs stay raw (the
+// model's distribution, not the constrained one): a sampled token's rank may be > 1 under a grammar.
 // A SamplerState is not thread-safe, but distinct states may sample concurrently (scratch is thread_local).
 #pragma once
 #include <cstdint>
@@ -16,6 +20,8 @@
 #include <string>
 #include <unordered_map>
 #include <vector>
+
+#include "runtime/grammar/matcher.h"
 
 namespace dsv4 {
 
@@ -34,6 +40,9 @@ struct SamplingParams {
   bool include_stop_str_in_output = false;
   bool ignore_eos = false;
   int logprobs = -1;  // -1 off; 0 = the sampled token's logprob; N <= 20 = plus the top N
+  // Constrained decoding (structured outputs): only tokens the grammar allows are sampled. Shared,
+  // immutable from the request's view; each SamplerState keeps its own matcher.
+  std::shared_ptr<const grammar::CompiledGrammar> grammar;
 
   // Throws dsv4::Error with a user-facing message (the server answers 400). vocab_size > 0 also checks
   // stop_token_ids are in range.
@@ -91,8 +100,13 @@ class SamplerState {
   // depend only on its own logits, never on what else is in the batch.
   SampleResult sample(std::span<const float> logits);
 
-  // Records a generated token that did not come from sample() (e.g. forced or restored output).
+  // Records a generated token that did not come from sample() (e.g. forced or restored output). Under a
+  // grammar the token must be allowed (dsv4::Error otherwise).
   void record_output(int32_t token);
+
+  // The request's grammar position (null without a grammar). Speculative decoding checks drafts on a copy
+  // (GrammarMatcher is copyable: a copy is a rollback point) and assigns the accepted one back.
+  grammar::GrammarMatcher* grammar_matcher() { return matcher_ ? &*matcher_ : nullptr; }
 
   // The pieces of sample(), exposed for tests and debugging:
   void apply_penalties(std::span<float> logits) const;  // in place, step 1 above
@@ -111,6 +125,7 @@ class SamplerState {
   std::vector<uint64_t> seen_bits_;             // prompt + output membership, for repetition_penalty
   std::vector<int32_t> seen_;                   // the same tokens, listed (distinct)
   std::unordered_map<int32_t, int32_t> counts_;  // output token -> count, for frequency/presence
+  std::optional<grammar::GrammarMatcher> matcher_;
 };
 
 // Fills result.logprob/rank/top for `token` from the log-softmax of `logits` (NaN counts as -inf); the top

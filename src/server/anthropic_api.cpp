@@ -6,6 +6,7 @@
 #include "server/json_fields.h"
 #include "server/openai_common.h"
 #include "server/sse.h"
+#include "server/structured_output.h"
 #include "tokenizer/tokenizer.h"
 
 namespace dsv4::server {
@@ -68,6 +69,7 @@ Reply handle_messages(ServerContext& ctx, const HttpRequest& hreq) {
   gr.chat = true;
   gr.thinking = cp.thinking;
   gr.tools = cp.tools;
+  apply_constraint(ctx, cp.constraint, cp.constraint_param, true, gr.params);
   gr.arrival = arrival;
   gr.prompts.push_back(std::move(ids));
   const bool stream = get_bool(body, "stream").value_or(false);

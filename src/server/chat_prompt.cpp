@@ -66,8 +66,9 @@ Json check_tools(const Json& tools) {
 }
 
 // Applies tool_choice: "none" drops the tools; a named function keeps only that one. "required" renders
-// the tools like "auto": there is no constrained decoding to force a call.
-Json apply_tool_choice(Json tools, const Json* choice, bool anthropic) {
+// the tools like "auto"; the grammar (tool_constraint) forces the call. `mode` gets what was chosen.
+Json apply_tool_choice(Json tools, const Json* choice, bool anthropic, std::string* mode = nullptr) {
+  if (mode) *mode = "auto";
   if (!choice) return tools;
   std::string type, name;
   if (choice->is_string()) {
@@ -84,6 +85,7 @@ Json apply_tool_choice(Json tools, const Json* choice, bool anthropic) {
   // A choice that demands a tool call cannot be met without tools (vLLM answers 400 as well).
   if (tools.empty() && (type == "required" || type == "any" || type == "function" || type == "tool"))
     bad("tool_choice", fmt::format("tool_choice '{}' needs 'tools', and the request has none", type));
+  if (mode) *mode = type == "any" ? "required" : type == "tool" ? "function" : type;
   if (type == "none") return Json::array();
   if (type == "auto" || type == "required" || type == "any") return tools;
   if (type == "function" || type == "tool") {
@@ -114,6 +116,25 @@ ChatPrompt render(Json messages, Json tools, const Json* response_format, const 
   }
   p.tools = !tools.empty();
   return p;
+}
+
+// The tool-call grammar for the kept tools: required / named force a call; auto constrains calls the model
+// opens (when enabled).
+void tool_constraint(ChatPrompt& p, const Json& tools, const std::string& mode, bool parallel) {
+  if (tools.empty()) return;
+  grammar::ConstraintSpec spec;
+  spec.parallel_calls = parallel;
+  spec.kind = grammar::ConstraintSpec::Kind::ToolCalls;
+  spec.tool_mode = mode == "required" ? grammar::ConstraintSpec::ToolMode::Required
+                   : mode == "function" ? grammar::ConstraintSpec::ToolMode::Named
+                                        : grammar::ConstraintSpec::ToolMode::Auto;
+  spec.thinking = p.thinking == ThinkingMode::Thinking;
+  for (const auto& t : tools) {
+    const Json& fn = t["function"];
+    spec.tools.push_back({fn["name"].get<std::string>(), fn.contains("parameters") ? fn["parameters"] : Json(nullptr)});
+  }
+  p.constraint = std::move(spec);
+  p.constraint_param = "tools";
 }
 
 bool parse_thinking_switch(const Json& v, const char* field) {
@@ -195,16 +216,42 @@ ChatPrompt openai_chat_prompt(const Json& body, const ChatEncodeOptions& default
 
   Json tools = Json::array();
   if (const Json* t = get_array(body, "tools")) tools = check_tools(*t);
-  tools = apply_tool_choice(std::move(tools), find_field(body, "tool_choice"), false);
+  std::string mode;
+  tools = apply_tool_choice(std::move(tools), find_field(body, "tool_choice"), false, &mode);
 
   const Json* rf = get_object(body, "response_format");
-  if (rf) {
-    const std::string type = nested_string(*rf, "type", "response_format");
-    if (type != "text" && type != "json_object" && type != "json_schema")
-      bad("response_format", "'response_format.type' must be text, json_object or json_schema");
-    if (type == "text") rf = nullptr;
+  std::optional<grammar::ConstraintSpec> rf_spec = response_format_constraint(rf);
+  if (!rf_spec) rf = nullptr;
+  ChatPrompt p = render(std::move(messages), tools, rf, opts);
+  // A forced tool call wins over response_format; otherwise response_format constrains the answer (and a
+  // call cannot be made); otherwise calls the model opens follow the tools' schemas.
+  if (mode == "required" || mode == "function" || !rf_spec) {
+    tool_constraint(p, tools, mode, get_bool(body, "parallel_tool_calls").value_or(true));
+  } else {
+    rf_spec->thinking = p.thinking == ThinkingMode::Thinking;
+    p.constraint = std::move(rf_spec);
+    p.constraint_param = "response_format";
   }
-  return render(std::move(messages), std::move(tools), rf, opts);
+  return p;
+}
+
+std::optional<grammar::ConstraintSpec> response_format_constraint(const Json* rf) {
+  if (!rf) return std::nullopt;
+  const std::string type = nested_string(*rf, "type", "response_format");
+  if (type != "text" && type != "json_object" && type != "json_schema")
+    bad("response_format", "'response_format.type' must be text, json_object or json_schema");
+  if (type == "text") return std::nullopt;
+  grammar::ConstraintSpec spec;
+  if (type == "json_object") return spec;
+  spec.kind = grammar::ConstraintSpec::Kind::JsonSchema;
+  const Json* js = get_object(*rf, "json_schema");
+  if (!js) bad("response_format", "'response_format.json_schema' is required for type json_schema");
+  const Json* schema = find_field(*js, "schema");
+  if (!schema) bad("response_format", "'response_format.json_schema.schema' is required");
+  if (!schema->is_object() && !schema->is_boolean())
+    bad("response_format", "'response_format.json_schema.schema' must be a JSON Schema object");
+  spec.schema = *schema;
+  return spec;
 }
 
 namespace {
@@ -346,8 +393,12 @@ ChatPrompt anthropic_chat_prompt(const Json& body, const ChatEncodeOptions& defa
   if (const Json* oc = get_object(body, "output_config"))
     if (const Json* e = find_field(*oc, "effort")) opts.reasoning_effort = parse_effort_field(*e, "output_config.effort");
   Json tools = conv.contains("tools") ? conv["tools"] : Json::array();
-  tools = apply_tool_choice(std::move(tools), find_field(body, "tool_choice"), true);
-  return render(std::move(conv["messages"]), std::move(tools), nullptr, opts);
+  std::string mode;
+  tools = apply_tool_choice(std::move(tools), find_field(body, "tool_choice"), true, &mode);
+  ChatPrompt p = render(std::move(conv["messages"]), tools, nullptr, opts);
+  const Json* tc = get_object(body, "tool_choice");
+  tool_constraint(p, tools, mode, !(tc && get_bool(*tc, "disable_parallel_tool_use").value_or(false)));
+  return p;
 }
 
 }  // namespace dsv4::server

@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 
+#include "runtime/grammar/structured.h"
 #include "server/api_error.h"
 #include "tokenizer/chat_encoding.h"
 
@@ -14,12 +15,20 @@ struct ChatPrompt {
   std::string text;
   ThinkingMode thinking = ThinkingMode::Chat;
   bool tools = false;  // tools were rendered: parse tool calls out of the output
+  // Structured output to enforce (response_format, tool_choice required / named, and for tool_choice auto
+  // the DSML structure of calls); compiled by the API handler (server/structured_output.h).
+  std::optional<grammar::ConstraintSpec> constraint;
+  std::string constraint_param;  // the request field it comes from (for 400s)
 };
 
 // OpenAI chat request: messages (developer counts as system), tools, tool_choice, response_format, and the
 // thinking switches: chat_template_kwargs {thinking | enable_thinking | thinking_mode, reasoning_effort},
 // top-level thinking ({"type": "enabled"} or a bool) and reasoning_effort.
 ChatPrompt openai_chat_prompt(const Json& body, const ChatEncodeOptions& defaults);
+
+// response_format ({type: text | json_object | json_schema, json_schema: {name, schema, strict}}) as a
+// constraint (none for text); shape errors are 400s. Schemas are compiled (and refused) later.
+std::optional<grammar::ConstraintSpec> response_format_constraint(const Json* response_format);
 
 // Anthropic Messages request converted to OpenAI-shaped messages (system first, system turns where they stand
 // in messages, tool_result blocks as tool messages, thinking blocks as reasoning_content, tool_use blocks as

@@ -1,5 +1,7 @@
 #include "server/metrics.h"
 
+#include "runtime/grammar/matcher.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -124,6 +126,21 @@ std::string Metrics::render(const EngineStats& e) const {
   itl_.render("dsv4_inter_token_latency_seconds", "Time between successive outputs of a request.", out);
   e2e_.render("dsv4_e2e_request_latency_seconds", "Time from request arrival to its last token.", out);
 
+  {  // structured outputs (runtime/grammar): process-wide counters
+    const auto& G = grammar::grammar_metrics();
+    single(out, "dsv4_structured_output_mask_seconds_total", "counter",
+           "Time spent computing and applying grammar token masks (structured outputs), summed over steps.",
+           double(G.mask_ns.load()) * 1e-9);
+    single(out, "dsv4_structured_output_mask_steps_total", "counter",
+           "Sampling steps under a grammar (one mask each).", double(G.mask_steps.load()));
+    single(out, "dsv4_structured_output_masks_computed_total", "counter",
+           "Grammar masks computed by a vocabulary walk (the other steps hit the per-state cache).",
+           double(G.mask_computed.load()));
+    single(out, "dsv4_structured_output_compile_seconds_total", "counter", "Time spent compiling grammars.",
+           double(G.compile_ns.load()) * 1e-9);
+    single(out, "dsv4_structured_output_compiles_total", "counter", "Grammars compiled (cache misses).",
+           double(G.compiles.load()));
+  }
   single(out, "dsv4_num_requests_running", "gauge", "Sequences in the running batch.", e.running);
   single(out, "dsv4_num_requests_waiting", "gauge", "Sequences waiting to be scheduled.", e.waiting);
   // Blocks only the prefix cache holds are free on demand: counting them as used made an idle server that had

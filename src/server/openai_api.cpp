@@ -7,6 +7,7 @@
 #include "server/json_fields.h"
 #include "server/openai_common.h"
 #include "server/sse.h"
+#include "server/structured_output.h"
 #include "tokenizer/tokenizer.h"
 
 namespace dsv4::server {
@@ -45,6 +46,7 @@ Reply handle_chat_completions(ServerContext& ctx, const HttpRequest& hreq) {
   gr.chat = true;
   gr.thinking = cp.thinking;
   gr.tools = cp.tools;
+  apply_constraint(ctx, cp.constraint, cp.constraint_param, true, gr.params);
   gr.arrival = arrival;
   gr.prompts.push_back(std::move(ids));
   auto gen = std::make_shared<Generation>(ctx, std::move(gr));
@@ -216,6 +218,9 @@ Reply handle_completions(ServerContext& ctx, const HttpRequest& hreq) {
   gr.params.max_tokens = resolve_max_tokens(ctx, mt, longest, "max_tokens");
   gr.params.logprobs = int(lp);
   gr.skip_special_tokens = get_bool(body, "skip_special_tokens").value_or(true);
+  // response_format on completions: the raw text is the JSON (no chat parsing, no reasoning part).
+  apply_constraint(ctx, response_format_constraint(get_object(body, "response_format")), "response_format",
+                   !gr.skip_special_tokens, gr.params);
   gr.arrival = arrival;
   gr.prompts = std::move(prompts);
   auto gen = std::make_shared<Generation>(ctx, std::move(gr));

@@ -8,6 +8,7 @@
 #include "server/openai_common.h"
 #include "server/responses.h"
 #include "server/sse.h"
+#include "server/structured_output.h"
 #include "tokenizer/tokenizer.h"
 
 namespace dsv4::server {
@@ -225,6 +226,7 @@ Reply handle_responses(ServerContext& ctx, const HttpRequest& hreq) {
   gr.chat = true;
   gr.thinking = cp.thinking;
   gr.tools = cp.tools;
+  apply_constraint(ctx, cp.constraint, cp.constraint_param, true, gr.params);
   gr.arrival = arrival;
   gr.prompts.push_back(std::move(ids));
   auto gen = std::make_shared<Generation>(ctx, std::move(gr));

@@ -40,6 +40,8 @@ struct ServerOptions {
   bool completions_add_bos = false;  // tokenizer_config.json add_bos_token: /v1/completions prompts get BOS
   int max_choices = 64;              // n x prompts in one request
   size_t max_stored_responses = 1024;  // Responses API `store: true` entries kept (oldest evicted)
+  // tool_choice auto: calls the model opens follow the DSML grammar and the tools' schemas.
+  bool auto_tool_grammar = true;
 };
 
 struct ServerContext {
