@@ -1,6 +1,9 @@
 #include "server/structured_output.h"
 
+#include <spdlog/spdlog.h>
+
 #include <mutex>
+#include <set>
 
 #include "core/error.h"
 #include "server/api_error.h"
@@ -33,9 +36,41 @@ void apply_constraint(ServerContext& ctx, const std::optional<grammar::Constrain
     return;
   try {
     params.grammar = grammar::compile_constraint(*spec, vocabulary(ctx.tok, keep_markers));
+    return;
   } catch (const Error& e) {
-    throw ApiError(400, e.what(), param);
+    if (spec->kind != grammar::ConstraintSpec::Kind::ToolCalls || spec->tool_mode != grammar::ConstraintSpec::ToolMode::Auto)
+      throw ApiError(400, e.what(), param);
   }
+  // tool_choice "auto" is the agents' everyday request, whose tool sets use keywords this compiler does not
+  // enforce: a tool whose schema cannot be compiled keeps the structural constraint (a well-formed call, its
+  // arguments any JSON object) instead of failing the request; required/named choices and response_format refuse.
+  // The compiler's message names the tool ("tools[NAME]..."): relax that one and compile again.
+  grammar::ConstraintSpec relaxed = *spec;
+  for (size_t round = 0; round <= relaxed.tools.size(); ++round) {
+    try {
+      params.grammar = grammar::compile_constraint(relaxed, vocabulary(ctx.tok, keep_markers));
+      return;
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      const size_t a = msg.find("tools["), b = a == std::string::npos ? a : msg.find(']', a);
+      grammar::ToolDef* bad = nullptr;
+      if (b != std::string::npos)
+        for (auto& t : relaxed.tools)
+          if (t.name == msg.substr(a + 6, b - a - 6)) bad = &t;
+      if (!bad || bad->parameters == grammar::SchemaJson{{"type", "object"}}) throw ApiError(400, msg, param);
+      static std::mutex mu;
+      static std::set<std::string> warned;
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        if (warned.size() < 4096 && warned.insert(bad->name).second)
+          spdlog::warn("tool '{}': its arguments are not schema-constrained under tool_choice auto ({}); the call's "
+                       "DSML structure still is",
+                       bad->name, msg);
+      }
+      bad->parameters = grammar::SchemaJson{{"type", "object"}};
+    }
+  }
+  throw ApiError(400, "tool schemas could not be compiled", param);
 }
 
 }  // namespace dsv4::server
