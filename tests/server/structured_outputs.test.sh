@@ -39,7 +39,7 @@ grep -q "tool 'f': its arguments are not schema-constrained under tool_choice au
 
 # A named tool: one DSML call whose arguments validate.
 TOOLS='[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string","enum":["Paris","Oslo"]},"days":{"type":"integer","minimum":1,"maximum":7}},"required":["city"],"additionalProperties":false}}},{"type":"function","function":{"name":"noop","parameters":{"type":"object","properties":{}}}}]'
-for seed in 7; do
+for seed in 7 11; do
   REQ='{"messages":[{"role":"user","content":"Weather?"}],"tools":'"$TOOLS"',"tool_choice":{"type":"function","function":{"name":"get_weather"}},"max_tokens":200,"temperature":1.0,"seed":'$seed'}'
   expect_status 200 "$(post /v1/chat/completions "$REQ")" "named tool"
   jcheck "$T/out.json" 'j["choices"][0]["finish_reason"] == "tool_calls" and len(j["choices"][0]["message"]["tool_calls"]) == 1' "named tool: one call (seed $seed)"
