@@ -1,10 +1,8 @@
 // The dist layer in one process: ranks are threads joined through the real TCP store and Gloo mesh on
 // loopback. Join checks, collectives on CPU-backend tensors, and failure detection.
 #include <gtest/gtest.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
+
+#include "free_port.h"
 
 #include <atomic>
 #include <condition_variable>
@@ -20,23 +18,6 @@ using namespace dsv4::dist;
 using namespace std::chrono_literals;
 
 namespace {
-
-// A port nobody listens on now (the kernel's pick; the rendezvous store binds it right after).
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_ANY);
-  a.sin_port = 0;
-  socklen_t len = sizeof a;
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-    ADD_FAILURE() << "cannot find a free port";
-    return 0;
-  }
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
 
 DistConfig cfg(int rank, int n, int port, std::chrono::milliseconds timeout = 5000ms) {
   DistConfig c;

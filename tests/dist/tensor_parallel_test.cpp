@@ -2,10 +2,8 @@
 // processes that meet over TCP (Gloo); the logits must equal one rank's (exact numerics: fp32 partial sums
 // summed in another order, so to float rounding).
 #include <gtest/gtest.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
+
+#include "free_port.h"
 
 #include <nlohmann/json.hpp>
 
@@ -41,28 +39,11 @@ std::string write_ids(int n, int vocab, unsigned seed) {
   return p.string();
 }
 
-// A port nobody listens on now (the kernel's pick; the rendezvous store binds it right after).
-int port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_ANY);
-  a.sin_port = 0;
-  socklen_t len = sizeof a;
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-    ADD_FAILURE() << "cannot find a free port";
-    return 0;
-  }
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 std::vector<float> score(const std::string& model, const std::string& ids, const std::string& extra) {
   static int n = 0;
   const fs::path out = temp_dir() / ("logits-" + std::to_string(n++));
   const std::string cmd = kBin + " score --device cpu --numerics exact --model " + model + " --ids " + ids +
-                          " --out " + out.string() + " --master-port " + std::to_string(port()) + " " + extra +
+                          " --out " + out.string() + " --master-port " + std::to_string(free_port()) + " " + extra +
                           " > " + out.string() + ".log 2>&1";
   const int rc = std::system(cmd.c_str());
   if (rc != 0) {
@@ -129,7 +110,7 @@ TEST(TensorParallel, ShapesThatDoNotSplitAreRefusedWithTheReason) {
   // tiny-a has 4 heads: 3 ranks cannot share them.
   const std::string cmd = kBin + " score --device cpu --model " + kTiny + " --ids " + ids + " --out " +
                           (temp_dir() / "tp3.bin").string() + " --tensor-parallel-size 3 --master-port " +
-                          std::to_string(port()) + " > " + log.string() + " 2>&1";
+                          std::to_string(free_port()) + " > " + log.string() + " 2>&1";
   EXPECT_NE(std::system(cmd.c_str()), 0);
   std::ifstream f(log);
   const std::string text(std::istreambuf_iterator<char>(f), {});
