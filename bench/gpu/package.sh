@@ -11,9 +11,10 @@ rm -rf gpu-pkg && mkdir -p gpu-pkg/bin gpu-pkg/lib gpu-pkg/shared/fixtures
 for b in test_kernels test_model dsv4 cuda_ops_bench forward_bench; do
   strip -o "gpu-pkg/bin/$b" "$B/$b"
 done
-# Libraries outside glibc/libstdc++/the driver, which the device image may lack.
+# Libraries outside glibc/libstdc++/the driver, which the device image may lack. NCCL (218 MB, over the
+# device tool's 64 MiB carry) is not packed: run.sh finds the device image's own (its nvidia-nccl-cu13 wheel).
 ldd gpu-pkg/bin/* | awk '/=> \// {print $3}' | sort -u |
-  grep -vE '/(libc|libm|libdl|libpthread|librt|libgcc_s|libstdc\+\+|ld-linux|libcuda)\.so' |
+  grep -vE '/(libc|libm|libdl|libpthread|librt|libgcc_s|libstdc\+\+|ld-linux|libcuda|libnccl)\.so' |
   while read -r l; do cp -L "$l" gpu-pkg/lib/; done
 cp -r "$(cd ../shared && pwd)/fixtures/tiny-a" gpu-pkg/shared/fixtures/
 cd ../shared && pwd > ../main/gpu-pkg/shared_path

@@ -2,6 +2,9 @@
 // are in backend_kv_ops_test.cpp. Inputs are random with fixed seeds.
 #include <cmath>
 #include <cstring>
+#include <utility>
+
+#include <fmt/format.h>
 
 #include "backend_ops_fixture.h"
 #include "core/dtype.h"
@@ -187,47 +190,51 @@ TEST_P(BackendOps, GatherRowsAndEmbed) {
 }
 
 TEST_P(BackendOps, HyperConnections) {
-  Rng r(8);
-  const int hc = 4, D = 48;
-  const int64_t M = 3, rows = (2 + hc) * hc;
-  ref::Hc p;
-  p.hc = hc;
-  p.D = D;
-  p.fn = r.vec(size_t(rows * hc * D), -0.5, 0.5);
-  p.base = r.vec(size_t(rows), -1, 1);
-  p.scale = {0.7f, 1.3f, 0.5f};
-  auto X = r.vec(size_t(M * hc * D), -2, 2);
-  HcParams hp;
-  hp.fn = up(p.fn, DType::F32, {rows, hc * D});
-  hp.base = up(p.base, DType::F32, {rows});
-  hp.scale = up(p.scale, DType::F32, {3});
-  hp.hc = hc;
-  hp.D = D;
-  Tensor Xt = up(X, DType::F32, {M, hc, D}), yt = zeros(DType::F32, {M, D}), postt = zeros(DType::F32, {M, hc}),
-         combt = zeros(DType::F32, {M, hc, hc});
-  be->hc_pre(Xt, hp, yt, postt, combt);
-  std::vector<float> y, post, comb;
-  ref::hc_pre(X, M, p, y, post, comb);
-  expect_close(down<float>(yt), y, tol("hc"), "hc_pre y");
-  expect_close(down<float>(postt), post, tol("hc"), "hc_pre post");
-  expect_close(down<float>(combt), comb, tol("hc") * 10, "hc_pre comb");  // 20 Sinkhorn rounds of fp32 divisions
-  // hc_post on the reference's own outputs (so only hc_post is measured)
-  Tensor Xo = zeros(DType::F32, {M, hc, D}), yin = up(y, DType::F32, {M, D}), pin = up(post, DType::F32, {M, hc}),
-         cin = up(comb, DType::F32, {M, hc, hc});
-  be->hc_post(yin, Xt, pin, cin, hc, Xo);
-  expect_close(down<float>(Xo), ref::hc_post(y, X, post, comb, M, hc, D), tol("hc"), "hc_post");
-  // hc_head: 4 rows of fn, one scale
-  ref::Hc ph = p;
-  ph.fn.resize(size_t(hc * hc * D));
-  ph.base.resize(size_t(hc));
-  ph.scale = {0.9f};
-  HcParams hh = hp;
-  hh.fn = up(ph.fn, DType::F32, {hc, hc * D});
-  hh.base = up(ph.base, DType::F32, {hc});
-  hh.scale = up(ph.scale, DType::F32, {1});
-  Tensor yh = zeros(DType::F32, {M, D});
-  be->hc_head(Xt, hh, yh);
-  expect_close(down<float>(yh), ref::hc_head(X, M, ph), tol("hc"), "hc_head");
+  // Small rows, and long rows at small M (the CUDA kernel then splits each row's dots unevenly over blocks).
+  for (auto [M, D] : {std::pair<int64_t, int>{3, 48}, {2, 1001}, {1, 4096}}) {
+    SCOPED_TRACE(fmt::format("M {} D {}", M, D));
+    Rng r(8);
+    const int hc = 4;
+    const int64_t rows = (2 + hc) * hc;
+    ref::Hc p;
+    p.hc = hc;
+    p.D = D;
+    p.fn = r.vec(size_t(rows * hc * D), -0.5, 0.5);
+    p.base = r.vec(size_t(rows), -1, 1);
+    p.scale = {0.7f, 1.3f, 0.5f};
+    auto X = r.vec(size_t(M * hc * D), -2, 2);
+    HcParams hp;
+    hp.fn = up(p.fn, DType::F32, {rows, hc * D});
+    hp.base = up(p.base, DType::F32, {rows});
+    hp.scale = up(p.scale, DType::F32, {3});
+    hp.hc = hc;
+    hp.D = D;
+    Tensor Xt = up(X, DType::F32, {M, hc, D}), yt = zeros(DType::F32, {M, D}), postt = zeros(DType::F32, {M, hc}),
+           combt = zeros(DType::F32, {M, hc, hc});
+    be->hc_pre(Xt, hp, yt, postt, combt);
+    std::vector<float> y, post, comb;
+    ref::hc_pre(X, M, p, y, post, comb);
+    expect_close(down<float>(yt), y, tol("hc"), "hc_pre y");
+    expect_close(down<float>(postt), post, tol("hc"), "hc_pre post");
+    expect_close(down<float>(combt), comb, tol("hc") * 10, "hc_pre comb");  // 20 Sinkhorn rounds of fp32 divisions
+    // hc_post on the reference's own outputs (so only hc_post is measured)
+    Tensor Xo = zeros(DType::F32, {M, hc, D}), yin = up(y, DType::F32, {M, D}), pin = up(post, DType::F32, {M, hc}),
+           cin = up(comb, DType::F32, {M, hc, hc});
+    be->hc_post(yin, Xt, pin, cin, hc, Xo);
+    expect_close(down<float>(Xo), ref::hc_post(y, X, post, comb, M, hc, D), tol("hc"), "hc_post");
+    // hc_head: 4 rows of fn, one scale
+    ref::Hc ph = p;
+    ph.fn.resize(size_t(hc * hc * D));
+    ph.base.resize(size_t(hc));
+    ph.scale = {0.9f};
+    HcParams hh = hp;
+    hh.fn = up(ph.fn, DType::F32, {hc, hc * D});
+    hh.base = up(ph.base, DType::F32, {hc});
+    hh.scale = up(ph.scale, DType::F32, {1});
+    Tensor yh = zeros(DType::F32, {M, D});
+    be->hc_head(Xt, hh, yh);
+    expect_close(down<float>(yh), ref::hc_head(X, M, ph), tol("hc"), "hc_head");
+  }
 }
 
 TEST_P(BackendOps, CountersCountOpsAndTransfers) {

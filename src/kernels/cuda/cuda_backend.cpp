@@ -247,7 +247,9 @@ class CudaBackend final : public Backend {
     const int64_t M = hc_check(X, hp, 2 + hp.hc, 3);
     DSV4_CHECK(y.numel() == M * hp.D && post.numel() == M * hp.hc && comb.numel() == M * hp.hc * hp.hc,
                "hc_pre: output shapes");
-    cuda::hc_pre(L_, p<float>(X), M, hcp(hp), p<float>(y), p<float>(post), p<float>(comb));
+    const cuda::DevHc d = hcp(hp);
+    float* part = static_cast<float*>(ws(cuda::hc_ws_bytes(M, d, L_.num_sms)));
+    cuda::hc_pre(L_, p<float>(X), M, d, part, p<float>(y), p<float>(post), p<float>(comb));
   }
   void hc_post(const Tensor& y, const Tensor& X, const Tensor& post, const Tensor& comb, int hc,
                const Tensor& Xout) override {
@@ -263,7 +265,9 @@ class CudaBackend final : public Backend {
     op();
     const int64_t M = hc_check(X, hp, 1, 1);
     DSV4_CHECK(y.numel() == M * hp.D, "hc_head: y shape");
-    cuda::hc_head(L_, p<float>(X), M, hcp(hp), p<float>(y));
+    const cuda::DevHc d = hcp(hp);
+    float* part = static_cast<float*>(ws(cuda::hc_ws_bytes(M, d, L_.num_sms)));
+    cuda::hc_head(L_, p<float>(X), M, d, part, p<float>(y));
   }
 
   void window_store(const Tensor& kv, const BatchMeta& meta, const SnapshotList& snaps, const KvLayerView& view) override {

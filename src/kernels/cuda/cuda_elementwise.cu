@@ -137,25 +137,27 @@ __global__ void gather_k(const uint8_t* x, int64_t x_rows, int64_t row_bytes, co
 
 __device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
 
-// mHC: one block per row. Every thread keeps partial dots for all `rows` mixes (<= 32), reduced once.
+// mHC in two kernels. The mixing dots (rows <= 32 weight rows of hc * D floats, ~1.5 MB at V4-Flash sizes)
+// are split over enough blocks to fill the device: one block per row read it at ~7 GB/s (230 us at M = 1).
+// Then one block per row sums the splits in a fixed order (deterministic), does the tiny scalar part in the
+// host's order, and forms y.
 constexpr int kHcMaxRows = 32;
-template <bool kHead>
-__global__ void __launch_bounds__(256) hc_k(const float* X, DevHc p, float* y, float* post, float* comb) {
-  __shared__ float red[kHcMaxRows + 1][8];
-  __shared__ float mix[kHcMaxRows + 1];
-  __shared__ float pre[16];
-  const int hc = p.hc, rows = kHead ? hc : (2 + hc) * hc;
-  const int64_t flat = int64_t(hc) * p.D, m = blockIdx.x;
+constexpr int kHcSplitMin = 128;  // elements of the flattened row per split block, at least (one per thread)
+__global__ void __launch_bounds__(128) hc_dots_k(const float* X, DevHc p, int rows, int splits, int64_t chunk,
+                                                 float* part) {
+  __shared__ float red[kHcMaxRows + 1][4];
+  const int64_t flat = int64_t(p.hc) * p.D, m = blockIdx.y;
   const float* xf = X + m * flat;
+  const int64_t i0 = blockIdx.x * chunk, i1 = i0 + chunk < flat ? i0 + chunk : flat;
   float acc[kHcMaxRows + 1];
 #pragma unroll
   for (int r = 0; r <= kHcMaxRows; ++r) acc[r] = 0.f;
-  for (int64_t i = threadIdx.x; i < flat; i += blockDim.x) {
+  for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
     const float xv = xf[i];
     acc[kHcMaxRows] += xv * xv;
 #pragma unroll
     for (int r = 0; r < kHcMaxRows; ++r)
-      if (r < rows) acc[r] += p.fn[int64_t(r) * flat + i] * xv;
+      if (r < rows) acc[r] += __ldg(p.fn + int64_t(r) * flat + i) * xv;
   }
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
 #pragma unroll
@@ -167,40 +169,122 @@ __global__ void __launch_bounds__(256) hc_k(const float* X, DevHc p, float* y, f
   if (threadIdx.x <= kHcMaxRows) {
     float s = 0.f;
     for (int k = 0; k < int(blockDim.x >> 5); ++k) s += red[threadIdx.x][k];
+    part[(m * splits + blockIdx.x) * (kHcMaxRows + 1) + threadIdx.x] = s;
+  }
+}
+
+// The combination matrix in one thread (hc other than 4): softmax rows, then Sinkhorn normalization, in the
+// host's order. hc = 4, the model's, takes hc_sinkhorn_warp4.
+template <int NMAX>
+__device__ __forceinline__ void hc_sinkhorn(const float* mix, float rs, const DevHc& p, int hc, float* out) {
+  float C[NMAX * NMAX];
+  const int n = NMAX == 4 ? 4 : hc;
+#pragma unroll
+  for (int j = 0; j < NMAX; ++j) {
+    if (j >= n) break;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < NMAX; ++k) {
+      if (k >= n) break;
+      C[j * NMAX + k] = mix[2 * n + j * n + k] * rs * p.scale[2] + p.base[2 * n + j * n + k];
+      mx = fmaxf(mx, C[j * NMAX + k]);
+    }
+    float s = 0;
+#pragma unroll
+    for (int k = 0; k < NMAX; ++k) {
+      if (k >= n) break;
+      s += (C[j * NMAX + k] = expf(C[j * NMAX + k] - mx));
+    }
+#pragma unroll
+    for (int k = 0; k < NMAX; ++k) {
+      if (k >= n) break;
+      C[j * NMAX + k] = C[j * NMAX + k] / s + p.hc_eps;
+    }
+  }
+  for (int it = 0; it < (p.iters > 1 ? p.iters : 1); ++it) {  // the host always does one column pass
+    if (it > 0) {
+#pragma unroll
+      for (int j = 0; j < NMAX; ++j) {
+        if (j >= n) break;
+        float s = 0;
+#pragma unroll
+        for (int k = 0; k < NMAX; ++k)
+          if (k < n) s += C[j * NMAX + k];
+#pragma unroll
+        for (int k = 0; k < NMAX; ++k)
+          if (k < n) C[j * NMAX + k] /= (s + p.hc_eps);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < NMAX; ++k) {
+      if (k >= n) break;
+      float s = 0;
+#pragma unroll
+      for (int j = 0; j < NMAX; ++j)
+        if (j < n) s += C[j * NMAX + k];
+#pragma unroll
+      for (int j = 0; j < NMAX; ++j)
+        if (j < n) C[j * NMAX + k] /= (s + p.hc_eps);
+    }
+  }
+  for (int j = 0; j < n; ++j)
+    for (int k = 0; k < n; ++k) out[j * n + k] = C[j * NMAX + k];
+}
+
+// hc = 4: one element of C per lane (lanes 16-31 mirror 0-15), rows and columns gathered by shuffles and
+// summed in the host's order. A single thread's 20 dependent rounds took ~50 us.
+__device__ __forceinline__ void hc_sinkhorn_warp4(const float* mix, float rs, const DevHc& p, int lane, float* out) {
+  constexpr unsigned kAll = 0xffffffffu;
+  const int e = lane & 15, k = e & 3, row0 = lane & ~3, col0 = (lane & 16) | k;
+  float c = mix[8 + e] * rs * p.scale[2] + p.base[8 + e];
+  auto row_sum = [&](float v) {
+    float s = __shfl_sync(kAll, v, row0);
+    s += __shfl_sync(kAll, v, row0 + 1);
+    s += __shfl_sync(kAll, v, row0 + 2);
+    return s + __shfl_sync(kAll, v, row0 + 3);
+  };
+  auto col_sum = [&](float v) {
+    float s = __shfl_sync(kAll, v, col0);
+    s += __shfl_sync(kAll, v, col0 + 4);
+    s += __shfl_sync(kAll, v, col0 + 8);
+    return s + __shfl_sync(kAll, v, col0 + 12);
+  };
+  float mx = __shfl_sync(kAll, c, row0);
+  for (int q = 1; q < 4; ++q) mx = fmaxf(mx, __shfl_sync(kAll, c, row0 + q));
+  c = expf(c - mx);
+  c = c / row_sum(c) + p.hc_eps;
+  for (int it = 0; it < (p.iters > 1 ? p.iters : 1); ++it) {  // the host always does one column pass
+    if (it > 0) c /= (row_sum(c) + p.hc_eps);
+    c /= (col_sum(c) + p.hc_eps);
+  }
+  if (lane < 16) out[e] = c;
+}
+
+template <bool kHead>
+__global__ void __launch_bounds__(256) hc_mix_k(const float* X, DevHc p, int splits, const float* part, float* y,
+                                                float* post, float* comb) {
+  __shared__ float mix[kHcMaxRows + 1];
+  __shared__ float pre[16];
+  const int hc = p.hc;
+  const int64_t flat = int64_t(hc) * p.D, m = blockIdx.x;
+  const float* xf = X + m * flat;
+  if (threadIdx.x <= kHcMaxRows) {
+    float s = 0.f;
+    for (int k = 0; k < splits; ++k) s += part[(m * splits + k) * (kHcMaxRows + 1) + threadIdx.x];
     mix[threadIdx.x] = s;
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    // The tiny scalar part in one thread, in the host's order.
+  if (threadIdx.x < 32) {
+    // The tiny scalar part in warp 0, every sum in the host's order.
+    const int lane = threadIdx.x;
     const float rs = 1.f / sqrtf(mix[kHcMaxRows] / float(flat) + p.norm_eps);
-    for (int h = 0; h < hc; ++h) pre[h] = sigm(mix[h] * rs * p.scale[0] + p.base[h]) + p.hc_eps;
+    if (lane < hc) pre[lane] = sigm(mix[lane] * rs * p.scale[0] + p.base[lane]) + p.hc_eps;
     if (!kHead) {
-      for (int h = 0; h < hc; ++h) post[m * hc + h] = 2.f * sigm(mix[hc + h] * rs * p.scale[1] + p.base[hc + h]);
-      float C[16 * 16];
-      for (int j = 0; j < hc; ++j) {
-        float mx = -INFINITY;
-        for (int k = 0; k < hc; ++k) {
-          C[j * hc + k] = mix[2 * hc + j * hc + k] * rs * p.scale[2] + p.base[2 * hc + j * hc + k];
-          mx = fmaxf(mx, C[j * hc + k]);
-        }
-        float s = 0;
-        for (int k = 0; k < hc; ++k) s += (C[j * hc + k] = expf(C[j * hc + k] - mx));
-        for (int k = 0; k < hc; ++k) C[j * hc + k] = C[j * hc + k] / s + p.hc_eps;
-      }
-      for (int it = 0; it < (p.iters > 1 ? p.iters : 1); ++it) {  // the host always does one column pass
-        if (it > 0)
-          for (int j = 0; j < hc; ++j) {
-            float s = 0;
-            for (int k = 0; k < hc; ++k) s += C[j * hc + k];
-            for (int k = 0; k < hc; ++k) C[j * hc + k] /= (s + p.hc_eps);
-          }
-        for (int k = 0; k < hc; ++k) {
-          float s = 0;
-          for (int j = 0; j < hc; ++j) s += C[j * hc + k];
-          for (int j = 0; j < hc; ++j) C[j * hc + k] /= (s + p.hc_eps);
-        }
-      }
-      for (int i = 0; i < hc * hc; ++i) comb[m * hc * hc + i] = C[i];
+      if (lane < hc) post[m * hc + lane] = 2.f * sigm(mix[hc + lane] * rs * p.scale[1] + p.base[hc + lane]);
+      if (hc == 4)
+        hc_sinkhorn_warp4(mix, rs, p, lane, comb + m * 16);
+      else if (lane == 0)
+        hc_sinkhorn<16>(mix, rs, p, hc, comb + m * hc * hc);
     }
   }
   __syncthreads();
@@ -209,6 +293,28 @@ __global__ void __launch_bounds__(256) hc_k(const float* X, DevHc p, float* y, f
     for (int h = 0; h < hc; ++h) a += pre[h] * xf[h * p.D + d];
     y[m * p.D + d] = a;
   }
+}
+
+// Splits per row: enough blocks for ~2 waves of the device at small M, none below kHcSplitMin elements each.
+int hc_splits(int64_t M, const DevHc& p, int num_sms) {
+  const int64_t flat = int64_t(p.hc) * p.D;
+  const int64_t want = cdiv(int64_t(2) * (num_sms > 0 ? num_sms : 132), M);
+  const int64_t most = cdiv(flat, kHcSplitMin);
+  return int(want < 1 ? 1 : want > most ? most : want);
+}
+
+void hc_launch(const Launch& L, const float* X, int64_t M, const DevHc& p, bool head, float* part, float* y,
+               float* post, float* comb) {
+  DSV4_CUDA_REQUIRE(M < 65536, "hc: too many rows in one call");
+  const int rows = head ? p.hc : (2 + p.hc) * p.hc, splits = hc_splits(M, p, L.num_sms);
+  const int64_t chunk = cdiv(int64_t(p.hc) * p.D, int64_t(splits));
+  hc_dots_k<<<dim3(unsigned(splits), unsigned(M)), 128, 0, L.stream>>>(X, p, rows, splits, chunk, part);
+  DSV4_CUDA_LAUNCHED();
+  if (head)
+    hc_mix_k<true><<<unsigned(M), 256, 0, L.stream>>>(X, p, splits, part, y, nullptr, nullptr);
+  else
+    hc_mix_k<false><<<unsigned(M), 256, 0, L.stream>>>(X, p, splits, part, y, post, comb);
+  DSV4_CUDA_LAUNCHED();
 }
 
 __global__ void hc_post_k(const float* y, const float* X, const float* post, const float* comb, int64_t M, int hc,
@@ -279,17 +385,18 @@ void gather_rows(const Launch& L, const uint8_t* x, int64_t x_rows, int64_t row_
   gather_k<<<unsigned(n < 65535 ? n : 65535), 128, 0, L.stream>>>(x, x_rows, row_bytes, rows, n, out, L.err);
   DSV4_CUDA_LAUNCHED();
 }
-void hc_pre(const Launch& L, const float* X, int64_t M, const DevHc& p, float* y, float* post, float* comb) {
+size_t hc_ws_bytes(int64_t M, const DevHc& p, int num_sms) {
+  return size_t(M) * size_t(hc_splits(M, p, num_sms)) * (kHcMaxRows + 1) * sizeof(float);
+}
+void hc_pre(const Launch& L, const float* X, int64_t M, const DevHc& p, float* ws, float* y, float* post, float* comb) {
   if (!M) return;
   DSV4_CUDA_REQUIRE((2 + p.hc) * p.hc <= kHcMaxRows && p.hc <= 16, "hc_pre: hc too large");
-  hc_k<false><<<unsigned(M), 256, 0, L.stream>>>(X, p, y, post, comb);
-  DSV4_CUDA_LAUNCHED();
+  hc_launch(L, X, M, p, false, ws, y, post, comb);
 }
-void hc_head(const Launch& L, const float* X, int64_t M, const DevHc& p, float* y) {
+void hc_head(const Launch& L, const float* X, int64_t M, const DevHc& p, float* ws, float* y) {
   if (!M) return;
   DSV4_CUDA_REQUIRE(p.hc <= 16, "hc_head: hc too large");
-  hc_k<true><<<unsigned(M), 256, 0, L.stream>>>(X, p, y, nullptr, nullptr);
-  DSV4_CUDA_LAUNCHED();
+  hc_launch(L, X, M, p, true, ws, y, nullptr, nullptr);
 }
 void hc_post(const Launch& L, const float* y, const float* X, const float* post, const float* comb, int64_t M, int hc,
              int64_t D, float* Xout) {

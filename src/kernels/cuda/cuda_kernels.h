@@ -107,10 +107,12 @@ struct DevHc {
   int hc = 4, D = 0, iters = 20;
   float norm_eps = 1e-6f, hc_eps = 1e-6f;
 };
-void hc_pre(const Launch& L, const float* X, int64_t M, const DevHc& p, float* y, float* post, float* comb);
+// `ws`: hc_ws_bytes(M, p, num_sms) bytes of device scratch for the split mixing dots.
+size_t hc_ws_bytes(int64_t M, const DevHc& p, int num_sms);
+void hc_pre(const Launch& L, const float* X, int64_t M, const DevHc& p, float* ws, float* y, float* post, float* comb);
 void hc_post(const Launch& L, const float* y, const float* X, const float* post, const float* comb, int64_t M,
              int hc, int64_t D, float* Xout);
-void hc_head(const Launch& L, const float* X, int64_t M, const DevHc& p, float* y);
+void hc_head(const Launch& L, const float* X, int64_t M, const DevHc& p, float* ws, float* y);
 
 // ---- linear (cuda_linear.cu). x [M, groups * in] -> y [M, out]. `ws` is device scratch of
 // linear_ws_bytes(...) bytes (quantized activations, split-K partials).
