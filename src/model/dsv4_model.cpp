@@ -1,6 +1,7 @@
 #include "model/dsv4_model.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include <spdlog/spdlog.h>
@@ -184,6 +185,7 @@ HcParams Dsv4Model::hc_params(const HcWeights& h) const {
 }
 
 Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, ForwardStats* stats) {
+  const auto t_start = std::chrono::steady_clock::now();
   const int64_t D = cfg_.dim, V = cfg_.vocab_size;
   const int bt = kv.layout().block_tokens();
   DSV4_CHECK(!batch.items.empty(), "forward: empty batch");
@@ -300,7 +302,10 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
       logits = all.view({int64_t(tp_), s.d.R, cfg_.vocab_size / tp_});
     }
   }
-  if (stats) stats->ops_total = be_.counters().ops - ops0;
+  if (stats) {
+    stats->ops_total = be_.counters().ops - ops0;
+    stats->host_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  }
   return logits;
 }
 

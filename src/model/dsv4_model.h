@@ -28,6 +28,7 @@ KvDtype default_kv_dtype(Numerics n);
 struct ForwardStats {
   uint64_t ops_total = 0, ops_per_layer_max = 0, ops_per_layer_min = 0;
   uint64_t downloads_in_layers = 0;
+  double host_seconds = 0;  // host time to build the tables and issue every op (the device may still be running)
 };
 
 class Dsv4Model {

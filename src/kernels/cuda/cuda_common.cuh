@@ -31,6 +31,19 @@ inline bool first_on_device(unsigned long long& mask) {
   mask |= bit;
   return true;
 }
+// Raises fn's dynamic shared-memory limit to all the current device lets a block opt into beside fn's static
+// shared memory (227 KB in all on sm_90/100, 99 KB on sm_120/121) and returns that limit; a kernel never asks for
+// a size another target lacks.
+inline int allow_max_dynamic_smem(const void* fn) {
+  int d = 0, optin = 0;
+  DSV4_CUDA_CHECK(cudaGetDevice(&d));
+  DSV4_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, d));
+  cudaFuncAttributes fa{};
+  DSV4_CUDA_CHECK(cudaFuncGetAttributes(&fa, fn));
+  const int limit = optin - int(fa.sharedSizeBytes);
+  DSV4_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, limit));
+  return limit;
+}
 inline unsigned grid1d(int64_t n, int threads, int64_t cap = 1 << 20) {
   int64_t g = cdiv(n, threads);
   return unsigned(g < 1 ? 1 : (g > cap ? cap : g));
@@ -222,6 +235,38 @@ __device__ __forceinline__ uint8_t* slot_ptr(const DevView& v, int slot, int* er
     return nullptr;
   }
   return v.arena + v.slots_offset + int64_t(slot) * v.slot_bytes;
+}
+
+// Copies n scattered rows of `bytes` bytes (row r from src[r]; zeros where src[r] is null) into shared memory at
+// dst + r * bytes: warp per row, each lane's loads of a row issued together. Paged KV rows sit in different
+// blocks, so a warp decoding one row element by element from global memory waits one latency per element; staged
+// this way a tile costs a few. 4-byte words when `bytes` allows (the arena's regions are 64-byte aligned). No
+// division in the loops (64-bit division is ~70 instructions on the GPU).
+__device__ __forceinline__ void stage_rows(const uint8_t* const* src, int n, int bytes, uint8_t* dst) {
+  constexpr int U = 8;
+  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31), nwarps = int(blockDim.x >> 5);
+  const bool words = (bytes & 3) == 0;
+  const int per = words ? bytes / 4 : bytes;
+  for (int r = warp; r < n; r += nwarps) {
+    const uint8_t* s = src[r];
+    for (int base = lane; base < per; base += 32 * U) {
+      uint32_t v[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int i = base + 32 * u;
+        v[u] = (!s || i >= per) ? 0u : words ? __ldg(reinterpret_cast<const uint32_t*>(s) + i) : uint32_t(__ldg(s + i));
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int i = base + 32 * u;
+        if (i >= per) break;
+        if (words)
+          reinterpret_cast<uint32_t*>(dst + r * bytes)[i] = v[u];
+        else
+          dst[r * bytes + i] = uint8_t(v[u]);
+      }
+    }
+  }
 }
 
 }  // namespace dsv4::cuda

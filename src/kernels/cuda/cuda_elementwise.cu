@@ -1,5 +1,7 @@
 // Row and elementwise ops: embed, rms_norm, rope, the rounding simulations, the KV codec round trip, gathers
 // and the mHC sites. Memory-bound one-pass kernels; per-row reductions use one block per row.
+#include <algorithm>
+
 #include "kernels/cuda/cuda_common.cuh"
 
 namespace dsv4::cuda {
@@ -33,16 +35,17 @@ __global__ void rms_norm_k(const float* x, int64_t D, const float* w, float eps,
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) yr[i] = w ? xr[i] * r * w[i] : xr[i] * r;
 }
 
-// One thread per (row, pair): the angle in double as the host, then every head of the row.
+// One thread per (row, pair, head lane): the angle in double as the host, then heads hb, hb + hs, ... of the row.
+// hs > 1 spreads a short batch's heads over more threads (one row of 64 heads was one block).
 __global__ void rope_k(float* x, int64_t M, int64_t H, int64_t hd, const int32_t* pos, const void* freqs, int f64,
-                       int64_t half, int inverse) {
-  const int64_t n = M * half;
+                       int64_t half, int inverse, int64_t hs) {
+  const int64_t mh = M * half, n = mh * hs;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n; t += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t m = t / half, i = t % half;
+    const int64_t hb = t / mh, m = (t % mh) / half, i = t % half;
     const double f = f64 ? static_cast<const double*>(freqs)[i] : double(static_cast<const float*>(freqs)[i]);
     const double ang = double(pos[m]) * f;
     const float c = float(cos(ang)), s0 = float(sin(ang)), s = inverse ? -s0 : s0;
-    for (int64_t h = 0; h < H; ++h) {
+    for (int64_t h = hb; h < H; h += hs) {
       float* v = x + (m * H + h) * hd + (hd - 2 * half) + 2 * i;
       const float re = v[0], im = v[1];
       v[0] = re * c - im * s;
@@ -346,7 +349,8 @@ void rms_norm(const Launch& L, const float* x, int64_t rows, int64_t D, const fl
 void rope(const Launch& L, float* x, int64_t M, int64_t H, int64_t hd, const int32_t* pos, const void* freqs,
           bool f64, int64_t half, bool inverse) {
   if (M * half == 0) return;
-  rope_k<<<grid1d(M * half, 256), 256, 0, L.stream>>>(x, M, H, hd, pos, freqs, f64, half, inverse);
+  const int64_t hs = std::min<int64_t>(H, std::max<int64_t>(1, cdiv(8192, M * half)));
+  rope_k<<<grid1d(M * half * hs, 256), 256, 0, L.stream>>>(x, M, H, hd, pos, freqs, f64, half, inverse, hs);
   DSV4_CUDA_LAUNCHED();
 }
 void round_bf16(const Launch& L, float* x, int64_t n) {

@@ -1,6 +1,7 @@
 // KV cache ops over the paged arena (kv_format.h), the compressor and attention. Every address comes from the
 // device tables (positions, items, block tables): the host never reads them, and every table entry is checked
 // against the arena (errors reported through the device error slot).
+#include <algorithm>
 #include <cfloat>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -98,44 +99,53 @@ __device__ __forceinline__ const float* ring_rec(const DevCompress& a, const Ite
   return reinterpret_cast<const float*>(sp + (a.indexer ? a.view.iring_off : a.view.cring_off) + (t % rt) * rtf * 4);
 }
 
-// One thread per (entry, channel); slots in the host's order, so the softmax sums are the host's.
+// One thread per (entry, channel); slots in the host's order, so the softmax sums are the host's. The slot
+// loop has no stores and the ring's base is taken once, so its loads go out 8 at a time (one latency per 8 slots
+// instead of one per slot: a ratio-128 entry reads 128 slots).
 __global__ void compress_pool_k(DevCompress a, int* err) {
   const int64_t total = a.n_entries * a.d, w = int64_t(a.coff) * a.d;
+  const int64_t rt = int64_t(a.coff) * a.ratio, rtf = 2LL * a.coff * a.d;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t e = idx / a.d, ch = idx % a.d;
     const Item it = item_of(a.meta, a.e_item[e]);
     const int64_t j = a.e_index[e], nslots = int64_t(a.coff) * a.ratio, t0 = (j + 1) * a.ratio - nslots;
-    float mx = -INFINITY;
-    for (int64_t q = 0; q < nslots; ++q) {
-      const int64_t t = t0 + q;
-      if (t < 0) continue;
-      const int64_t col = a.coff == 2 ? (q < a.ratio ? ch : a.d + ch) : ch;
-      float lg;
+    const uint8_t* sp = t0 < it.start ? slot_ptr(a.view, it.slot, err) : nullptr;
+    const float* ring = sp ? reinterpret_cast<const float*>(sp + (a.indexer ? a.view.iring_off : a.view.cring_off))
+                           : nullptr;
+    // t0 is a multiple of the ratio, so t % ratio = q % ratio (q < 2 ratio), and t % rt = (t0 % rt + q) wrapped
+    // once (q < rt): no modulo per slot.
+    const int ratio = a.ratio, rb = int(((t0 % rt) + rt) % rt);
+    // Slot q's logit and value (0 for positions before the sequence or a failed slot, as the host's zeros).
+    auto slot = [&](int q, float& lg, float& val) {
+      const int64_t t = t0 + q, col = a.coff == 2 ? (q < ratio ? ch : a.d + ch) : ch;
       if (t >= it.start) {
         const int64_t r = it.row0 + t - it.start;
-        lg = a.g[r * w + col] + a.ape[(t % a.ratio) * w + col];
+        lg = a.g[r * w + col] + a.ape[int64_t(q < ratio ? q : q - ratio) * w + col];
+        val = a.u[r * w + col];
+      } else if (ring) {
+        const int ri = rb + q < rt ? rb + q : rb + q - int(rt);
+        const float* rr = ring + int64_t(ri) * rtf;
+        lg = rr[w + col];
+        val = rr[col];
       } else {
-        const float* rr = ring_rec(a, it, t, err);
-        lg = rr ? rr[w + col] : 0.f;
+        lg = 0.f;
+        val = 0.f;
       }
+    };
+    const int q0 = t0 < 0 ? int(-t0) : 0, nq = int(nslots);
+    float mx = -INFINITY;
+#pragma unroll 8
+    for (int q = q0; q < nq; ++q) {
+      float lg, val;
+      slot(q, lg, val);
       mx = fmaxf(mx, lg);
     }
     float den = 0.f, acc = 0.f;
-    for (int64_t q = 0; q < nslots; ++q) {
-      const int64_t t = t0 + q;
-      if (t < 0) continue;
-      const int64_t col = a.coff == 2 ? (q < a.ratio ? ch : a.d + ch) : ch;
+#pragma unroll 8
+    for (int q = q0; q < nq; ++q) {
       float lg, val;
-      if (t >= it.start) {
-        const int64_t r = it.row0 + t - it.start;
-        lg = a.g[r * w + col] + a.ape[(t % a.ratio) * w + col];
-        val = a.u[r * w + col];
-      } else {
-        const float* rr = ring_rec(a, it, t, err);
-        lg = rr ? rr[w + col] : 0.f;
-        val = rr ? rr[col] : 0.f;
-      }
+      slot(q, lg, val);
       const float ex = expf(lg - mx);
       den += ex;
       acc += ex * val;
@@ -191,20 +201,20 @@ __global__ void compress_ring_k(DevCompress a, int* err) {
 // values) so the probabilities are final before P.V, as the reference's bf16 rounding of P needs.
 constexpr int kAttnHeads = 8, kAttnTile = 32;
 
-__device__ __forceinline__ void load_key(const DevAttention& a, const Item& it, int item, int64_t m, int64_t p,
-                                         int64_t idx, int64_t t0, int64_t nw, float* dst, bool* valid, int lane,
-                                         int* err) {
+// Where key idx of row m lives: a current-step row (f32, *f) or an encoded entry (*src: window ring or a
+// compressed entry); both null for a masked or failed key.
+__device__ __forceinline__ void key_source(const DevAttention& a, const Item& it, int item, int64_t m, int64_t idx,
+                                           int64_t t0, int64_t nw, const float** f, const uint8_t** src, int* err) {
   const DevView& v = a.view;
-  const int64_t hd = a.hd;
-  const uint8_t* src = nullptr;
-  const float* f = nullptr;
+  *f = nullptr;
+  *src = nullptr;
   if (idx < nw) {
     const int64_t t = t0 + idx;
     if (t >= it.start) {
-      f = a.kv + (it.row0 + t - it.start) * hd;
+      *f = a.kv + (it.row0 + t - it.start) * a.hd;
     } else {
       const uint8_t* sp = slot_ptr(v, it.slot, err);
-      if (sp) src = sp + v.ring_off + (t % v.window) * v.main.bytes;
+      if (sp) *src = sp + v.ring_off + (t % v.window) * v.main.bytes;
     }
   } else {
     const int64_t c = idx - nw;
@@ -213,13 +223,14 @@ __device__ __forceinline__ void load_key(const DevAttention& a, const Item& it, 
     if (j >= 0) {
       const int64_t per = v.block_tokens / v.ratio;
       const uint8_t* blk = block_ptr(a.meta, v, item, j / per, err);
-      if (blk) src = blk + v.comp_off + (j % per) * v.main.bytes;
+      if (blk) *src = blk + v.comp_off + (j % per) * v.main.bytes;
     }
   }
-  const bool ok = f || src;
-  for (int64_t d = lane; d < hd; d += 32) dst[d] = f ? f[d] : src ? codec_decode(v.main, src, int(d)) : 0.f;
-  if (lane == 0) *valid = ok;
 }
+
+// Raw bytes staged per key sub-tile (stage_rows): 16 FP8 entries, 8 bf16 or 4 f32 ones; the whole kernel then
+// stays under the 99 KB a block may use on sm_120/121.
+constexpr int kAttnRawBytes = 12 * 1024;
 
 // MODE 0: one block does every key of its row (both passes, writes out). With the keys split over gridDim.z blocks
 // of `chunk` keys: MODE 1 writes each split's (max, denominator) per head; MODE 2 combines them (with the sink) into
@@ -231,7 +242,10 @@ __global__ void __launch_bounds__(256) attention_k(DevAttention a, int64_t chunk
   const int64_t hd = a.hd, ld = hd + 4;
   float* Ks = sm;                         // [kAttnTile][hd + 1]
   float* Qs = Ks + kAttnTile * ld;        // [kAttnHeads][hd]
+  uint8_t* raw = reinterpret_cast<uint8_t*>(Qs + kAttnHeads * hd);  // [keys per stage][main codec bytes]
   __shared__ bool valid[kAttnTile];
+  __shared__ const uint8_t* ksrc[kAttnTile];
+  __shared__ const float* kf[kAttnTile];
   const int64_t m = blockIdx.x, h0 = int64_t(blockIdx.y) * kAttnHeads, S = gridDim.z, sp = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t h = h0 + warp;
@@ -239,6 +253,9 @@ __global__ void __launch_bounds__(256) attention_k(DevAttention a, int64_t chunk
   const int item = a.meta.row_item[m];
   const Item it = item_of(a.meta, item);
   const int64_t p = a.meta.pos[m], W = a.view.window;
+  const int bytes = int(a.view.main.bytes);
+  int kps = kAttnTile;
+  while (kps > 1 && kps * bytes > kAttnRawBytes) kps /= 2;
   const int64_t t0 = p - W + 1 > 0 ? p - W + 1 : 0, nw = p - t0 + 1;
   int64_t nc = 0;
   if (a.view.ratio == 128) nc = (p + 1) / 128;
@@ -267,13 +284,27 @@ __global__ void __launch_bounds__(256) attention_k(DevAttention a, int64_t chunk
   for (int pass = MODE == 2 ? 1 : 0; pass < (MODE == 1 ? 1 : 2); ++pass) {
     for (int64_t k0 = kb; k0 < ke; k0 += kAttnTile) {
       __syncthreads();
-      for (int e = warp; e < kAttnTile; e += kAttnHeads) {
-        if (k0 + e < ke)
-          load_key(a, it, item, m, p, k0 + e, t0, nw, Ks + e * ld, &valid[e], lane, err);
-        else if (lane == 0)
-          valid[e] = false;
+      if (threadIdx.x < kAttnTile) {
+        const int e = int(threadIdx.x);
+        const float* f = nullptr;
+        const uint8_t* src = nullptr;
+        if (k0 + e < ke) key_source(a, it, item, m, k0 + e, t0, nw, &f, &src, err);
+        kf[e] = f;
+        ksrc[e] = src;
+        valid[e] = f || src;
       }
       __syncthreads();
+      for (int s0 = 0; s0 < kAttnTile; s0 += kps) {
+        stage_rows(ksrc + s0, kps, bytes, raw);
+        __syncthreads();
+        for (int e = s0; e < s0 + kps; ++e) {
+          const float* f = kf[e];
+          const uint8_t* r = ksrc[e] ? raw + (e - s0) * bytes : nullptr;
+          for (int d = int(threadIdx.x); d < int(hd); d += int(blockDim.x))
+            Ks[e * ld + d] = f ? f[d] : r ? codec_decode(a.view.main, r, d) : 0.f;
+        }
+        __syncthreads();
+      }
       if (!head_ok) continue;
       const float* q = Qs + warp * hd;
       float s = 0.f;
@@ -406,13 +437,16 @@ int64_t attention_ws_bytes(const DevAttention& a, int num_sms) {
 void attention(const Launch& L, const DevAttention& a, void* ws) {
   if (!a.meta.M) return;
   DSV4_CUDA_REQUIRE(a.hd % 32 == 0 && a.hd <= 512, "attention on CUDA: head_dim must be a multiple of 32, <= 512");
-  const size_t sm = (size_t(kAttnTile) * size_t(a.hd + 4) + size_t(kAttnHeads) * size_t(a.hd)) * 4;
+  const size_t sm = (size_t(kAttnTile) * size_t(a.hd + 4) + size_t(kAttnHeads) * size_t(a.hd)) * 4 +
+                    size_t(std::max<int64_t>(kAttnRawBytes, a.view.main.bytes));
   static unsigned long long attr = 0;
+  static int smem_max = 0;
   if (first_on_device(attr)) {
-    DSV4_CUDA_CHECK(cudaFuncSetAttribute(attention_k<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024));
-    DSV4_CUDA_CHECK(cudaFuncSetAttribute(attention_k<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024));
-    DSV4_CUDA_CHECK(cudaFuncSetAttribute(attention_k<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024));
+    smem_max = std::min({allow_max_dynamic_smem(reinterpret_cast<const void*>(attention_k<0>)),
+                         allow_max_dynamic_smem(reinterpret_cast<const void*>(attention_k<1>)),
+                         allow_max_dynamic_smem(reinterpret_cast<const void*>(attention_k<2>))});
   }
+  DSV4_CUDA_REQUIRE(sm <= size_t(smem_max), "attention on CUDA: head_dim too large for shared memory");
   DSV4_CUDA_REQUIRE(a.meta.M < (1LL << 31), "attention: too many rows");
   int64_t chunk = 0;
   const int64_t S = attention_splits(a, L.num_sms, &chunk);

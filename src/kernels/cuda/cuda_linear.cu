@@ -70,12 +70,20 @@ __global__ void __launch_bounds__(256) gemv_k(const float* __restrict__ x, int64
   __syncthreads();
   const int64_t nch = kl / CH, steps = (nch + 31) / 32;          // chunk steps per row tile
   const int64_t tiles = (npg + TR - 1) / TR, n_items = ((tiles - blockIdx.x + gridDim.x - 1) / gridDim.x) * steps;
-  auto row_of = [&](int64_t item) { return g * npg + (blockIdx.x + (item / steps) * gridDim.x) * TR + warp * R; };
-  auto fetch = [&](int64_t item, uint4* raw, float* sc) {
-    const int64_t n0 = row_of(item), c = lane + (item % steps) * 32, nend = min(N, (g + 1) * npg);
+  // Items are (tile, step) pairs walked in order, counted without division (64-bit division is ~70 instructions
+  // and ran in every iteration).
+  auto row_of = [&](int64_t tile) { return g * npg + (blockIdx.x + tile * gridDim.x) * TR + warp * R; };
+  auto advance = [&](int64_t& tile, int64_t& step) {
+    if (++step == steps) {
+      step = 0;
+      ++tile;
+    }
+  };
+  auto fetch = [&](int64_t tile, int64_t step, bool live, uint4* raw, float* sc) {
+    const int64_t n0 = row_of(tile), c = lane + step * 32, nend = min(N, (g + 1) * npg);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      if (item < n_items && n0 + r < nend && c < nch) {
+      if (live && n0 + r < nend && c < nch) {
         load_chunk<FMT>(w, n0 + r, k0 + c * CH, raw[r], sc[r]);
       } else {
         raw[r] = make_uint4(0, 0, 0, 0);
@@ -90,12 +98,14 @@ __global__ void __launch_bounds__(256) gemv_k(const float* __restrict__ x, int64
     for (int m = 0; m < MT; ++m) acc[r][m] = 0.f;
   uint4 cur[R];
   float csc[R];
-  fetch(0, cur, csc);
+  int64_t tile = 0, step = 0, ntile = 0, nstep = 0;
+  fetch(0, 0, n_items > 0, cur, csc);
+  advance(ntile, nstep);
   for (int64_t item = 0; item < n_items; ++item) {
     uint4 nxt[R];
     float nsc[R];
-    fetch(item + 1, nxt, nsc);  // the next step's weights in flight while these are multiplied
-    const int64_t c = lane + (item % steps) * 32;
+    fetch(ntile, nstep, item + 1 < n_items, nxt, nsc);  // the next step's weights in flight while these multiply
+    const int64_t c = lane + step * 32;
     if (c < nch) {
 #pragma unroll
       for (int s = 0; s < CH / 4; ++s) {
@@ -121,8 +131,8 @@ __global__ void __launch_bounds__(256) gemv_k(const float* __restrict__ x, int64
       cur[r] = nxt[r];
       csc[r] = nsc[r];
     }
-    if (item % steps == steps - 1) {  // end of a row tile: reduce across lanes, write, restart
-      const int64_t n0 = row_of(item), nend = min(N, (g + 1) * npg);
+    if (step == steps - 1) {  // end of a row tile: reduce across lanes, write, restart
+      const int64_t n0 = row_of(tile), nend = min(N, (g + 1) * npg);
 #pragma unroll
       for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -138,6 +148,9 @@ __global__ void __launch_bounds__(256) gemv_k(const float* __restrict__ x, int64
           }
         }
     }
+    tile = ntile;
+    step = nstep;
+    advance(ntile, nstep);
   }
 }
 

@@ -8,44 +8,58 @@
 namespace dsv4::cuda {
 namespace {
 
-constexpr int kScoreThreads = 128;
+constexpr int kScoreThreads = 256, kScoreKeys = 32;
 
-// Block = (row m, 128 entries); thread = entry, all heads in order (so the head sum is the host's order).
+// Block = (row m, 32 entries). The 32 keys are staged raw (one batch of loads: they sit in different KV blocks)
+// and decoded in shared memory; then lane = entry and warp = 4 heads at a time, each (entry, head) dot summed
+// over the dims in order, and finally per entry the head sum w_h * relu(dot) in head order: the host's orders.
 __global__ void __launch_bounds__(kScoreThreads) index_score_k(DevIndexTopk a, int* err) {
-  extern __shared__ float sm[];
-  const int64_t IH = a.heads, ID = a.dim, ld = ID + 1;
-  float* qs = sm;             // [IH][ID]
-  float* ws = qs + IH * ID;   // [IH]
-  float* ks = ws + IH;        // [128][ID + 1]
-  const int64_t m = blockIdx.y, j0 = int64_t(blockIdx.x) * kScoreThreads;
+  extern __shared__ __align__(16) float sm[];
+  const int64_t IH = a.heads, ID = a.dim, ld = ID + 1, ldd = IH + 1;
+  float* qs = sm;                       // [IH][ID]
+  float* ks = qs + IH * ID;             // [32][ID + 1]
+  float* ds = ks + kScoreKeys * ld;     // [32][IH + 1] dots
+  uint8_t* raw = reinterpret_cast<uint8_t*>(ds + kScoreKeys * ldd);  // [32][index codec bytes]
+  __shared__ const uint8_t* src[kScoreKeys];
+  const int64_t m = blockIdx.y, j0 = int64_t(blockIdx.x) * kScoreKeys;
   const int64_t n = (int64_t(a.meta.pos[m]) + 1) / 4;
   if (j0 >= n) return;
   const int item = a.meta.row_item[m];
-  for (int64_t i = threadIdx.x; i < IH * ID; i += blockDim.x) qs[i] = a.q[m * IH * ID + i];
-  for (int64_t i = threadIdx.x; i < IH; i += blockDim.x) ws[i] = a.w[m * IH + i];
   const DevView& v = a.view;
-  const int64_t per = v.block_tokens / 4;
-  // Decode the 128 keys cooperatively: warp per key, lanes over dims.
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int e = warp; e < kScoreThreads; e += kScoreThreads / 32) {
-    const int64_t j = j0 + e;
-    float* dst = ks + e * ld;
+  const int bytes = int(v.index.bytes);
+  if (threadIdx.x < kScoreKeys) {
+    const int64_t j = j0 + threadIdx.x, per = v.block_tokens / 4;
     const uint8_t* blk = j < n ? block_ptr(a.meta, v, item, j / per, err) : nullptr;
-    const uint8_t* src = blk ? blk + v.idx_off + (j % per) * v.index.bytes : nullptr;
-    for (int64_t d = lane; d < ID; d += 32) dst[d] = src ? codec_decode(v.index, src, int(d)) : 0.f;
+    src[threadIdx.x] = blk ? blk + v.idx_off + (j % per) * bytes : nullptr;
+  }
+  for (int64_t i = threadIdx.x; i < IH * ID; i += blockDim.x) qs[i] = a.q[m * IH * ID + i];
+  __syncthreads();
+  stage_rows(src, kScoreKeys, bytes, raw);
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int e = warp; e < kScoreKeys; e += kScoreThreads / 32)
+    for (int d = lane; d < int(ID); d += 32) ks[e * ld + d] = src[e] ? codec_decode(v.index, raw + e * bytes, d) : 0.f;
+  __syncthreads();
+  const float* k = ks + lane * ld;
+  for (int64_t h0 = warp * 4; h0 < IH; h0 += (kScoreThreads / 32) * 4) {
+    float d[4] = {0.f, 0.f, 0.f, 0.f};
+    const float* q0 = qs + h0 * ID;
+    for (int64_t i = 0; i < ID; ++i) {
+      const float kv = k[i];
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+        if (h0 + u < IH) d[u] += q0[u * ID + i] * kv;
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (h0 + u < IH) ds[lane * ldd + h0 + u] = a.bf16 ? rbf16(d[u]) : d[u];
   }
   __syncthreads();
   const int64_t j = j0 + threadIdx.x;
-  if (j >= n) return;
-  const float* k = ks + threadIdx.x * ld;
+  if (threadIdx.x >= kScoreKeys || j >= n) return;
+  const float* w = a.w + m * IH;
   float acc = 0.f;
-  for (int64_t h = 0; h < IH; ++h) {
-    const float* q = qs + h * ID;
-    float d = 0.f;
-    for (int64_t i = 0; i < ID; ++i) d += q[i] * k[i];
-    if (a.bf16) d = rbf16(d);
-    acc += ws[h] * fmaxf(d, 0.f);
-  }
+  for (int64_t h = 0; h < IH; ++h) acc += w[h] * fmaxf(ds[threadIdx.x * ldd + h], 0.f);
   a.scratch[m * a.max_entries + j] = a.bf16 ? rbf16(acc) : acc;
 }
 
@@ -155,14 +169,16 @@ void index_topk(const Launch& L, const DevIndexTopk& a) {
   if (!a.meta.M) return;
   DSV4_CUDA_REQUIRE(a.k <= kTopkMax, "index_topk on CUDA: k > 2048");
   DSV4_CUDA_REQUIRE(a.meta.M < 65536, "index_topk on CUDA: more than 65535 rows in one call");
-  const size_t sm = size_t(a.heads * a.dim + a.heads + kScoreThreads * (a.dim + 1)) * 4;
-  DSV4_CUDA_REQUIRE(sm <= 200 * 1024, "index_topk on CUDA: heads * dim too large for shared memory");
+  const size_t sm = size_t(a.heads * a.dim + kScoreKeys * (a.dim + 1) + kScoreKeys * (a.heads + 1)) * 4 +
+                    size_t(kScoreKeys) * size_t(a.view.index.bytes);
   static unsigned long long attr = 0;
+  static int smem_max = 0;
   if (first_on_device(attr)) {
-    DSV4_CUDA_CHECK(cudaFuncSetAttribute(index_score_k, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+    smem_max = allow_max_dynamic_smem(reinterpret_cast<const void*>(index_score_k));
   }
+  DSV4_CUDA_REQUIRE(sm <= size_t(smem_max), "index_topk on CUDA: heads * dim too large for shared memory");
   if (a.max_entries > 0) {
-    dim3 grid(unsigned(cdiv(a.max_entries, kScoreThreads)), unsigned(a.meta.M));
+    dim3 grid(unsigned(cdiv(a.max_entries, kScoreKeys)), unsigned(a.meta.M));
     index_score_k<<<grid, kScoreThreads, sm, L.stream>>>(a, L.err);
     DSV4_CUDA_LAUNCHED();
   }
