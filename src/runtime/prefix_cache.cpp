@@ -39,15 +39,16 @@ std::vector<int32_t> PrefixCache::lookup(std::span<const int32_t> tokens, int64_
   return out;
 }
 
-void PrefixCache::insert(std::span<const int32_t> tokens, int64_t index, int32_t block) {
+bool PrefixCache::insert(std::span<const int32_t> tokens, int64_t index, int32_t block) {
   const int64_t bt = block_tokens_;
   uint64_t parent = hash_upto(tokens, index);
   auto blk = tokens.subspan(size_t(index * bt), size_t(bt));
   uint64_t h = chain_hash(parent, blk);
-  if (entries_.count(h)) return;
+  if (entries_.count(h)) return false;
   pool_.retain(block);
   lru_.push_back(h);
   entries_.emplace(h, Entry{block, std::vector<int32_t>(blk.begin(), blk.end()), parent, std::prev(lru_.end())});
+  return true;
 }
 
 int64_t PrefixCache::evict(int64_t n) {

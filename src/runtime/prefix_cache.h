@@ -23,8 +23,11 @@ class PrefixCache {
   // Longest run of cached full blocks that prefixes `tokens` (at most max_blocks); refreshes their LRU rank.
   std::vector<int32_t> lookup(std::span<const int32_t> tokens, int64_t max_blocks);
   // Registers block `index` of a sequence whose tokens are `tokens` (at least (index+1)*block_tokens long);
-  // no-op if an identical block is already cached.
-  void insert(std::span<const int32_t> tokens, int64_t index, int32_t block);
+  // no-op (false) if an identical block is already cached.
+  bool insert(std::span<const int32_t> tokens, int64_t index, int32_t block);
+  // The chain hash of the first `blocks` full blocks of `tokens` (0 for none): the key of block blocks-1.
+  uint64_t hash_upto(std::span<const int32_t> tokens, int64_t blocks) const;
+  int block_tokens() const { return int(block_tokens_); }
   // Frees up to n blocks that only the cache references; returns how many it freed.
   int64_t evict(int64_t n);
   int64_t size() const { return int64_t(entries_.size()); }
@@ -38,7 +41,6 @@ class PrefixCache {
     uint64_t parent;
     std::list<uint64_t>::iterator lru;
   };
-  uint64_t hash_upto(std::span<const int32_t> tokens, int64_t blocks) const;
   BlockPool& pool_;
   int64_t block_tokens_;
   std::unordered_map<uint64_t, Entry> entries_;
