@@ -135,7 +135,8 @@ struct Engine::Impl {
         continue;
       }
       auto ids = offload->install(*r.restore, r.tokens, r.restore_first);
-      st.prefix_disk_hits += uint64_t(ids.size()) * uint64_t(block_tokens);
+      if (!ids.empty() && ids.size() == r.restore->blocks.size())  // else the run has no snapshot: unused
+        st.prefix_disk_hits += uint64_t(ids.size()) * uint64_t(block_tokens);
       r.pins.insert(r.pins.end(), ids.begin(), ids.end());
       r.restore.reset();
       ready.push_back(std::move(*it));
@@ -259,7 +260,8 @@ Engine::Engine(EngineConfig cfg, const Tokenizer* tokenizer) : impl_(std::make_u
   if (I.cfg.enable_prefix_caching) I.prefix = std::make_unique<PrefixCache>(*I.pool, I.block_tokens);
   if (!I.cfg.kv_offload_dir.empty()) {
     if (!I.prefix) fail("--kv-offload-dir needs prefix caching (drop --no-enable-prefix-caching)");
-    I.offload = std::make_unique<KvOffload>(*I.runner, *I.pool, *I.prefix, I.cfg.kv_offload_dir, I.cfg.kv_offload_size);
+    I.offload = std::make_unique<KvOffload>(*I.runner, *I.pool, *I.prefix, I.cfg.kv_offload_dir, I.cfg.kv_offload_size,
+                                            I.cfg.kv_offload_checkpoint_blocks);
     spdlog::info("{}", I.offload->store().describe());
   }
   I.seq_fixed_bytes = uint64_t(I.runner->kv_layout().slot_bytes());
@@ -529,6 +531,9 @@ std::vector<RequestOutput> Engine::complete(const StepResult& result) {
     const bool done = o.finished();
     outputs.push_back(std::move(o));
     if (done) {
+      // Where this conversation would resume: its last full block's snapshot goes to disk too.
+      if (I.offload && r.registered_blocks > 0)
+        I.offload->save_tail(r.tokens, r.registered_blocks - 1, r.kv.blocks[size_t(r.registered_blocks - 1)]);
       I.drop_seq(r);  // frees the blocks (cached ones stay with the prefix cache)
       it = I.running.erase(it);
     } else {

@@ -33,6 +33,7 @@ struct EngineConfig {
   // kv_offload_size bytes of files; empty = off.
   std::string kv_offload_dir;
   uint64_t kv_offload_size = 0;
+  int kv_offload_checkpoint_blocks = 16;  // resume snapshots on disk every this many blocks (and at sequence ends)
   // Bytes for KV blocks + per-sequence state; 0 = from the device's free memory after weights and workspace
   // (times gpu_memory_utilization), capped at what max_num_seqs full-length sequences can use twice over.
   uint64_t kv_cache_memory = 0;

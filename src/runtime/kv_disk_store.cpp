@@ -22,15 +22,15 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// File = Header, then block_tokens int32 token ids, then the block's payload. The checksum covers all of it
-// (with the checksum field zeroed).
+// File = Header, then block_tokens int32 token ids, then the payload. The checksum covers all of it (with the
+// checksum field zeroed).
 constexpr char kMagic[8] = {'D', 'S', 'V', '4', 'K', 'V', 'B', '1'};
 struct Header {
   char magic[8];
-  uint32_t version, block_tokens;
+  uint32_t version, block_tokens, kind, reserved;
   uint64_t identity, hash, parent, payload_bytes, checksum;
 };
-static_assert(sizeof(Header) == 56);
+static_assert(sizeof(Header) == 64);
 
 uint64_t checksum_of(Header h, std::span<const int32_t> tokens, std::span<const uint8_t> payload) {
   h.checksum = 0;
@@ -68,7 +68,7 @@ bool read_all(int fd, void* p, size_t n) {
   return true;
 }
 
-bool is_kv_block_file(const fs::path& p) { return p.extension() == ".kvb"; }
+bool is_kv_block_file(const fs::path& p) { return p.extension() == ".kvb" || p.extension() == ".kvt"; }
 
 }  // namespace
 
@@ -114,26 +114,28 @@ KvDiskStore::~KvDiskStore() {
 
 std::string KvDiskStore::identity_hash() const { return fmt::format("{:016x}", id_hash_); }
 
-std::string KvDiskStore::file_path(uint64_t hash) const {
-  return fmt::format("{}/{:016x}-{:016x}.kvb", o_.dir, id_hash_, hash);
+std::string KvDiskStore::file_path(uint64_t hash, KvFile kind) const {
+  return fmt::format("{}/{:016x}-{:016x}.{}", o_.dir, id_hash_, hash, kind == KvFile::Body ? "kvb" : "kvt");
 }
 
 std::string KvDiskStore::describe() const {
   KvDiskStats s = stats();
-  return fmt::format("KV offload: {} ({}), size {:.1f} MiB, {} block files ({:.1f} MiB) there, {} bytes per block "
-                     "({:.0f} per token), identity {}",
+  const int64_t overhead = int64_t(sizeof(Header)) + 4 * o_.block_tokens;
+  return fmt::format("KV offload: {} ({}), size {:.1f} MiB, {} files ({:.1f} MiB) there; block file {} bytes "
+                     "({:.0f} per token), resume snapshot {} bytes; identity {}",
                      o_.dir, writable() ? "read-write" : "read-only", double(o_.max_bytes) / (1 << 20), s.files,
-                     double(s.bytes_on_disk) / (1 << 20), o_.block_bytes + int64_t(sizeof(Header)) + 4 * o_.block_tokens,
-                     double(o_.block_bytes) / o_.block_tokens, identity_hash());
+                     double(s.bytes_on_disk) / (1 << 20), o_.body_bytes + overhead,
+                     double(o_.body_bytes + overhead) / o_.block_tokens, o_.tail_bytes + overhead, identity_hash());
 }
 
-bool KvDiskStore::contains(uint64_t hash) const {
+bool KvDiskStore::contains(uint64_t hash, KvFile kind) const {
   struct stat sb;
-  return ::stat(file_path(hash).c_str(), &sb) == 0;
+  return ::stat(file_path(hash, kind).c_str(), &sb) == 0;
 }
 
-void KvDiskStore::put(uint64_t hash, uint64_t parent, std::span<const int32_t> tokens, std::vector<uint8_t> bytes) {
-  if (!writable_ || int64_t(bytes.size()) != o_.block_bytes || int64_t(tokens.size()) != o_.block_tokens) return;
+void KvDiskStore::put(uint64_t hash, uint64_t parent, std::span<const int32_t> tokens, std::vector<uint8_t> bytes,
+                      KvFile kind) {
+  if (!writable_ || int64_t(bytes.size()) != payload_bytes(kind) || int64_t(tokens.size()) != o_.block_tokens) return;
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (queued_bytes_ + bytes.size() > o_.max_queued_bytes) {
@@ -141,7 +143,7 @@ void KvDiskStore::put(uint64_t hash, uint64_t parent, std::span<const int32_t> t
       return;
     }
     queued_bytes_ += bytes.size();
-    writes_.push_back({hash, parent, std::vector<int32_t>(tokens.begin(), tokens.end()), std::move(bytes)});
+    writes_.push_back({kind, hash, parent, std::vector<int32_t>(tokens.begin(), tokens.end()), std::move(bytes)});
   }
   cv_.notify_all();
 }
@@ -198,12 +200,13 @@ void KvDiskStore::writer_loop() {
 }
 
 void KvDiskStore::write_one(const Write& w) {
-  const std::string dst = file_path(w.hash);
-  if (contains(w.hash)) return;  // another request or server wrote it
+  const std::string dst = file_path(w.hash, w.kind);
+  if (contains(w.hash, w.kind)) return;  // another request or server wrote it
   Header h{};
   std::memcpy(h.magic, kMagic, 8);
   h.version = 1;
   h.block_tokens = uint32_t(o_.block_tokens);
+  h.kind = uint32_t(w.kind);
   h.identity = id_hash_;
   h.hash = w.hash;
   h.parent = w.parent;
@@ -228,7 +231,7 @@ void KvDiskStore::write_one(const Write& w) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     st_.bytes_written += n;
-    ++st_.blocks_written;
+    ++st_.files_written;
     ++st_.files;
     st_.bytes_on_disk += n;
     over = st_.bytes_on_disk > o_.max_bytes;
@@ -290,11 +293,20 @@ void KvDiskStore::reader_loop() {
     reads_.pop_front();
     lk.unlock();
     const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::vector<uint8_t>> bodies;
     for (const KvDiskKey& k : r->keys) {
       std::vector<uint8_t> b;
-      if (!read_one(k, b)) break;
-      r->blocks.push_back(std::move(b));
+      if (!read_one(k, KvFile::Body, b)) break;
+      bodies.push_back(std::move(b));
     }
+    // The deepest snapshot that verifies ends the restored run.
+    for (int64_t i = int64_t(bodies.size()) - 1; i >= 0; --i)
+      if (r->keys[size_t(i)].tail && read_one(r->keys[size_t(i)], KvFile::Tail, r->tail)) {
+        r->tail_index = i;
+        bodies.resize(size_t(i + 1));
+        r->blocks = std::move(bodies);
+        break;
+      }
     r->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     lk.lock();
     ++st_.restores;
@@ -307,16 +319,16 @@ void KvDiskStore::reader_loop() {
 
 // Reads and verifies one file. A missing file is a plain miss; anything else wrong is a warning, and the file
 // goes (it can never verify; a fresh copy is written when the block is recomputed).
-bool KvDiskStore::read_one(const KvDiskKey& k, std::vector<uint8_t>& out) {
-  const std::string path = file_path(k.hash);
+bool KvDiskStore::read_one(const KvDiskKey& k, KvFile kind, std::vector<uint8_t>& out) {
+  const std::string path = file_path(k.hash, kind);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
-  const uint64_t want = sizeof(Header) + uint64_t(o_.block_tokens) * 4 + uint64_t(o_.block_bytes);
+  const uint64_t want = sizeof(Header) + uint64_t(o_.block_tokens) * 4 + uint64_t(payload_bytes(kind));
   struct stat sb;
   std::string bad;
   Header h{};
   std::vector<int32_t> tokens(size_t(o_.block_tokens));
-  out.resize(size_t(o_.block_bytes));
+  out.resize(size_t(payload_bytes(kind)));
   if (::fstat(fd, &sb) != 0 || uint64_t(sb.st_size) != want)
     bad = fmt::format("{} bytes, expected {}", uint64_t(sb.st_size), want);
   else if (!read_all(fd, &h, sizeof h) || !read_all(fd, tokens.data(), tokens.size() * 4) ||
@@ -324,8 +336,8 @@ bool KvDiskStore::read_one(const KvDiskKey& k, std::vector<uint8_t>& out) {
     bad = "short read";
   else if (std::memcmp(h.magic, kMagic, 8) != 0 || h.version != 1)
     bad = "not a dsv4 KV block file";
-  else if (h.identity != id_hash_ || h.block_tokens != uint32_t(o_.block_tokens) ||
-           h.payload_bytes != uint64_t(o_.block_bytes))
+  else if (h.identity != id_hash_ || h.block_tokens != uint32_t(o_.block_tokens) || h.kind != uint32_t(kind) ||
+           h.payload_bytes != uint64_t(payload_bytes(kind)))
     bad = "another model, dtype or layout";
   else if (h.checksum != checksum_of(h, tokens, out))
     bad = "checksum mismatch";

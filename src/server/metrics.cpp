@@ -170,8 +170,9 @@ std::string Metrics::render(const EngineStats& e) const {
            double(e.disk.bytes_read));
     single(out, "dsv4_kv_offload_written_bytes_total", "counter", "Bytes written to the disk tier.",
            double(e.disk.bytes_written));
-    single(out, "dsv4_kv_offload_written_blocks_total", "counter", "KV blocks written to the disk tier.",
-           double(e.disk.blocks_written));
+    single(out, "dsv4_kv_offload_written_files_total", "counter",
+           "Files written to the disk tier (block bodies and resume snapshots).",
+           double(e.disk.files_written));
     single(out, "dsv4_kv_offload_restore_seconds_total", "counter",
            "Time spent reading and verifying blocks from the disk tier, summed over restores.",
            e.disk.restore_seconds);

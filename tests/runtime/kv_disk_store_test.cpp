@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -21,12 +22,12 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr int kBt = 128;
-constexpr int64_t kBytes = 3000;
+constexpr int64_t kBytes = 3000, kTail = 5000;
 
 struct Chain {
   std::vector<int32_t> tokens;
-  std::vector<KvDiskKey> keys;
-  std::vector<std::vector<uint8_t>> payload;
+  std::vector<KvDiskKey> keys;  // every one asks for its snapshot
+  std::vector<std::vector<uint8_t>> payload, tail;
 };
 
 Chain chain(int blocks, int seed) {
@@ -37,11 +38,14 @@ Chain chain(int blocks, int seed) {
     for (int i = 0; i < kBt; ++i) t[size_t(i)] = (seed * 7919 + b * 131 + i * 17) % 5000;
     const uint64_t parent = h;
     h = PrefixCache::chain_hash(parent, t);
-    c.keys.push_back({h, parent, t});
+    c.keys.push_back({h, parent, t, true});
     c.tokens.insert(c.tokens.end(), t.begin(), t.end());
     std::vector<uint8_t> p(static_cast<size_t>(kBytes));
     for (size_t i = 0; i < p.size(); ++i) p[i] = uint8_t((i * 31 + size_t(b) * 7 + size_t(seed)) & 0xff);
     c.payload.push_back(std::move(p));
+    std::vector<uint8_t> q(static_cast<size_t>(kTail));
+    for (size_t i = 0; i < q.size(); ++i) q[i] = uint8_t((i * 13 + size_t(b) * 3 + size_t(seed)) & 0xff);
+    c.tail.push_back(std::move(q));
   }
   return c;
 }
@@ -52,12 +56,18 @@ KvDiskOptions opts(const std::string& dir, std::string identity = "model-a;fp8",
   o.max_bytes = max_bytes;
   o.identity = std::move(identity);
   o.block_tokens = kBt;
-  o.block_bytes = kBytes;
+  o.body_bytes = kBytes;
+  o.tail_bytes = kTail;
   return o;
 }
 
-void put_all(KvDiskStore& s, const Chain& c) {
-  for (size_t b = 0; b < c.keys.size(); ++b) s.put(c.keys[b].hash, c.keys[b].parent, c.keys[b].tokens, c.payload[b]);
+// Bodies of every block; snapshots of those in `tails` (all when empty).
+void put_all(KvDiskStore& s, const Chain& c, std::vector<size_t> tails = {}) {
+  for (size_t b = 0; b < c.keys.size(); ++b) {
+    s.put(c.keys[b].hash, c.keys[b].parent, c.keys[b].tokens, c.payload[b]);
+    if (tails.empty() || std::find(tails.begin(), tails.end(), b) != tails.end())
+      s.put(c.keys[b].hash, c.keys[b].parent, c.keys[b].tokens, c.tail[b], KvFile::Tail);
+  }
   s.flush();
 }
 
@@ -91,18 +101,39 @@ TEST(KvDiskStore, RoundTripSurvivesANewInstance) {
     KvDiskStore s(opts(d.str()));
     EXPECT_TRUE(s.writable());
     put_all(s, c);
-    EXPECT_EQ(s.stats().blocks_written, 3u);
+    EXPECT_EQ(s.stats().files_written, 6u);
   }
   KvDiskStore s(opts(d.str()));  // a restart
-  EXPECT_EQ(s.stats().files, 3u);
-  for (auto& k : c.keys) EXPECT_TRUE(s.contains(k.hash));
+  EXPECT_EQ(s.stats().files, 6u);
+  for (auto& k : c.keys) EXPECT_TRUE(s.contains(k.hash) && s.contains(k.hash, KvFile::Tail));
   auto r = read_wait(s, c.keys);
   ASSERT_EQ(r->blocks.size(), 3u);
   for (size_t b = 0; b < 3; ++b) EXPECT_EQ(r->blocks[b], c.payload[b]);
+  EXPECT_EQ(r->tail_index, 2);
+  EXPECT_EQ(r->tail, c.tail[2]);
   EXPECT_EQ(s.stats().hit_blocks, 3u);
   EXPECT_GT(s.stats().bytes_read, 3u * kBytes);
   // Bytes on disk per block: the payload plus a small header and the token ids.
-  EXPECT_LT(fs::file_size(s.file_path(c.keys[0].hash)), uint64_t(kBytes) + 64 + 4 * kBt + 1);
+  EXPECT_LE(fs::file_size(s.file_path(c.keys[0].hash)), uint64_t(kBytes) + 64 + 4 * kBt);
+}
+
+TEST(KvDiskStore, ARestoredRunEndsAtTheDeepestSnapshot) {
+  TempDir d;
+  Chain c = chain(5, 9);
+  KvDiskStore s(opts(d.str()));
+  put_all(s, c, {0, 2});
+  auto r = read_wait(s, c.keys);
+  EXPECT_EQ(r->blocks.size(), 3u);
+  EXPECT_EQ(r->tail_index, 2);
+  EXPECT_EQ(r->tail, c.tail[2]);
+  fs::resize_file(s.file_path(c.keys[2].hash, KvFile::Tail), 10);  // a bad snapshot: the one before serves
+  r = read_wait(s, c.keys);
+  EXPECT_EQ(r->blocks.size(), 1u);
+  EXPECT_EQ(r->tail, c.tail[0]);
+  EXPECT_EQ(s.stats().bad_files, 1u);
+  auto keys = c.keys;
+  keys[0].tail = false;  // not asked for: no snapshot, nothing restored
+  EXPECT_EQ(read_wait(s, keys)->blocks.size(), 0u);
 }
 
 TEST(KvDiskStore, CorruptAndTruncatedFilesAreIgnoredAndRemoved) {
@@ -158,10 +189,11 @@ TEST(KvDiskStore, AnotherIdentityNeverReadsThem) {
 TEST(KvDiskStore, LeastRecentlyUsedGoFirstWithinTheSize) {
   TempDir d;
   Chain c = chain(8, 4);
-  const uint64_t file = 56 + 4 * kBt + kBytes;
+  const uint64_t file = 2 * (64 + 4 * kBt) + kBytes + kTail;  // a block's two files
   KvDiskStore s(opts(d.str(), "id", 5 * file));
   for (size_t b = 0; b < 8; ++b) {
     s.put(c.keys[b].hash, c.keys[b].parent, c.keys[b].tokens, c.payload[b]);
+    s.put(c.keys[b].hash, c.keys[b].parent, c.keys[b].tokens, c.tail[b], KvFile::Tail);
     s.flush();
     std::this_thread::sleep_for(std::chrono::milliseconds(15));  // mtimes are coarse
     if (b >= 1) {
@@ -193,7 +225,8 @@ TEST(KvDiskStore, TwoWritersOnOneDirectory) {
   auto r = read_wait(s, c.keys);
   EXPECT_EQ(r->blocks.size(), 16u);
   EXPECT_EQ(s.stats().bad_files, 0u);
-  for (auto& e : fs::directory_iterator(d.p)) EXPECT_EQ(e.path().extension(), ".kvb") << e.path();
+  for (auto& e : fs::directory_iterator(d.p))
+    EXPECT_TRUE(e.path().extension() == ".kvb" || e.path().extension() == ".kvt") << e.path();
 }
 
 TEST(KvDiskStore, ReadOnlyDirectoryTurnsWritesOff) {
@@ -210,7 +243,7 @@ TEST(KvDiskStore, ReadOnlyDirectoryTurnsWritesOff) {
   EXPECT_FALSE(s.writable());
   Chain other = chain(1, 7);
   put_all(s, other);  // dropped, no error
-  EXPECT_EQ(s.stats().blocks_written, 0u);
+  EXPECT_EQ(s.stats().files_written, 0u);
   if (!root) {
     EXPECT_EQ(read_wait(s, c.keys)->blocks.size(), 2u);  // what is there is still read
     ::chmod(d.str().c_str(), 0755);
@@ -230,7 +263,7 @@ TEST(KvDiskStore, FullDiskTurnsWritesOff) {
     KvDiskStore s(opts(d.str()));
     if (!s.writable()) ::_exit(2);  // the probe (1 byte) must pass
     put_all(s, c);
-    const bool ok = !s.writable() && s.stats().blocks_written == 0 && !s.contains(c.keys[0].hash);
+    const bool ok = !s.writable() && s.stats().files_written == 0 && !s.contains(c.keys[0].hash);
     int leftovers = 0;
     for (auto& e : fs::directory_iterator(d.p)) ++leftovers, (void)e;
     ::_exit(ok && leftovers == 0 ? 0 : 1);

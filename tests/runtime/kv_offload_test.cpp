@@ -88,9 +88,11 @@ struct TempDir {
 bool have_fixture() { return fs::exists(kTiny + "/model.safetensors"); }
 
 // Turn 1 of a conversation in a fresh engine on `dir`; returns turn 2's prompt (turn 1 + reply + a new message).
-std::vector<int32_t> first_turn(const std::string& dir) {
+std::vector<int32_t> first_turn(const std::string& dir, int checkpoint_blocks = 16) {
   auto p1 = prompt_of(700, 7);
-  Engine e(config(dir));
+  auto c = config(dir);
+  c.kv_offload_checkpoint_blocks = checkpoint_blocks;
+  Engine e(c);
   Turn t1 = run(e, p1, 8);
   auto p2 = p1;
   p2.insert(p2.end(), t1.tokens.begin(), t1.tokens.end());
@@ -99,10 +101,10 @@ std::vector<int32_t> first_turn(const std::string& dir) {
   return p2;  // the engine's destructor finishes the queued writes
 }
 
-std::vector<fs::path> block_files(const fs::path& dir) {
+std::vector<fs::path> block_files(const fs::path& dir, const char* ext = ".kvb") {
   std::vector<fs::path> v;
   for (auto& e : fs::directory_iterator(dir))
-    if (e.path().extension() == ".kvb") v.push_back(e.path());
+    if (e.path().extension() == ext) v.push_back(e.path());
   return v;
 }
 
@@ -124,6 +126,8 @@ TEST(KvOffload, RestartRestoresBlocksWithIdenticalLogits) {
   TempDir d;
   auto p2 = first_turn(d.p.string());
   EXPECT_EQ(block_files(d.p).size(), 2u);  // 707 computed positions: two full blocks
+  ASSERT_EQ(block_files(d.p, ".kvt").size(), 1u);  // one resume snapshot: where the conversation stopped
+  EXPECT_EQ(block_files(d.p, ".kvt")[0].stem(), file_of(d.p, prompt_of(700, 7), 1).stem());
   auto e = std::make_unique<Engine>(config(d.p.string()));  // the restart
   Turn warm = run(*e, p2, 4);
   Turn ref = cold(p2, 4);
@@ -143,7 +147,7 @@ TEST(KvOffload, RestartRestoresBlocksWithIdenticalLogits) {
 TEST(KvOffload, CorruptAndTruncatedFilesAreRecomputed) {
   if (!have_fixture()) FAIL() << "fixture " << kTiny << " missing";
   TempDir d;
-  auto p2 = first_turn(d.p.string());
+  auto p2 = first_turn(d.p.string(), 1);  // a snapshot for every block: a run can end early
   Turn ref = cold(p2, 4);
   {  // block 1 corrupted: block 0 still comes from disk
     const fs::path f = file_of(d.p, p2, 1);
@@ -154,8 +158,10 @@ TEST(KvOffload, CorruptAndTruncatedFilesAreRecomputed) {
     s.seekp(std::streamoff(fs::file_size(f) / 2));
     s.put(c);
   }
+  auto c = config(d.p.string());
+  c.kv_offload_checkpoint_blocks = 1;
   {
-    Engine e(config(d.p.string()));
+    Engine e(c);
     Turn t = run(e, p2, 4);
     EXPECT_EQ(t.stats.disk.bad_files, 1u);
     EXPECT_EQ(t.last.cached_tokens, 256);
@@ -164,7 +170,7 @@ TEST(KvOffload, CorruptAndTruncatedFilesAreRecomputed) {
   }
   // The recomputed block was written again (verifies now); truncate block 0 instead.
   fs::resize_file(file_of(d.p, p2, 0), 100);
-  Engine e(config(d.p.string()));
+  Engine e(c);
   Turn t = run(e, p2, 4);
   EXPECT_EQ(t.stats.disk.bad_files, 1u);
   EXPECT_EQ(t.last.cached_tokens, 0);
@@ -195,7 +201,7 @@ TEST(KvOffload, ReadOnlyDirectoryAndFullDiskServeNormally) {
   e.reset();  // joins the writer
   ::setrlimit(RLIMIT_FSIZE, &old);
   std::signal(SIGXFSZ, old_handler);
-  EXPECT_FALSE(t.stats.disk.writable && t.stats.disk.blocks_written > 0);
+  EXPECT_FALSE(t.stats.disk.writable && t.stats.disk.files_written > 0);
   EXPECT_EQ(t.first_logits, ref.first_logits);
   EXPECT_EQ(t.tokens, ref.tokens);
   EXPECT_TRUE(block_files(d.p).empty());
@@ -206,4 +212,23 @@ TEST(KvOffload, NeedsPrefixCaching) {
   auto c = config("/tmp/unused");
   c.enable_prefix_caching = false;
   EXPECT_THROW(Engine e(c), Error);
+}
+
+TEST(KvOffload, PrefixCacheHitsEndOnlyAtResumableBlocks) {
+  BlockPool pool(8);
+  PrefixCache pc(pool, 256);
+  auto t = prompt_of(1024, 3);
+  std::vector<int32_t> b;
+  for (int i = 0; i < 4; ++i) b.push_back(pool.allocate());
+  EXPECT_TRUE(pc.insert(t, 0, b[0], true));
+  EXPECT_TRUE(pc.insert(t, 1, b[1], false));  // restored without its snapshot
+  EXPECT_TRUE(pc.insert(t, 2, b[2], false));
+  std::vector<std::pair<int32_t, bool>> chain;
+  EXPECT_EQ(pc.lookup(t, 4, &chain), std::vector<int32_t>{b[0]});
+  EXPECT_EQ(chain.size(), 3u);
+  EXPECT_FALSE(pc.insert(t, 2, b[3], false));  // no upgrade: nothing changes
+  EXPECT_TRUE(pc.insert(t, 2, b[3], true));    // a computed block replaces the one without a snapshot
+  EXPECT_EQ(pc.lookup(t, 4), (std::vector<int32_t>{b[0], b[1], b[3]}));
+  EXPECT_EQ(pool.refcount(b[2]), 1);  // the cache let go of it
+  for (int32_t x : b) pool.release(x);
 }
