@@ -9,6 +9,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "core/error.h"
 #include "runtime/engine.h"
@@ -142,6 +143,30 @@ TEST(KvOffload, RestartRestoresBlocksWithIdenticalLogits) {
   // Turn 2's own new full block goes to disk too (768 of its 771 positions), by the time the engine is gone.
   e.reset();
   EXPECT_EQ(block_files(d.p).size(), 3u);
+}
+
+TEST(KvOffload, OtherRequestsRunWhileARestoreLoads) {
+  if (!have_fixture()) FAIL() << "fixture " << kTiny << " missing";
+  TempDir d;
+  auto p2 = first_turn(d.p.string());
+  auto other = prompt_of(300, 11);
+  Engine e(config(d.p.string()));
+  SamplingParams g;
+  g.temperature = 0;
+  g.max_tokens = 6;
+  g.ignore_eos = true;
+  const uint64_t a = e.add_request(p2, g), b = e.add_request(other, g);
+  std::map<uint64_t, std::vector<int32_t>> got;
+  std::map<uint64_t, RequestOutput> last;
+  for (int guard = 0; e.has_work() && guard < 10000; ++guard)
+    for (auto& o : e.step()) {
+      got[o.id].insert(got[o.id].end(), o.new_tokens.begin(), o.new_tokens.end());
+      last[o.id] = o;
+    }
+  EXPECT_EQ(last[a].cached_tokens, 512);
+  EXPECT_EQ(last[b].cached_tokens, 0);
+  EXPECT_EQ(got[a], cold(p2, 6).tokens);
+  EXPECT_EQ(got[b], cold(other, 6).tokens);
 }
 
 TEST(KvOffload, CorruptAndTruncatedFilesAreRecomputed) {
