@@ -122,11 +122,13 @@ struct Engine::Impl {
   }
 
   // Finished reads go into the arena and the prefix cache; their requests rejoin the queue's front in order.
-  // With nothing else to run, waits for the oldest read instead of spinning.
+  // With nothing else to run, waits a little for the oldest read instead of spinning (at most 5 ms a step, so
+  // the engine loop still takes submits and aborts while a long restore reads).
   void poll_restores() {
     if (restoring.empty()) return;
     if (running.empty() && waiting.empty())
-      while (!restoring.front()->restore->done()) std::this_thread::sleep_for(std::chrono::microseconds(200));
+      for (int i = 0; i < 25 && !restoring.front()->restore->done(); ++i)
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
     std::vector<std::unique_ptr<Request>> ready;
     for (auto it = restoring.begin(); it != restoring.end();) {
       Request& r = **it;
