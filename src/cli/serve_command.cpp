@@ -232,6 +232,8 @@ void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
   ec.kv_cache_dtype = o.kv_cache_dtype;
   ec.enable_prefix_caching = o.enable_prefix_caching;
   ec.kv_cache_memory = o.kv_cache_memory == "auto" ? 0 : parse_size(o.kv_cache_memory, "--kv-cache-memory");
+  ec.kv_offload_dir = o.kv_offload_dir;
+  if (!o.kv_offload_dir.empty()) ec.kv_offload_size = parse_size(o.kv_offload_size, "--kv-offload-size");
   if (o.gpu_memory_utilization <= 0 || o.gpu_memory_utilization > 1)
     fail("--gpu-memory-utilization {} must be in (0, 1]", o.gpu_memory_utilization);
   ec.gpu_memory_utilization = o.gpu_memory_utilization;
@@ -342,6 +344,12 @@ void add_serve_options(CLI::App& app, ServeOpts& opts) {
                   "memory for KV blocks + per-sequence state (e.g. 8GiB); auto: the device's free memory after "
                   "weights and workspace, times --gpu-memory-utilization (at most what --max-num-seqs full-length "
                   "sequences can use twice over)")
+      ->capture_default_str();
+  cmd->add_option("--kv-offload-dir", o->kv_offload_dir,
+                  "directory for the prefix cache's disk tier: full KV blocks persist there (checksummed, shared "
+                  "safely by servers of any model) and are read back instead of recomputed, across restarts");
+  cmd->add_option("--kv-offload-size", o->kv_offload_size,
+                  "bytes of block files the --kv-offload-dir may hold (least recently used go first), e.g. 64GiB")
       ->capture_default_str();
   cmd->add_option("--gpu-memory-utilization", o->gpu_memory_utilization,
                   "share of the device's memory the server may take (vLLM's flag; with --kv-cache-memory auto)")

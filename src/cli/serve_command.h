@@ -36,6 +36,7 @@ struct ServeOpts {
   int max_num_seqs, max_num_batched_tokens, block_size;
   double max_inter_token_latency_ms = 0;
   std::string kv_cache_dtype = "auto", kv_cache_memory = "auto";
+  std::string kv_offload_dir, kv_offload_size = "16GiB";
   std::string device = "auto", load_format = "auto";
   double gpu_memory_utilization = 0.9;
   bool enable_prefix_caching;

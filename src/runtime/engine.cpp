@@ -6,9 +6,11 @@
 #include <chrono>
 #include <deque>
 #include <map>
+#include <thread>
 
 #include "core/error.h"
 #include "runtime/kv_block_manager.h"
+#include "runtime/kv_offload.h"
 #include "runtime/latency_budget.h"
 #include "runtime/prefix_cache.h"
 #include "runtime/request_text.h"
@@ -40,6 +42,12 @@ struct Request {
   std::unique_ptr<RequestText> text;  // when the engine has a tokenizer
   int64_t cached_tokens = 0;
   int64_t registered_blocks = 0;  // full blocks already offered to the prefix cache
+  // Disk tier: a read in flight (the request waits in `restoring`), the blocks it pins meanwhile, whether the
+  // disk was already asked for this admission.
+  std::shared_ptr<KvDiskRead> restore;
+  int64_t restore_first = 0;
+  std::vector<int32_t> pins;
+  bool disk_probed = false;
   RequestOutput pending;          // accumulates this step's output
   bool has_output = false;
 
@@ -57,6 +65,8 @@ struct Engine::Impl {
   std::unique_ptr<BlockPool> pool;
   std::unique_ptr<SlotPool> slots;
   std::unique_ptr<PrefixCache> prefix;
+  std::unique_ptr<KvOffload> offload;
+  std::deque<std::unique_ptr<Request>> restoring;  // waiting for their blocks from disk
   int block_tokens = 256;
   int64_t max_len = 0;
   int vocab = 0;
@@ -85,6 +95,56 @@ struct Engine::Impl {
     r.kv.release(*pool, *slots);
     r.resume.clear();
     r.registered_blocks = 0;
+    unpin(r);
+    r.restore.reset();
+    r.disk_probed = false;
+  }
+
+  void unpin(Request& r) {
+    for (int32_t b : r.pins) pool->release(b);
+    r.pins.clear();
+  }
+
+  // Before admission: the blocks after the memory hit that are on disk start loading; the request waits in
+  // `restoring` (the memory hit pinned) while the others go on. False when the disk has nothing to add.
+  bool begin_restore(Request& r) {
+    if (!offload || r.disk_probed) return false;
+    r.disk_probed = true;
+    const int64_t max_blocks = (int64_t(r.tokens.size()) - 1) / block_tokens;
+    auto hit = prefix->lookup(r.tokens, max_blocks);
+    if (int64_t(hit.size()) == max_blocks) return false;
+    r.restore = offload->probe(r.tokens, int64_t(hit.size()), max_blocks);
+    if (!r.restore) return false;
+    for (int32_t b : hit) pool->retain(b);
+    r.pins = hit;
+    r.restore_first = int64_t(hit.size());
+    return true;
+  }
+
+  // Finished reads go into the arena and the prefix cache; their requests rejoin the queue's front in order.
+  // With nothing else to run, waits a little for the oldest read instead of spinning (at most 5 ms a step, so
+  // the engine loop still takes submits and aborts while a long restore reads).
+  void poll_restores() {
+    if (restoring.empty()) return;
+    if (running.empty() && waiting.empty())
+      for (int i = 0; i < 25 && !restoring.front()->restore->done(); ++i)
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+    std::vector<std::unique_ptr<Request>> ready;
+    for (auto it = restoring.begin(); it != restoring.end();) {
+      Request& r = **it;
+      if (!r.restore->done()) {
+        ++it;
+        continue;
+      }
+      auto ids = offload->install(*r.restore, r.tokens, r.restore_first);
+      if (!ids.empty() && ids.size() == r.restore->blocks.size())  // else the run has no snapshot: unused
+        st.prefix_disk_hits += uint64_t(ids.size()) * uint64_t(block_tokens);
+      r.pins.insert(r.pins.end(), ids.begin(), ids.end());
+      r.restore.reset();
+      ready.push_back(std::move(*it));
+      it = restoring.erase(it);
+    }
+    for (auto it = ready.rbegin(); it != ready.rend(); ++it) waiting.push_front(std::move(*it));
   }
 
   // Makes room for `tokens` positions of r's sequence: evicts unreferenced cached blocks, then preempts the
@@ -122,12 +182,16 @@ struct Engine::Impl {
     const int64_t max_blocks = (int64_t(r.tokens.size()) - 1) / block_tokens;
     auto hit = prefix->lookup(r.tokens, max_blocks);
     st.prefix_queries += uint64_t(r.tokens.size());
-    if (hit.empty()) return true;
+    if (hit.empty()) {
+      unpin(r);
+      return true;
+    }
     for (int32_t b : hit) pool->retain(b);
     r.kv.blocks = hit;
     r.kv.pos = int64_t(hit.size()) * block_tokens;
     append_resume_copies(runner->kv_layout(), r.kv.slot, hit.back(), r.kv.pos, r.resume);
     r.registered_blocks = int64_t(hit.size());
+    unpin(r);  // the sequence holds them now
     st.prefix_hits += uint64_t(r.kv.pos);
     if (r.generated() == 0) r.cached_tokens = r.kv.pos;
     return true;
@@ -136,7 +200,16 @@ struct Engine::Impl {
   void offer_full_blocks(Request& r) {
     if (!prefix) return;
     const int64_t full = r.computed() / block_tokens;
-    for (int64_t k = r.registered_blocks; k < full; ++k) prefix->insert(r.tokens, k, r.kv.blocks[size_t(k)]);
+    if (r.registered_blocks >= full) return;
+    uint64_t h = offload ? prefix->hash_upto(r.tokens, r.registered_blocks) : 0;
+    for (int64_t k = r.registered_blocks; k < full; ++k) {
+      const bool added = prefix->insert(r.tokens, k, r.kv.blocks[size_t(k)]);
+      if (!offload) continue;
+      const uint64_t parent = h;
+      h = PrefixCache::chain_hash(parent, std::span<const int32_t>(r.tokens).subspan(size_t(k * block_tokens),
+                                                                                   size_t(block_tokens)));
+      if (added) offload->save(r.tokens, k, parent, h, r.kv.blocks[size_t(k)]);
+    }
     r.registered_blocks = std::max(r.registered_blocks, full);
   }
 
@@ -187,6 +260,12 @@ Engine::Engine(EngineConfig cfg, const Tokenizer* tokenizer) : impl_(std::make_u
   I.pool = std::make_unique<BlockPool>(mp.kv_blocks);
   I.slots = std::make_unique<SlotPool>(I.cfg.max_num_seqs);
   if (I.cfg.enable_prefix_caching) I.prefix = std::make_unique<PrefixCache>(*I.pool, I.block_tokens);
+  if (!I.cfg.kv_offload_dir.empty()) {
+    if (!I.prefix) fail("--kv-offload-dir needs prefix caching (drop --no-enable-prefix-caching)");
+    I.offload = std::make_unique<KvOffload>(*I.runner, *I.pool, *I.prefix, I.cfg.kv_offload_dir, I.cfg.kv_offload_size,
+                                            I.cfg.kv_offload_checkpoint_blocks);
+    spdlog::info("{}", I.offload->store().describe());
+  }
   I.seq_fixed_bytes = uint64_t(I.runner->kv_layout().slot_bytes());
   I.block_bytes = uint64_t(I.runner->kv_layout().block_bytes());
   I.st.kv_blocks_total = mp.kv_blocks;
@@ -262,17 +341,31 @@ void Engine::abort(uint64_t id) {
       I.waiting.erase(it);
       return;
     }
+  for (auto it = I.restoring.begin(); it != I.restoring.end(); ++it)
+    if ((*it)->id == id) {
+      out(**it);
+      I.drop_seq(**it);  // the read finishes on its own; nobody looks at it
+      I.restoring.erase(it);
+      return;
+    }
 }
 
-bool Engine::has_work() const { return !impl_->running.empty() || !impl_->waiting.empty() || !impl_->finished_outside_step.empty(); }
+bool Engine::has_work() const {
+  return !impl_->running.empty() || !impl_->waiting.empty() || !impl_->restoring.empty() ||
+         !impl_->finished_outside_step.empty();
+}
 
 EngineStats Engine::stats() const {
   EngineStats s = impl_->st;
   s.running = int(impl_->running.size());
-  s.waiting = int(impl_->waiting.size());
+  s.waiting = int(impl_->waiting.size() + impl_->restoring.size());  // restoring: waiting for disk reads
   s.kv_blocks_used = impl_->pool->used();
   s.kv_blocks_reusable = impl_->prefix ? impl_->prefix->reusable() : 0;
   s.kv_bytes_used = impl_->used_bytes();
+  if (impl_->offload) {
+    s.kv_offload = true;
+    s.disk = impl_->offload->store().stats();
+  }
   return s;
 }
 
@@ -288,6 +381,7 @@ StepPlan Engine::schedule() {
   int64_t budget = I.cfg.max_num_batched_tokens;
   std::vector<Impl::Scheduled>& sched = I.scheduled;
   I.step_start = std::chrono::steady_clock::now();
+  I.poll_restores();
 
   // 1. Running requests: decodes first (a long prefill never starves them), then prefill chunks.
   std::vector<Request*> order;
@@ -320,6 +414,11 @@ StepPlan Engine::schedule() {
   // 2. Admit waiting requests (FIFO) while there is room.
   while (budget > 0 && prefill_room > 0 && !I.waiting.empty() && int(I.running.size()) < I.cfg.max_num_seqs) {
     Request& r = *I.waiting.front();
+    if (!r.has_seq() && I.begin_restore(r)) {
+      I.restoring.push_back(std::move(I.waiting.front()));
+      I.waiting.pop_front();
+      continue;
+    }
     if (!r.has_seq() && !I.start_seq(r)) break;  // no free slot
     const int64_t n = std::min<int64_t>(int64_t(r.tokens.size()) - r.computed(), std::min(budget, prefill_room));
     if (!r.kv.ensure(*I.pool, r.computed() + n, I.block_tokens)) {
@@ -434,6 +533,9 @@ std::vector<RequestOutput> Engine::complete(const StepResult& result) {
     const bool done = o.finished();
     outputs.push_back(std::move(o));
     if (done) {
+      // Where this conversation would resume: its last full block's snapshot goes to disk too.
+      if (I.offload && r.registered_blocks > 0)
+        I.offload->save_tail(r.tokens, r.registered_blocks - 1, r.kv.blocks[size_t(r.registered_blocks - 1)]);
       I.drop_seq(r);  // frees the blocks (cached ones stay with the prefix cache)
       it = I.running.erase(it);
     } else {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "model/dsv4_model.h"
+#include "runtime/kv_disk_store.h"
 #include "runtime/model_runner.h"
 #include "runtime/sampler.h"
 #include "runtime/step_plan.h"
@@ -28,6 +29,11 @@ struct EngineConfig {
   int block_size = 256;                  // KV block, in tokens (multiple of 128)
   std::string kv_cache_dtype = "bf16";   // bf16 | fp8
   bool enable_prefix_caching = true;   // as in vLLM v1 (`dsv4 serve` reads its defaults from here)
+  // Disk tier of the prefix cache (runtime/kv_offload.h): full blocks persist in this directory, at most
+  // kv_offload_size bytes of files; empty = off.
+  std::string kv_offload_dir;
+  uint64_t kv_offload_size = 0;
+  int kv_offload_checkpoint_blocks = 16;  // resume snapshots on disk every this many blocks (and at sequence ends)
   // Bytes for KV blocks + per-sequence state; 0 = from the device's free memory after weights and workspace
   // (times gpu_memory_utilization), capped at what max_num_seqs full-length sequences can use twice over.
   uint64_t kv_cache_memory = 0;
@@ -69,7 +75,10 @@ struct EngineStats {
   int64_t kv_blocks_used = 0, kv_blocks_total = 0;
   int64_t kv_blocks_reusable = 0;  // of the used: held only by the prefix cache (evictable on demand)
   uint64_t bytes_per_block = 0, bytes_per_sequence = 0;  // fixed per-sequence state (window rings etc.)
-  uint64_t prefix_queries = 0, prefix_hits = 0;  // in tokens
+  uint64_t prefix_queries = 0, prefix_hits = 0;  // in tokens (hits include blocks restored from disk)
+  bool kv_offload = false;
+  uint64_t prefix_disk_hits = 0;  // tokens restored from disk into the prefix cache
+  KvDiskStats disk;               // the disk tier's own counters (bytes, restore time, bad files)
   uint64_t preemptions = 0;
   uint64_t prompt_tokens = 0, generation_tokens = 0;  // totals
 };

@@ -22,9 +22,12 @@ uint64_t PrefixCache::hash_upto(std::span<const int32_t> tokens, int64_t blocks)
   return h;
 }
 
-std::vector<int32_t> PrefixCache::lookup(std::span<const int32_t> tokens, int64_t max_blocks) {
+std::vector<int32_t> PrefixCache::lookup(std::span<const int32_t> tokens, int64_t max_blocks,
+                                         std::vector<std::pair<int32_t, bool>>* chain) {
   const int64_t bt = block_tokens_;
   std::vector<int32_t> out;
+  size_t resumable = 0;  // out's length up to the last resumable block
+  if (chain) chain->clear();
   uint64_t h = 0;
   for (int64_t k = 0; k < max_blocks && (k + 1) * bt <= int64_t(tokens.size()); ++k) {
     auto blk = tokens.subspan(size_t(k * bt), size_t(bt));
@@ -35,19 +38,32 @@ std::vector<int32_t> PrefixCache::lookup(std::span<const int32_t> tokens, int64_
       break;
     lru_.splice(lru_.end(), lru_, it->second.lru);
     out.push_back(it->second.block);
+    if (it->second.resumable) resumable = out.size();
+    if (chain) chain->emplace_back(it->second.block, it->second.resumable);
   }
+  out.resize(resumable);
   return out;
 }
 
-void PrefixCache::insert(std::span<const int32_t> tokens, int64_t index, int32_t block) {
+bool PrefixCache::insert(std::span<const int32_t> tokens, int64_t index, int32_t block, bool resumable) {
   const int64_t bt = block_tokens_;
   uint64_t parent = hash_upto(tokens, index);
   auto blk = tokens.subspan(size_t(index * bt), size_t(bt));
   uint64_t h = chain_hash(parent, blk);
-  if (entries_.count(h)) return;
+  auto it = entries_.find(h);
+  if (it != entries_.end()) {
+    if (it->second.resumable || !resumable) return false;
+    pool_.retain(block);
+    pool_.release(it->second.block);
+    it->second.block = block;
+    it->second.resumable = true;
+    lru_.splice(lru_.end(), lru_, it->second.lru);
+    return true;
+  }
   pool_.retain(block);
   lru_.push_back(h);
-  entries_.emplace(h, Entry{block, std::vector<int32_t>(blk.begin(), blk.end()), parent, std::prev(lru_.end())});
+  entries_.emplace(h, Entry{block, std::vector<int32_t>(blk.begin(), blk.end()), parent, std::prev(lru_.end()), resumable});
+  return true;
 }
 
 int64_t PrefixCache::evict(int64_t n) {

@@ -160,6 +160,31 @@ std::string Metrics::render(const EngineStats& e) const {
          double(e.prefix_hits));
   single(out, "dsv4_prefix_cache_hit_ratio", "gauge", "Prefix cache hits / queries since start (tokens).",
          e.prefix_queries > 0 ? double(e.prefix_hits) / double(e.prefix_queries) : 0.0);
+  if (e.kv_offload) {  // the disk tier (--kv-offload-dir)
+    single(out, "dsv4_kv_offload_hit_tokens_total", "counter",
+           "Prompt tokens whose KV was restored from the disk tier instead of recomputed (part of the prefix hits).",
+           double(e.prefix_disk_hits));
+    single(out, "dsv4_kv_offload_hit_blocks_total", "counter", "KV blocks read and verified from the disk tier.",
+           double(e.disk.hit_blocks));
+    single(out, "dsv4_kv_offload_read_bytes_total", "counter", "Bytes read from the disk tier.",
+           double(e.disk.bytes_read));
+    single(out, "dsv4_kv_offload_written_bytes_total", "counter", "Bytes written to the disk tier.",
+           double(e.disk.bytes_written));
+    single(out, "dsv4_kv_offload_written_files_total", "counter",
+           "Files written to the disk tier (block bodies and resume snapshots).",
+           double(e.disk.files_written));
+    single(out, "dsv4_kv_offload_restore_seconds_total", "counter",
+           "Time spent reading and verifying blocks from the disk tier, summed over restores.",
+           e.disk.restore_seconds);
+    single(out, "dsv4_kv_offload_restores_total", "counter", "Prefix restores that read the disk tier.",
+           double(e.disk.restores));
+    single(out, "dsv4_kv_offload_bad_files_total", "counter",
+           "Block files that failed verification (corrupt, truncated): ignored, recomputed.", double(e.disk.bad_files));
+    single(out, "dsv4_kv_offload_evicted_files_total", "counter", "Block files removed to stay within the size.",
+           double(e.disk.evicted_files));
+    single(out, "dsv4_kv_offload_writable", "gauge", "1 while the disk tier takes writes (0: full or read-only).",
+           e.disk.writable ? 1.0 : 0.0);
+  }
   single(out, "dsv4_num_preemptions_total", "counter", "Sequences preempted (recomputed later) for KV space.",
          double(e.preemptions));
   return out;
