@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -228,4 +229,119 @@ TEST(SpeculativeRollback, RejectedDraftsLeaveNoTrace) {
       ++compared;
     }
   EXPECT_GT(compared, 15);
+}
+
+namespace {
+
+// Token counts at output positions 0..3 of many seeded requests (temperature 1, top-k 6) on one prompt.
+std::vector<std::map<int32_t, int>> sample_counts(EngineConfig c, int n, uint64_t seed0, EngineStats* st) {
+  c.max_num_seqs = 64;
+  c.max_num_batched_tokens = 512;
+  Engine e(c);
+  const auto prompt = prompt_of(6, 77);
+  for (int i = 0; i < n; ++i) {
+    SamplingParams p;
+    p.temperature = 1.0f;
+    p.top_k = 6;
+    p.max_tokens = 4;
+    p.ignore_eos = true;
+    p.seed = seed0 + uint64_t(i);
+    e.add_request(prompt, p);
+  }
+  std::vector<std::map<int32_t, int>> counts(4);
+  for (auto& [id, toks] : drain(e)) {
+    EXPECT_EQ(toks.size(), 4u);
+    for (size_t k = 0; k < toks.size() && k < 4; ++k) ++counts[k][toks[k]];
+  }
+  if (st) *st = e.stats();
+  return counts;
+}
+
+// Two-sample chi-square (equal sizes), bins with fewer than 10 observations pooled; true when the samples are
+// consistent at the 0.999 level.
+bool same_distribution(const std::map<int32_t, int>& a, const std::map<int32_t, int>& b, std::string* why) {
+  std::map<int32_t, std::pair<int, int>> bins;
+  for (auto& [t, n] : a) bins[t].first += n;
+  for (auto& [t, n] : b) bins[t].second += n;
+  double chi2 = 0;
+  int df = -1, pa = 0, pb = 0;
+  for (auto& [t, ab] : bins) {
+    if (ab.first + ab.second < 10) {
+      pa += ab.first, pb += ab.second;
+      continue;
+    }
+    chi2 += double(ab.first - ab.second) * (ab.first - ab.second) / (ab.first + ab.second);
+    ++df;
+  }
+  if (pa + pb > 0) chi2 += double(pa - pb) * (pa - pb) / (pa + pb), ++df;
+  if (df < 1) return true;
+  const double k = 2.0 / (9.0 * df), crit = df * std::pow(1 - k + 3.09 * std::sqrt(k), 3);  // Wilson-Hilferty
+  *why = fmt::format("chi2 {:.1f} with {} degrees of freedom (0.999 quantile {:.1f})", chi2, df, crit);
+  return chi2 < crit;
+}
+
+}  // namespace
+
+// Sampled drafts, verified by the lossless rule: the output tokens' distribution is the target's. Once with the
+// MTP drafter (on a random model: drafts mostly rejected, so the residual resampling carries it) and once with a
+// test drafter whose first draft comes from q = p^6 (normalized), p the target's own distribution for that
+// context (read from its top logprobs): q has p's support and another shape, so many drafts are accepted, many
+// rejected, and a rule that accepted too often would come out sharpened. Its later drafts: the plain run's
+// token frequencies at that output position, squared.
+TEST(SpeculativeSampling, OutputFollowsTheTargetDistribution) {
+  const int S = 1000;
+  const auto plain = sample_counts(config(0, false), S, 1, nullptr);
+  const size_t prompt_len = 6;
+  std::map<int32_t, std::vector<TokenProb>> sharp;  // first output token -> q for the second
+  {
+    Engine e(config(0, false));
+    std::map<uint64_t, int32_t> first;
+    for (auto& [t1, n] : plain[0]) {
+      auto p = prompt_of(6, 77);
+      p.push_back(t1);
+      SamplingParams g = greedy(1);
+      g.logprobs = 20;
+      first[e.add_request(p, g)] = t1;
+    }
+    while (e.has_work())
+      for (auto& o : e.step()) {
+        ASSERT_EQ(o.logprobs.size(), 1u);
+        auto top = o.logprobs[0].top;  // logprob descending: the top-6 are the target's support
+        top.resize(6);
+        double z = 0;
+        for (auto& t : top) z += std::exp(6.0 * t.logprob);
+        for (auto& t : top) sharp[first[o.id]].push_back({t.token, float(std::exp(6.0 * t.logprob) / z)});
+      }
+  }
+  for (int mode = 0; mode < 2; ++mode) {
+    EngineConfig c = config(2, false);
+    SamplerRng rng(99);
+    if (mode == 1)
+      c.draft_hook = [&](uint64_t, const std::vector<int32_t>& toks, std::vector<Draft>& drafts) {
+        for (size_t k = 0; k < drafts.size(); ++k) {
+          Draft& d = drafts[k];
+          d.q.clear();
+          if (toks.size() - prompt_len + k == 1 && sharp.count(toks[prompt_len])) {
+            d.q = sharp[toks[prompt_len]];
+            d.token = draw_token(d.q, rng.uniform());
+            continue;
+          }
+          double z = 0;
+          for (auto& [t, n] : plain[toks.size() - prompt_len + k]) z += double(n) * n;
+          for (auto& [t, n] : plain[toks.size() - prompt_len + k]) d.q.push_back({t, float(double(n) * n / z)});
+          d.q.push_back({2, 0.01f});  // and a token the target never samples (top-k 6): always rejected
+          d.token = draw_token(d.q, rng.uniform());
+        }
+      };
+    EngineStats st;
+    const auto spec = sample_counts(c, S, 100000, &st);
+    EXPECT_GT(st.spec_num_draft_tokens, uint64_t(S));  // 2 at the first verify, then 1 (max_tokens)
+    EXPECT_LT(st.spec_num_accepted_tokens, st.spec_num_draft_tokens) << "some drafts must be rejected";
+    if (mode == 1) EXPECT_GT(st.spec_num_accepted_tokens, st.spec_num_draft_tokens / 5) << "and many accepted";
+    for (int k = 0; k < 4; ++k) {
+      std::string why;
+      EXPECT_TRUE(same_distribution(plain[size_t(k)], spec[size_t(k)], &why))
+          << (mode ? "test drafter" : "MTP drafter") << ", output token " << k << ": " << why;
+    }
+  }
 }
