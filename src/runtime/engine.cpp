@@ -215,17 +215,19 @@ void Engine::Impl::draft(const std::vector<Scheduled>& sched) {
   p.batch.mtp = true;
   for (const Scheduled& s : sched) {
     Request& r = *s.r;
-    if (!r.has_seq() || r.pending.finished() || r.kv.pos <= s.start) continue;
-    const int64_t end = r.kv.pos;
+    // Finished requests too (no drafts): the blocks they leave in the prefix cache carry the MTP layer's tail.
+    if (!r.has_seq() || r.pending.finish == FinishReason::Error) continue;
+    const int64_t end = r.kv.pos, rows_end = std::min<int64_t>(end, int64_t(r.tokens.size()) - 1);
+    if (rows_end <= s.start) continue;
     StepItem it;
     it.slot = r.kv.slot;
     it.start = s.start;
-    for (int64_t q = s.start; q < end; ++q) {
+    for (int64_t q = s.start; q < rows_end; ++q) {
       it.tokens.push_back(r.tokens[size_t(q + 1)]);
       it.hidden.push_back(int32_t(s.row0 + q - s.start));
     }
     int k = 0;
-    if (int64_t(r.tokens.size()) == end + 1) {  // decoding: drafts for the next step, within its limits
+    if (!r.pending.finished() && int64_t(r.tokens.size()) == end + 1) {  // decoding: drafts for the next step
       k = int(std::min<int64_t>({int64_t(N), max_len - 1 - end, int64_t(r.params.max_tokens) - r.generated() - 1}));
       while (k > 0 && !r.kv.ensure(*pool, end + k + 1, block_tokens)) --k;
     }
