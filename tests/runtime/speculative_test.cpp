@@ -62,7 +62,7 @@ EngineConfig config(int n_spec, bool prefix = true) {
   c.kv_cache_memory = 64ull << 20;
   c.enable_prefix_caching = prefix;
   c.block_size = 128;
-  c.max_num_seqs = 8;
+  c.max_num_seqs = 16;
   c.max_num_batched_tokens = 96;  // long prompts prefill in chunks
   if (n_spec) c.speculative_config = fmt::format(R"({{"method": "mtp", "num_speculative_tokens": {}}})", n_spec);
   return c;
@@ -83,7 +83,7 @@ std::map<uint64_t, std::vector<int32_t>> drain(Engine& e) {
   return got;
 }
 
-// A mixed batch: shared prefixes (prefix-cache hits), long prompts (chunked prefill), short ones.
+// A mixed batch of 16: shared prefixes (prefix-cache hits), long prompts (chunked prefill), short ones.
 std::vector<std::pair<std::vector<int32_t>, int>> mixed_requests() {
   std::vector<std::pair<std::vector<int32_t>, int>> r;
   const auto base = prompt_of(300, 42);
@@ -96,6 +96,7 @@ std::vector<std::pair<std::vector<int32_t>, int>> mixed_requests() {
     r.push_back({p, 12});
   }
   r.push_back({base, 10});
+  for (int i = 0; i < 7; ++i) r.push_back({prompt_of(3 + i, 100 + i), 6 + i});
   return r;
 }
 
@@ -162,6 +163,7 @@ TEST(SpeculativeGreedy, MatchesUnderPreemption) {
   const auto reqs = mixed_requests();
   const auto want = run_greedy(config(0), reqs, nullptr, true);
   EngineConfig c = config(3);
+  c.max_num_seqs = 8;
   {
     Engine probe(c);
     const auto ps = probe.stats();
