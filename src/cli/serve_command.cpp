@@ -231,6 +231,7 @@ void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
   ec.block_size = o.block_size;
   ec.kv_cache_dtype = o.kv_cache_dtype;
   ec.enable_prefix_caching = o.enable_prefix_caching;
+  ec.speculative_config = o.speculative_config;
   ec.kv_cache_memory = o.kv_cache_memory == "auto" ? 0 : parse_size(o.kv_cache_memory, "--kv-cache-memory");
   ec.kv_offload_dir = o.kv_offload_dir;
   if (!o.kv_offload_dir.empty()) ec.kv_offload_size = parse_size(o.kv_offload_size, "--kv-offload-size");
@@ -365,6 +366,9 @@ void add_serve_options(CLI::App& app, ServeOpts& opts) {
                 "reuse the KV of shared prompt prefixes (the default, as in vLLM v1)");
   cmd->add_flag_callback(
       "--no-enable-prefix-caching", [o] { o->enable_prefix_caching = false; }, "turn prefix caching off");
+  cmd->add_option("--speculative-config", o->speculative_config,
+                  "speculative decoding, vLLM's JSON: '{\"method\": \"mtp\", \"num_speculative_tokens\": N}' (N = 1..4; "
+                  "the checkpoint's MTP layer, applied recursively; lossless); dspark is not implemented yet");
   cmd->add_option("--api-key", o->api_key,
                   "require this key on /v1/*, /tokenize and /detokenize (Authorization: Bearer KEY or x-api-key: "
                   "KEY); default: $DSV4_API_KEY or $VLLM_API_KEY, else no auth");

@@ -40,6 +40,7 @@ struct ServeOpts {
   std::string device = "auto", load_format = "auto";
   double gpu_memory_utilization = 0.9;
   bool enable_prefix_caching;
+  std::string speculative_config;  // vLLM's JSON; empty = off
   std::string api_key, numerics = "reference";
   std::string generation_config = "auto", override_generation_config, default_chat_template_kwargs;
   std::string default_thinking = "off", default_reasoning_effort = "none";

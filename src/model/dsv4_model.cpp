@@ -23,7 +23,7 @@ namespace {
 // Sizes of one step's tensors. The same function sizes the workspace (worst case) and carves it each step.
 struct Dims {
   int64_t M = 0, items = 0, max_blocks = 0, e4 = 0, e128 = 0, snaps = 0, R = 0, index_cols = 0;
-  int64_t blob() const { return 3 * M + items * (BatchMeta::kItemFields + max_blocks) + 4 * (e4 + e128) + 2 * snaps + R; }
+  int64_t blob() const { return 4 * M + items * (BatchMeta::kItemFields + max_blocks) + 4 * (e4 + e128) + 2 * snaps + R; }
 };
 
 // The first rows * cols elements of t as a [rows, cols] tensor.
@@ -42,7 +42,7 @@ struct Dsv4Model::Step {
   BatchMeta meta;
   EntryList e4, e128;
   SnapshotList snaps;
-  Tensor blob, tokens, head_rows;  // blob: every I32 table, one upload
+  Tensor blob, tokens, head_rows, hrows;  // blob: every I32 table, one upload
   // activations
   Tensor X, X2, y, sub, post, comb;
   Tensor qr, q, kv, o, z;
@@ -84,6 +84,7 @@ struct Dsv4Model::Step {
     snaps.item = ints(d.snaps);
     snaps.end = ints(d.snaps);
     head_rows = ints(d.R);
+    hrows = ints(d.M);  // hidden store rows: an MTP batch's inputs, or where a main batch keeps its rows
 
     auto f32 = [&](std::initializer_list<int64_t> s) { return ws.take(DType::F32, s); };
     X = f32({M, hc * D});
@@ -189,10 +190,17 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
   const int64_t D = cfg_.dim, V = cfg_.vocab_size;
   const int bt = kv.layout().block_tokens();
   DSV4_CHECK(!batch.items.empty(), "forward: empty batch");
+  DSV4_CHECK(!(batch.mtp && batch.keep_hidden), "forward: an MTP batch keeps its rows by its logit rows");
+  DSV4_CHECK(!batch.keep_hidden || batch.rows() <= hidden_main_rows_, "forward: {} rows to keep, the store has {}",
+             batch.rows(), hidden_main_rows_);
   // ---- host: the step's tables, from positions alone
   Step s;
   s.kv_storage = &kv;
-  std::vector<int32_t> tokens, pos, row_item, items, head_rows;
+  std::vector<int32_t> tokens, pos, row_item, items, head_rows, hrows;
+  const int64_t hidden_rows = hidden_.valid() ? hidden_.rows() : 0;
+  DSV4_CHECK(!(batch.mtp || batch.keep_hidden) || mtp_enabled(), "forward: an MTP batch without enable_mtp()");
+  DSV4_CHECK(!batch.mtp || int64_t(kv.layout().layers.size()) > cfg_.n_layers,
+             "forward: an MTP batch on a KV layout without the MTP layer");
   std::vector<int32_t> e[2][4];  // ratio 4, 128: row, item, index, pos
   std::vector<int32_t> snap_item, snap_end;
   int64_t max_blocks = 1, max_pos = 0;
@@ -213,12 +221,18 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
       table[i * size_t(max_blocks) + b] = it.blocks[b];
     }
     items.insert(items.end(), {int32_t(st), int32_t(M), int32_t(T), it.slot});
+    DSV4_CHECK(!batch.mtp || int64_t(it.hidden.size()) == T, "forward: MTP item {} has {} hidden rows for {} tokens",
+               i, it.hidden.size(), T);
     for (int64_t t = 0; t < T; ++t) {
       const int32_t tok = it.tokens[size_t(t)];
       DSV4_CHECK(tok >= 0 && tok < V, "token id {} out of range [0, {})", tok, V);
       tokens.push_back(tok);
       pos.push_back(int32_t(st + t));
       row_item.push_back(int32_t(i));
+      const int32_t h = batch.mtp ? it.hidden[size_t(t)] : int32_t(M + t);
+      DSV4_CHECK(!(batch.mtp || batch.keep_hidden) || (h >= 0 && h < hidden_rows),
+                 "forward: hidden row {} outside the hidden store", h);
+      hrows.push_back(h);
     }
     for (int k = 0; k < 2; ++k) {
       const int64_t r = k == 0 ? 4 : 128;
@@ -251,49 +265,41 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
   put(tokens), put(pos), put(row_item), put(items), put(table);
   for (auto& k : e)
     for (auto& v : k) put(v);
-  put(snap_item), put(snap_end), put(head_rows);
+  put(snap_item), put(snap_end), put(head_rows), put(hrows);
   DSV4_CHECK(int64_t(blob.size()) == s.d.blob(), "forward: step tables out of step");
   be_.upload(s.blob, blob.data(), blob.size() * 4);  // one upload: every table is a view of this blob
 
   // ---- device
   const uint64_t ops0 = be_.counters().ops, dl0 = be_.counters().downloads;
   uint64_t ops_min = UINT64_MAX, ops_max = 0;
-  be_.embed(s.tokens, w_.embed, cfg_.hc_mult, s.X);
-  const float eps = float(cfg_.rms_norm_eps);
-  for (int l = 0; l < cfg_.n_layers; ++l) {
+  if (batch.mtp) mtp_input(s, batch);
+  else be_.embed(s.tokens, w_.embed, cfg_.hc_mult, s.X);
+  const int l0 = batch.mtp ? cfg_.n_layers : 0, l1 = batch.mtp ? cfg_.n_layers + 1 : cfg_.n_layers;
+  for (int l = l0; l < l1; ++l) {
     const uint64_t before = be_.counters().ops;
-    const LayerWeights& L = w_.layers[size_t(l)];
-    // Each sub-layer: hyper-connection pre-mix, norm, the sub-layer, post-mix back into the hc streams.
-    auto sublayer = [&](const HcWeights& hc, const Tensor& norm, auto&& body) {
-      be_.hc_pre(s.X, hc_params(hc), s.y, s.post, s.comb);
-      round(s.y);
-      be_.rms_norm(s.y, D, norm, eps, s.y);
-      round(s.y);
-      body(s.y, s.sub);
-      be_.hc_post(s.sub, s.X, s.post, s.comb, cfg_.hc_mult, s.X2);
-      round(s.X2);
-      std::swap(s.X, s.X2);
-    };
-    sublayer(L.hc_attn, L.attn_norm, [&](const Tensor& x, const Tensor& out) { attention(l, s, x, out); });
-    sublayer(L.hc_ffn, L.ffn_norm, [&](const Tensor& x, const Tensor& out) { moe(l, s, x, out); });
+    block(l, s);
     const uint64_t n = be_.counters().ops - before;
     ops_min = std::min(ops_min, n);
     ops_max = std::max(ops_max, n);
   }
+  if (batch.keep_hidden) be_.gather_rows(s.X, s.hrows, hidden_.rows(0, M));
   if (stats) {
     stats->ops_per_layer_min = ops_min;
     stats->ops_per_layer_max = ops_max;
     stats->downloads_in_layers = be_.counters().downloads - dl0;
   }
   // Head on the requested rows only (fp32 head, as the reference).
+  const float eps = float(cfg_.rms_norm_eps);
   Tensor logits;
   if (s.d.R > 0) {
     Tensor Xr = s.Xr.rows(0, s.d.R), yr = s.yr.rows(0, s.d.R);
     logits = s.logits.rows(0, s.d.R);
     be_.gather_rows(s.X, s.head_rows, Xr);
-    be_.hc_head(Xr, hc_params(w_.hc_head), yr);
+    // The drafter's next recursive step continues from these rows' streams (spec §2.10: vLLM re-feeds them).
+    if (batch.mtp) be_.gather_rows(s.X, s.head_rows, hidden_.rows(hidden_main_rows_, s.d.R));
+    be_.hc_head(Xr, hc_params(batch.mtp ? w_.mtp.hc_head : w_.hc_head), yr);
     round(yr);
-    be_.rms_norm(yr, D, w_.norm, eps, yr);
+    be_.rms_norm(yr, D, batch.mtp ? w_.mtp.norm : w_.norm, eps, yr);
     round(yr);
     be_.linear(yr, w_.head, logits, {});
     if (comm_) {
@@ -307,6 +313,67 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
     stats->host_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   }
   return logits;
+}
+
+void Dsv4Model::block(int l, Step& s) {
+  const LayerWeights& L = w_.layers[size_t(l)];
+  const int64_t D = cfg_.dim;
+  const float eps = float(cfg_.rms_norm_eps);
+  // Each sub-layer: hyper-connection pre-mix, norm, the sub-layer, post-mix back into the hc streams.
+  auto sublayer = [&](const HcWeights& hc, const Tensor& norm, auto&& body) {
+    be_.hc_pre(s.X, hc_params(hc), s.y, s.post, s.comb);
+    round(s.y);
+    be_.rms_norm(s.y, D, norm, eps, s.y);
+    round(s.y);
+    body(s.y, s.sub);
+    be_.hc_post(s.sub, s.X, s.post, s.comb, cfg_.hc_mult, s.X2);
+    round(s.X2);
+    std::swap(s.X, s.X2);
+  };
+  sublayer(L.hc_attn, L.attn_norm, [&](const Tensor& x, const Tensor& out) { attention(l, s, x, out); });
+  sublayer(L.hc_ffn, L.ffn_norm, [&](const Tensor& x, const Tensor& out) { moe(l, s, x, out); });
+}
+
+void Dsv4Model::enable_mtp(const StepLimits& lim) {
+  DSV4_CHECK(w_.has_mtp && int64_t(w_.layers.size()) > cfg_.n_layers, "enable_mtp: the MTP weights are not loaded");
+  const int64_t hc = cfg_.hc_mult, rows = lim.max_rows + lim.max_logit_rows, M = lim.max_rows;
+  const int64_t hidden_bytes = rows * hc * cfg_.dim * 4, ones_bytes = M * hc * 4;
+  hidden_buf_ = be_.alloc(size_t(hidden_bytes + ones_bytes + M * hc * hc * 4), BufferUsage::Workspace);
+  hidden_main_rows_ = M;
+  hidden_ = Tensor(hidden_buf_.get(), 0, DType::F32, {rows, hc * cfg_.dim});
+  ones_ = Tensor(hidden_buf_.get(), hidden_bytes, DType::F32, {M, hc});
+  ident_ = Tensor(hidden_buf_.get(), hidden_bytes + ones_bytes, DType::F32, {M, hc * hc});
+  std::vector<float> ones(size_t(M * hc), 1.0f), ident(size_t(M * hc * hc), 0.0f);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t h = 0; h < hc; ++h) ident[size_t((m * hc + h) * hc + h)] = 1.0f;
+  be_.upload(ones_, ones.data(), ones.size() * 4);
+  be_.upload(ident_, ident.data(), ident.size() * 4);
+}
+
+// The drafter's input streams (spec §2.10): X0[h] = e_proj . enorm(embed(token)) + h_proj . hnorm(H[h]).
+void Dsv4Model::mtp_input(Step& s, const StepBatch& batch) {
+  const int64_t D = cfg_.dim, hc = cfg_.hc_mult, M = s.d.M;
+  const float eps = float(cfg_.rms_norm_eps);
+  const bool ref = numerics_ == Numerics::Reference;
+  const LinearOpts q8{ref, ref};
+  const MtpWeights& m = w_.mtp;
+  Tensor e = s.y.rows(0, M);
+  be_.embed(s.tokens, w_.embed, 1, e);
+  be_.rms_norm(e, D, m.enorm, eps, e);
+  round(e);
+  int64_t row0 = 0;
+  for (const StepItem& it : batch.items) {  // vLLM masks the token input at position 0
+    if (it.start == 0) be_.scale(e.rows(row0, 1), 0.0f);
+    row0 += int64_t(it.tokens.size());
+  }
+  be_.linear(e, m.e_proj, s.sub.rows(0, M), q8);
+  be_.gather_rows(hidden_, s.hrows, s.X2.rows(0, M));
+  be_.rms_norm(s.X2.rows(0, M), D, m.hnorm, eps, s.X2.rows(0, M));  // each stream on its own
+  round(s.X2);
+  be_.linear(s.X2.rows(0, M).view({M * hc, D}), m.h_proj, s.X.rows(0, M).view({M * hc, D}), q8);
+  be_.hc_post(s.sub.rows(0, M), s.X.rows(0, M), ones_.rows(0, M), ident_.rows(0, M), int(hc), s.X2.rows(0, M));
+  round(s.X2);
+  std::swap(s.X, s.X2);
 }
 
 void Dsv4Model::compressor(int l, bool indexer, Step& s, const Tensor& x) {

@@ -48,10 +48,18 @@ class Dsv4Model {
   // of All items, the last of Last items) as a tensor in `ws`, valid until the next forward. With N ranks the
   // vocabulary is split: the tensor is [N, logit_rows, vocab / N] (rank r's columns in block r), the same on
   // every rank.
+  // An MTP batch (batch.mtp) runs the drafter instead: its logits are the draft distributions' logits.
   Tensor forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, ForwardStats* stats = nullptr);
+
+  // Speculative decoding with the MTP drafter (weights loaded with_mtp): allocates the hidden store the MTP
+  // batches read (the main model's last-layer streams, the drafter's own for its recursive steps).
+  void enable_mtp(const StepLimits& limits);
+  bool mtp_enabled() const { return hidden_buf_ != nullptr; }
 
  private:
   struct Step;
+  void block(int l, Step& s);
+  void mtp_input(Step& s, const StepBatch& batch);
   void attention(int l, Step& s, const Tensor& x, const Tensor& out);
   void compressor(int l, bool indexer, Step& s, const Tensor& x);
   void moe(int l, Step& s, const Tensor& x, const Tensor& out);
@@ -68,6 +76,11 @@ class Dsv4Model {
   Numerics numerics_;
   dist::Communicator* comm_ = nullptr;
   int tp_ = 1;  // ranks sharing each layer
+  // MTP: hidden store [max_rows + max_logit_rows, hc * D], and the constants that add the embedding term to
+  // every stream through hc_post (post = 1, comb = identity).
+  std::unique_ptr<Buffer> hidden_buf_;
+  Tensor hidden_, ones_, ident_;
+  int64_t hidden_main_rows_ = 0;
 };
 
 }  // namespace dsv4

@@ -6,7 +6,7 @@
 
 namespace dsv4 {
 
-KvLayout KvLayout::make(const ModelConfig& c, int block_tokens, KvDtype dtype, bool with_tail) {
+KvLayout KvLayout::make(const ModelConfig& c, int block_tokens, KvDtype dtype, bool with_tail, KvSpecOptions spec) {
   if (block_tokens <= 0 || block_tokens % 128)
     fail("block size {} must be a positive multiple of 128 (every compression window ends inside a block)",
          block_tokens);
@@ -24,7 +24,13 @@ KvLayout KvLayout::make(const ModelConfig& c, int block_tokens, KvDtype dtype, b
   // 64-byte alignment keeps every region's start aligned for vector loads on every backend.
   auto align = [](int64_t& off) { off = (off + 63) / 64 * 64; };
   int64_t boff = 0, soff = 0;
-  for (int l = 0; l < c.n_layers; ++l) {
+  L.spec = spec;
+  L.n_main_layers = c.n_layers;
+  if (spec.mtp && c.n_mtp_layers < 1) fail("the model has no MTP layer");
+  if (spec.draft_tokens > 0 && spec.draft_tokens + 1 > std::min(c.window, 8))
+    fail("{} draft tokens: a verify step must fit inside the window ring and the ratio-4 token rings", spec.draft_tokens);
+  const int n_kv_layers = c.n_layers + (spec.mtp ? 1 : 0);
+  for (int l = 0; l < n_kv_layers; ++l) {
     KvLayerOffsets ly;
     ly.ratio = c.ratio(l);
     ly.ring_off = soff;
@@ -60,9 +66,34 @@ KvLayout KvLayout::make(const ModelConfig& c, int block_tokens, KvDtype dtype, b
     }
     L.layers.push_back(ly);
   }
+  if (spec.draft_tokens > 0) {
+    // The verify step's drafts over the main layers, and the drafter's recursive steps over the MTP layer.
+    L.save_off = soff;
+    L.save_bytes = L.write_bound(0, c.n_layers, spec.draft_tokens) +
+                   (spec.mtp ? L.write_bound(c.n_layers, n_kv_layers, spec.draft_tokens) : 0);
+    soff += L.save_bytes;
+    align(soff);
+  }
   S.block_bytes = std::max<int64_t>(boff, 64);
   S.slot_bytes = std::max<int64_t>(soff, 64);
   return L;
+}
+
+int64_t KvLayout::write_bound(int l0, int l1, int n) const {
+  const KvArenaShape& S = shape;
+  int64_t b = 0;
+  for (int l = l0; l < l1; ++l) {
+    const KvLayerOffsets& ly = layers[size_t(l)];
+    int64_t per_pos = S.main.bytes(), per_end = S.with_tail ? S.window * S.main.bytes() : 0;
+    if (ly.ratio) per_pos += KvArenaShape::ring_token_floats(ly.ratio, S.main_d) * 4 + S.main.bytes();
+    if (ly.ratio == 4) {
+      per_pos += KvArenaShape::ring_token_floats(4, S.index_d) * 4 + S.index.bytes();
+      if (S.with_tail)
+        per_end += 4 * (KvArenaShape::ring_token_floats(4, S.main_d) + KvArenaShape::ring_token_floats(4, S.index_d)) * 4;
+    }
+    b += n * per_pos + per_end;
+  }
+  return b;
 }
 
 KvLayout KvLayout::sized(int64_t n_blocks, int64_t n_slots) const {

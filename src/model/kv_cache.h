@@ -13,13 +13,27 @@
 
 namespace dsv4 {
 
+// Speculative decoding's KV needs: the MTP layer's own state (a ratio-0 layer after the main layers) and, in
+// every slot, a save area for what a verify step (or the drafter's recursive steps) can overwrite, so rejected
+// positions can be put back (runtime/step_plan.h, append_spec_saves).
+struct KvSpecOptions {
+  bool mtp = false;
+  int draft_tokens = 0;  // drafts per step (0: no save area)
+};
+
 struct KvLayout {
   KvArenaShape shape;
-  std::vector<KvLayerOffsets> layers;
+  std::vector<KvLayerOffsets> layers;  // the model's layers, then the MTP layer when spec.mtp
+  KvSpecOptions spec;
+  int n_main_layers = 0;
+  int64_t save_off = -1, save_bytes = 0;  // slot-relative save area (spec.draft_tokens > 0)
 
   // block_tokens: a multiple of 128 (every compression window ends inside one block). with_tail: blocks also
   // carry what resuming at their end needs (prefix caching).
-  static KvLayout make(const ModelConfig& c, int block_tokens, KvDtype dtype, bool with_tail);
+  static KvLayout make(const ModelConfig& c, int block_tokens, KvDtype dtype, bool with_tail,
+                       KvSpecOptions spec = {});
+  // Bytes positions [first, first + n) of layers [l0, l1) can write: at most one block end among them.
+  int64_t write_bound(int l0, int l1, int n) const;
   int block_tokens() const { return shape.block_tokens; }
   KvDtype dtype() const { return shape.main.dtype; }
   bool with_tail() const { return shape.with_tail; }

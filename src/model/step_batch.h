@@ -15,10 +15,19 @@ struct StepItem {
   std::vector<int32_t> tokens;  // processed at positions start, start + 1, ...
   std::vector<int32_t> blocks;  // the sequence's KV blocks from position 0; must cover [0, start + size)
   LogitRows logits = LogitRows::Last;
+  // MTP batches only: per token, the row of the model's hidden store whose residual streams it combines with.
+  std::vector<int32_t> hidden;
 };
 
+// A batch runs either the main model or the MTP drafter (spec §2.10) alone. An MTP item's token t is the token
+// at position start + t + 1, combined with the main model's last-layer streams at position start + t (hidden[t]
+// names them in the hidden store: rows [0, max_rows) hold the last main batch with keep_hidden, in its row
+// order; row max_rows + k the k-th logit row of the last MTP batch, for the drafter's next recursive step). Its
+// KV is the MTP layer's window ring at position start + t.
 struct StepBatch {
   std::vector<StepItem> items;
+  bool mtp = false;
+  bool keep_hidden = false;  // main batch: keep every row's last-layer streams for the MTP batch that follows
   int64_t rows() const {
     int64_t n = 0;
     for (auto& it : items) n += int64_t(it.tokens.size());

@@ -37,7 +37,7 @@ json tiny_demo_config_json() {
       {"o_lora_rank", 128},
       {"o_groups", 2},
       {"sliding_window", 128},
-      {"compress_ratios", {0, 4, 128, 4, 0}},  // 4 layers + the MTP slot (unused: num_nextn_predict_layers 0)
+      {"compress_ratios", {0, 4, 128, 4, 0}},  // 4 layers + the MTP layer (ratio 0)
       {"compress_rope_theta", 160000},
       {"rope_theta", 10000},
       {"rope_scaling",
@@ -67,7 +67,7 @@ json tiny_demo_config_json() {
       {"hc_sinkhorn_iters", 20},
       {"hc_eps", 1e-06},
       {"rms_norm_eps", 1e-06},
-      {"num_nextn_predict_layers", 0},
+      {"num_nextn_predict_layers", 1},  // mtp.0.*: --speculative-config mtp runs on the demo model
       {"tie_word_embeddings", false},
       {"bos_token_id", 0},
       {"eos_token_id", 1},

@@ -15,7 +15,7 @@ namespace dsv4 {
 inline constexpr uint64_t kTinyDemoSeed = 4;  // the seed of the embedded demo model
 
 // The demo model's config.json (every key of the real V4-Flash root config), and the same parsed.
-// 4 layers (ratios 0, 4, 128, 4; + the MTP slot entry 0 with num_nextn_predict_layers 0), hidden 256,
+// 4 layers (ratios 0, 4, 128, 4) + one MTP layer (ratio 0, num_nextn_predict_layers 1), hidden 256,
 // 4 heads x 128, 8 experts top-2 (FP4), 2 hash-routed layers, window 128, index top-k 64.
 nlohmann::json tiny_demo_config_json();
 ModelConfig tiny_demo_config();

@@ -317,12 +317,12 @@ class Loader {
 namespace {
 
 void place_all(const ModelConfig& c, const TensorSource& src, Backend* be, ModelWeights* mw, Placement placement,
-               const LoadProgress& progress);
+               const LoadProgress& progress, bool with_mtp);
 
 }  // namespace
 
 std::unique_ptr<ModelWeights> ModelWeights::load(const ModelConfig& c, const std::string& dir, Backend& be,
-                                                 Placement placement, const LoadProgress& progress) {
+                                                 Placement placement, const LoadProgress& progress, bool with_mtp) {
   if (placement.size < 1 || placement.rank < 0 || placement.rank >= placement.size)
     fail("invalid placement: rank {} of {}", placement.rank, placement.size);
   auto mw = std::make_unique<ModelWeights>();
@@ -330,7 +330,7 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const ModelConfig& c, const std
   mw->ckpt = std::make_unique<Checkpoint>(dir);
   const Checkpoint& ck = *mw->ckpt;
   TensorSource src{[&ck](const std::string& n) { return ck.find(n); }};
-  place_all(c, src, &be, mw.get(), placement, progress);
+  place_all(c, src, &be, mw.get(), placement, progress, with_mtp);
   return mw;
 }
 
@@ -342,12 +342,13 @@ uint64_t ModelWeights::measure(const ModelConfig& c, const std::string& dir, Pla
   mw.ckpt = std::make_unique<Checkpoint>(dir);
   const Checkpoint& ck = *mw.ckpt;
   TensorSource src{[&ck](const std::string& n) { return ck.find(n); }};
-  place_all(c, src, nullptr, &mw, placement, {});
+  place_all(c, src, nullptr, &mw, placement, {}, false);
   return mw.tensor_bytes;
 }
 
 std::unique_ptr<ModelWeights> ModelWeights::load_dummy(const ModelConfig& c, Backend& be, uint64_t seed,
-                                                       Placement placement, const LoadProgress& progress) {
+                                                       Placement placement, const LoadProgress& progress,
+                                                       bool with_mtp) {
   auto mw = std::make_unique<ModelWeights>();
   mw->placement = placement;
   // Per dtype one pool of valid random values as large as the largest tensor of that dtype; every tensor's
@@ -410,14 +411,14 @@ std::unique_ptr<ModelWeights> ModelWeights::load_dummy(const ModelConfig& c, Bac
     auto it = infos.find(n);
     return it == infos.end() ? nullptr : &it->second;
   }};
-  place_all(c, src, &be, mw.get(), placement, progress);
+  place_all(c, src, &be, mw.get(), placement, progress, with_mtp);
   return mw;
 }
 
 namespace {
 
 void place_all(const ModelConfig& c, const TensorSource& src, Backend* be, ModelWeights* mw, Placement placement,
-               const LoadProgress& progress) {
+               const LoadProgress& progress, bool with_mtp) {
   Placer P(be, *mw);  // be: null when measuring
   Loader L(src, P, placement, c.weight_block);
   const int64_t D = c.dim, V = c.vocab_size, H = c.n_heads, hd = c.head_dim;
@@ -428,12 +429,22 @@ void place_all(const ModelConfig& c, const TensorSource& src, Backend* be, Model
   L.vec(&mw->norm, "norm.weight", {D});
   const int64_t flat = int64_t(c.hc_mult) * D;
   L.hc(&mw->hc_head, "hc_head", c.hc_mult, flat, 1);
-  mw->layers.resize(size_t(c.n_layers));  // sized up front: the placer keeps pointers into it
-  for (int l = 0; l < c.n_layers; ++l) {
-    const std::string p = fmt::format("layers.{}.", l);
+  if (with_mtp) {
+    if (c.n_dspark_stages) fail("this checkpoint has a DSpark drafter, not an MTP layer: use the dspark method");
+    if (c.n_mtp_layers < 1)
+      fail("speculative method mtp: the checkpoint has no MTP layer (config.json num_nextn_predict_layers is 0)");
+    if (!src.find("mtp.0.e_proj.weight"))
+      fail("speculative method mtp: the checkpoint has no MTP weights (no tensor 'mtp.0.e_proj.weight')");
+  }
+  // Sized up front: the placer keeps pointers into it. The MTP block is layer n_layers (ratio 0).
+  mw->layers.resize(size_t(c.n_layers + (with_mtp ? 1 : 0)));
+  mw->has_mtp = with_mtp;
+  for (int l = 0; l < int(mw->layers.size()); ++l) {
+    const bool mtp = l == c.n_layers;
+    const std::string p = mtp ? std::string("mtp.0.") : fmt::format("layers.{}.", l);
     LayerWeights& lw = mw->layers[size_t(l)];
     lw.ratio = c.ratio(l);
-    lw.hash_routed = l < c.n_hash_layers;
+    lw.hash_routed = !mtp && l < c.n_hash_layers;
     L.vec(&lw.attn_norm, p + "attn_norm.weight", {D});
     L.vec(&lw.ffn_norm, p + "ffn_norm.weight", {D});
     L.hc(&lw.hc_attn, p + "hc_attn", c.hc_mix(), flat, 3);
@@ -475,6 +486,15 @@ void place_all(const ModelConfig& c, const TensorSource& src, Backend* be, Model
     L.linear(&lw.shared.w1, f + "shared_experts.w1", c.moe_inter_dim, D, ShardKind::SplitOut);
     L.linear(&lw.shared.w2, f + "shared_experts.w2", D, c.moe_inter_dim, ShardKind::SplitIn);
     L.linear(&lw.shared.w3, f + "shared_experts.w3", c.moe_inter_dim, D, ShardKind::SplitOut);
+  }
+  if (with_mtp) {
+    MtpWeights& m = mw->mtp;
+    L.linear(&m.e_proj, "mtp.0.e_proj", D, D);
+    L.linear(&m.h_proj, "mtp.0.h_proj", D, D);
+    L.vec(&m.enorm, "mtp.0.enorm.weight", {D});
+    L.vec(&m.hnorm, "mtp.0.hnorm.weight", {D});
+    L.vec(&m.norm, "mtp.0.norm.weight", {D});
+    L.hc(&m.hc_head, "mtp.0.hc_head", c.hc_mult, flat, 1);
   }
   const RopeTable rm = RopeTable::make(c.rope_dim, c.rope_theta, 0, 1.0, c.beta_fast, c.beta_slow);
   const RopeTable rc = RopeTable::make(c.rope_dim, c.compress_rope_theta, c.rope_original_max_pos, c.rope_factor,

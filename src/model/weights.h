@@ -57,6 +57,14 @@ struct LayerWeights {
   ExpertWeights shared;
 };
 
+// The MTP drafter (spec §2.10): its block is layers[n_layers] (a ratio-0 layer with its own window ring);
+// these are its extras. Embedding and head are the main model's.
+struct MtpWeights {
+  LinearWeight e_proj, h_proj;  // [D, D]
+  Tensor enorm, hnorm, norm;    // f32 [D]
+  HcWeights hc_head;
+};
+
 struct LoadProgress {
   std::function<void(uint64_t done, uint64_t total)> on_bytes;  // called while weight bytes are placed
 };
@@ -69,21 +77,26 @@ struct ModelWeights {
   LinearWeight head;
   Tensor norm;
   HcWeights hc_head;
-  std::vector<LayerWeights> layers;
+  std::vector<LayerWeights> layers;  // n_layers, then the MTP block when loaded with_mtp
+  bool has_mtp = false;
+  MtpWeights mtp;
   Tensor rope_main, rope_compress;  // f64 per-pair frequencies of the two RoPE regimes
   uint64_t placed_bytes = 0;        // backend memory taken by weights (imported mappings included)
   uint64_t tensor_bytes = 0;        // bytes of this rank's tensors (its shards: what it reads per token)
 
-  // Loads, validates (errors name the file and tensor) and places every tensor the config needs.
+  // Loads, validates (errors name the file and tensor) and places every tensor the config needs; with_mtp
+  // also the MTP drafter's (`mtp.0.*`; an error naming what is missing when the checkpoint has none).
   static std::unique_ptr<ModelWeights> load(const ModelConfig& c, const std::string& dir, Backend& be,
-                                            Placement placement = {}, const LoadProgress& progress = {});
+                                            Placement placement = {}, const LoadProgress& progress = {},
+                                            bool with_mtp = false);
   // Bytes of the tensors rank placement.rank would hold (its shards), from the checkpoint's headers and the
   // same cuts as load(); nothing is placed and no weight bytes are read (`dsv4 inspect --tensor-parallel-size`).
   static uint64_t measure(const ModelConfig& c, const std::string& dir, Placement placement);
   // --load-format dummy: every tensor of the config with valid random values, placed as a checkpoint's would be
   // (no checkpoint on disk; for benchmarks at full size).
   static std::unique_ptr<ModelWeights> load_dummy(const ModelConfig& c, Backend& be, uint64_t seed = 1,
-                                                  Placement placement = {}, const LoadProgress& progress = {});
+                                                  Placement placement = {}, const LoadProgress& progress = {},
+                                                  bool with_mtp = false);
 };
 
 }  // namespace dsv4

@@ -14,6 +14,7 @@
 #include "runtime/latency_budget.h"
 #include "runtime/prefix_cache.h"
 #include "runtime/request_text.h"
+#include "runtime/speculative.h"
 #include "runtime/stop_matcher.h"
 
 namespace dsv4 {
@@ -50,6 +51,11 @@ struct Request {
   bool disk_probed = false;
   RequestOutput pending;          // accumulates this step's output
   bool has_output = false;
+  // Speculative decoding: drafts for the next step, what its verify may overwrite, the drafter's own RNG
+  // (independent of the sampler's, which verification draws from).
+  std::vector<Draft> drafts;
+  std::vector<SpecSave> saves;
+  SamplerRng draft_rng{0};
 
   bool has_seq() const { return kv.slot >= 0; }
   int64_t computed() const { return kv.pos; }
@@ -80,7 +86,11 @@ struct Engine::Impl {
     Request* r;
     int64_t n;
     bool sample;
+    int drafts = 0;    // verify step: the item is [last token, drafts...] with logits on every row
+    int64_t start = 0, row0 = 0;  // the item's first position and its first row in the batch
   };
+  SpeculativeConfig spec;
+  int n_main_layers = 0;
   std::vector<Scheduled> scheduled;  // the plan in flight
   EngineStats st;
   PrefillLatencyBudget latency{0};
@@ -92,6 +102,8 @@ struct Engine::Impl {
   }
 
   void drop_seq(Request& r) {
+    r.drafts.clear();
+    r.saves.clear();
     r.kv.release(*pool, *slots);
     r.resume.clear();
     r.registered_blocks = 0;
@@ -218,7 +230,133 @@ struct Engine::Impl {
     r.pending.stop_reason = std::move(reason);
     r.has_output = true;
   }
+
+  // One generated token into the request's output, with its stop conditions; true when it finished.
+  bool emit(Request& r, const SampleResult& sr) {
+    const int32_t tok = sr.token;
+    r.tokens.push_back(tok);
+    ++st.generation_tokens;
+    r.pending.new_tokens.push_back(tok);
+    if (sr.has_logprobs) r.pending.logprobs.push_back(sr);
+    r.has_output = true;
+    TokenStop ts = check_token_stop(r.params, tok, r.generated(), std::span<const int32_t>(&eos, 1));
+    if (ts == TokenStop::None && int64_t(r.tokens.size()) >= max_len) ts = TokenStop::Length;
+    const bool stop_token = ts == TokenStop::Eos || ts == TokenStop::StopToken;
+    if (r.text) {
+      r.pending.text += r.text->add(tok, stop_token);
+      if (r.text->stopped()) {
+        finish(r, FinishReason::Stop, r.text->stop_string());
+        return true;
+      }
+      if (ts != TokenStop::None) r.pending.text += r.text->finish();
+    }
+    if (ts != TokenStop::None)
+      finish(r, ts == TokenStop::Length ? FinishReason::Length : FinishReason::Stop,
+             ts == TokenStop::StopToken ? std::to_string(tok) : std::string());
+    return ts != TokenStop::None;
+  }
+
+  void execute_copies(std::vector<ArenaCopy> copies) {
+    StepPlan p;
+    p.step = next_step++;
+    p.copies = std::move(copies);
+    runner->execute(p);
+  }
+
+  void draft(const std::vector<Scheduled>& sched);
 };
+
+// The MTP drafter after a step: first over every row the step computed (the MTP layer's KV follows the main
+// model's, and those rows' next tokens are known now), which gives each decoding request its first draft; then
+// once per further draft, recursively from its own streams. The recursive steps' KV writes are speculative:
+// saved before them and put back after.
+void Engine::Impl::draft(const std::vector<Scheduled>& sched) {
+  const KvLayout& layout = runner->kv_layout();
+  const int64_t main_rows = runner->options().limits.max_rows, V = vocab;
+  const int N = spec.num_speculative_tokens;
+  const int64_t mtp_area = layout.write_bound(0, n_main_layers, N);
+  struct Job {
+    Request* r;
+    int k;             // drafts to make
+    int64_t end;       // positions computed: the next verify starts here
+    SamplerState tmp;  // the request's sampler advanced over the drafts so far
+    int64_t logit_row = 0;
+  };
+  std::vector<Job> jobs;
+  StepPlan p;
+  p.step = next_step++;
+  p.batch.mtp = true;
+  for (const Scheduled& s : sched) {
+    Request& r = *s.r;
+    // Finished requests too (no drafts): the blocks they leave in the prefix cache carry the MTP layer's tail.
+    if (!r.has_seq() || r.pending.finish == FinishReason::Error) continue;
+    const int64_t end = r.kv.pos, rows_end = std::min<int64_t>(end, int64_t(r.tokens.size()) - 1);
+    if (rows_end <= s.start) continue;
+    StepItem it;
+    it.slot = r.kv.slot;
+    it.start = s.start;
+    for (int64_t q = s.start; q < rows_end; ++q) {
+      it.tokens.push_back(r.tokens[size_t(q + 1)]);
+      it.hidden.push_back(int32_t(s.row0 + q - s.start));
+    }
+    int k = 0;
+    if (!r.pending.finished() && int64_t(r.tokens.size()) == end + 1) {  // decoding: drafts for the next step
+      k = int(std::min<int64_t>({int64_t(N), max_len - 1 - end, int64_t(r.params.max_tokens) - r.generated() - 1}));
+      while (k > 0 && !r.kv.ensure(*pool, end + k + 1, block_tokens)) --k;
+    }
+    it.blocks = r.kv.blocks;
+    it.logits = k > 0 ? LogitRows::Last : LogitRows::None;
+    if (k > 0) jobs.push_back({&r, k, end, *r.sampler});
+    p.batch.items.push_back(std::move(it));
+  }
+  if (p.batch.items.empty()) return;
+  StepResult res = runner->execute(p);
+  // A draft: sampled with the request's parameters over the history so far, from the drafter's own RNG.
+  auto take = [&](Job& j, int64_t row) {
+    j.logit_row = row;
+    Draft d;
+    d.q = j.tmp.distribution(std::span<const float>(res.logits.data() + row * V, size_t(V)));
+    d.token = draw_token(d.q, j.r->draft_rng.uniform());
+    j.tmp.record_output(d.token);
+    j.r->drafts.push_back(std::move(d));
+  };
+  for (size_t i = 0; i < jobs.size(); ++i) take(jobs[i], int64_t(i));
+  std::vector<ArenaCopy> restore;
+  for (int made = 1; made < N; ++made) {
+    StepPlan q;
+    q.step = next_step++;
+    q.batch.mtp = true;
+    std::vector<Job*> active;
+    for (Job& j : jobs) {
+      if (j.k <= made) continue;
+      Request& r = *j.r;
+      if (made == 1) {  // positions end .. end + k - 2 of the MTP layer are written speculatively
+        const auto saves = spec_saves(layout, r.kv.slot, r.kv.blocks, n_main_layers, n_main_layers + 1, j.end,
+                                      j.k - 1, mtp_area);
+        append_spec_saves(saves, q.copies);
+        append_spec_restores(saves, 0, restore);
+      }
+      StepItem it;
+      it.slot = r.kv.slot;
+      it.start = j.end + made - 1;
+      it.tokens = {r.drafts.back().token};
+      it.hidden = {int32_t(main_rows + j.logit_row)};
+      it.blocks = r.kv.blocks;
+      it.logits = LogitRows::Last;
+      q.batch.items.push_back(std::move(it));
+      active.push_back(&j);
+    }
+    if (active.empty()) break;
+    res = runner->execute(q);
+    for (size_t i = 0; i < active.size(); ++i) take(*active[i], int64_t(i));
+  }
+  if (!restore.empty()) execute_copies(std::move(restore));
+  if (cfg.draft_hook)
+    for (Job& j : jobs) {
+      cfg.draft_hook(j.r->id, j.r->tokens, j.r->drafts);
+      DSV4_CHECK(int(j.r->drafts.size()) <= j.k, "draft hook: {} drafts, at most {}", j.r->drafts.size(), j.k);
+    }
+}
 
 RunnerOptions runner_options(const EngineConfig& c) {
   RunnerOptions ro;
@@ -239,6 +377,11 @@ RunnerOptions runner_options(const EngineConfig& c) {
   ro.dist = c.dist;
   ro.expert_parallel = c.enable_expert_parallel;
   ro.local_rank = c.local_rank;
+  const SpeculativeConfig sc = parse_speculative_config(c.speculative_config);
+  if (sc.enabled()) {
+    ro.mtp_draft_tokens = sc.num_speculative_tokens;
+    ro.limits.max_logit_rows = int64_t(c.max_num_seqs) * (sc.num_speculative_tokens + 1);  // a verify: every row
+  }
   return ro;
 }
 
@@ -248,6 +391,13 @@ Engine::Engine(EngineConfig cfg, const Tokenizer* tokenizer) : impl_(std::make_u
   I.tok = tokenizer;
   if (I.cfg.max_num_seqs < 1) fail("--max-num-seqs must be >= 1");
   if (I.cfg.max_num_batched_tokens < 1) fail("--max-num-batched-tokens must be >= 1");
+  I.spec = parse_speculative_config(I.cfg.speculative_config);
+  if (I.spec.enabled()) {
+    if (I.cfg.dist.active())
+      fail("speculative decoding with tensor parallelism is not implemented yet (drop --speculative-config or "
+           "--tensor-parallel-size)");
+    check_speculative_model(I.spec, ModelConfig::load(I.cfg.model_dir + "/config.json"));
+  }
   I.runner = std::make_unique<ModelRunner>(runner_options(I.cfg));
   if (I.cfg.max_inter_token_latency_ms < 0) fail("--max-inter-token-latency-ms must be >= 0");
   I.latency = PrefillLatencyBudget(I.cfg.max_inter_token_latency_ms / 1000.0);
@@ -272,6 +422,8 @@ Engine::Engine(EngineConfig cfg, const Tokenizer* tokenizer) : impl_(std::make_u
   I.st.kv_bytes_total = uint64_t(mp.kv_blocks) * I.block_bytes + uint64_t(I.cfg.max_num_seqs) * I.seq_fixed_bytes;
   I.st.bytes_per_block = I.block_bytes;
   I.st.bytes_per_sequence = I.seq_fixed_bytes;
+  I.n_main_layers = c.n_layers;
+  I.st.spec_accepted_per_pos.assign(size_t(I.spec.num_speculative_tokens), 0);
   const int64_t cap_tokens = mp.kv_blocks * I.block_tokens;
   spdlog::info("KV cache: {} tokens; {} max-length ({}) sequences fit", cap_tokens, cap_tokens / I.max_len, I.max_len);
 }
@@ -307,6 +459,8 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, SamplingParams params)
   r->prompt_len = int64_t(prompt.size());
   r->tokens = std::move(prompt);
   r->sampler = std::make_unique<SamplerState>(params, r->tokens);
+  // A stream of its own for drafting: reusing the sampler's would correlate drafts with their acceptance tests.
+  r->draft_rng = SamplerRng(params.seed ? *params.seed ^ 0x5deece66dull : SamplerRng::random_seed());
   r->params = std::move(params);
   if (I.tok) r->text = std::make_unique<RequestText>(*I.tok, r->params);
   r->pending.id = r->id;
@@ -397,13 +551,15 @@ StepPlan Engine::schedule() {
     if (!r->has_seq()) continue;  // preempted while making room for an earlier one
     const int64_t left = int64_t(r->tokens.size()) - r->computed();
     if (left > 1 && prefill_room <= 0) continue;
-    const int64_t n = std::min<int64_t>(left, left > 1 ? std::min(budget, prefill_room) : budget);
+    if (left == 1 && int64_t(r->drafts.size()) + 1 > budget) r->drafts.clear();  // verify next step instead
+    const int k = left == 1 ? int(r->drafts.size()) : 0;
+    const int64_t n = k ? 1 + k : std::min<int64_t>(left, left > 1 ? std::min(budget, prefill_room) : budget);
     if (left > 1) prefill_room -= n;
     if (!I.reserve(*r, r->computed() + n)) {
       I.preempt(*r);  // nothing else to take memory from: retry it later
       continue;
     }
-    sched.push_back({r, n, false});
+    sched.push_back({r, n, false, k});
     budget -= n;
   }
   // Requests preempted above may already be in `sched`: drop them and give back their budget.
@@ -447,20 +603,34 @@ StepPlan Engine::schedule() {
   // 3. The plan: every scheduled chunk, and the copies that resume prefix-cache hits first.
   StepPlan plan;
   plan.step = I.next_step++;
+  plan.batch.keep_hidden = I.spec.enabled();  // the drafter continues from every row
   I.step_prefill = 0;
+  int64_t rows = 0;
   for (auto& s : sched) {
     Request& r = *s.r;
     if (int64_t(r.tokens.size()) - r.computed() > 1) I.step_prefill += s.n;
-    s.sample = r.computed() + s.n == int64_t(r.tokens.size());
+    s.sample = s.drafts > 0 || r.computed() + s.n == int64_t(r.tokens.size());
+    s.start = r.computed();
+    s.row0 = rows;
+    rows += s.n;
     StepItem it;
     it.slot = r.kv.slot;
     it.start = r.computed();
-    it.tokens.assign(r.tokens.begin() + r.computed(), r.tokens.begin() + r.computed() + s.n);
     it.blocks = r.kv.blocks;
-    it.logits = s.sample ? LogitRows::Last : LogitRows::None;
-    plan.batch.items.push_back(std::move(it));
     plan.copies.insert(plan.copies.end(), r.resume.begin(), r.resume.end());
     r.resume.clear();
+    if (s.drafts) {  // verify: the last token and the drafts, logits on every row; save what the drafts overwrite
+      it.tokens = {r.tokens.back()};
+      for (const Draft& d : r.drafts) it.tokens.push_back(d.token);
+      it.logits = LogitRows::All;
+      r.saves = spec_saves(I.runner->kv_layout(), r.kv.slot, r.kv.blocks, 0, I.n_main_layers, r.computed() + 1,
+                           s.drafts);
+      append_spec_saves(r.saves, plan.copies);
+    } else {
+      it.tokens.assign(r.tokens.begin() + r.computed(), r.tokens.begin() + r.computed() + s.n);
+      it.logits = s.sample ? LogitRows::Last : LogitRows::None;
+    }
+    plan.batch.items.push_back(std::move(it));
     if (r.generated() == 0) I.st.prompt_tokens += uint64_t(s.n);
   }
   return plan;
@@ -476,47 +646,54 @@ std::vector<RequestOutput> Engine::complete(const StepResult& result) {
     I.latency.observe(I.step_prefill,
                       std::chrono::duration<double>(std::chrono::steady_clock::now() - I.step_start).count());
 
-  // Sample, check stop conditions, collect outputs.
+  // Sample (or verify drafts), check stop conditions, collect outputs.
   const int64_t V = I.vocab;
   size_t row = 0;
+  std::vector<ArenaCopy> restores;
   for (auto& s : sched) {
     Request& r = *s.r;
-    r.kv.pos += s.n;
-    I.offer_full_blocks(r);
-    if (!s.sample) continue;
-    DSV4_CHECK(int64_t(row) < result.rows, "step result has {} logit rows, the plan asked for more", result.rows);
-    const float* lg = result.logits.data() + row * size_t(V);
-    ++row;
-    SampleResult sr;
+    if (!s.sample) {
+      r.kv.pos += s.n;
+      I.offer_full_blocks(r);
+      continue;
+    }
+    const size_t nrows = size_t(s.drafts) + 1;
+    DSV4_CHECK(int64_t(row + nrows) <= result.rows, "step result has {} logit rows, the plan asked for more",
+               result.rows);
+    const std::span<const float> lg(result.logits.data() + row * size_t(V), nrows * size_t(V));
+    row += nrows;
+    std::vector<SampleResult> emitted;
+    int accepted = 0;
     try {
-      sr = r.sampler->sample(std::span<const float>(lg, size_t(V)));
+      if (s.drafts) emitted = verify_drafts(*r.sampler, lg, V, r.drafts, &accepted);
+      else emitted.push_back(r.sampler->sample(lg));
     } catch (const Error& e) {  // e.g. a grammar with no way on: this request fails, the batch goes on
       r.pending.error = e.what();
       I.finish(r, FinishReason::Error);
       continue;
     }
-    const int32_t tok = sr.token;
-    r.tokens.push_back(tok);
-    ++I.st.generation_tokens;
-    r.pending.new_tokens.push_back(tok);
-    if (sr.has_logprobs) r.pending.logprobs.push_back(sr);
-    r.has_output = true;
-    const int32_t eos = I.eos;
-    TokenStop ts = check_token_stop(r.params, tok, r.generated(), std::span<const int32_t>(&eos, 1));
-    if (ts == TokenStop::None && int64_t(r.tokens.size()) >= I.max_len) ts = TokenStop::Length;
-    const bool stop_token = ts == TokenStop::Eos || ts == TokenStop::StopToken;
-    if (r.text) {
-      r.pending.text += r.text->add(tok, stop_token);
-      if (r.text->stopped()) {
-        I.finish(r, FinishReason::Stop, r.text->stop_string());
-        continue;
-      }
-      if (ts != TokenStop::None) r.pending.text += r.text->finish();
+    if (s.drafts) {
+      ++I.st.spec_num_drafts;
+      I.st.spec_num_draft_tokens += uint64_t(s.drafts);
+      I.st.spec_num_accepted_tokens += uint64_t(accepted);
+      for (int k = 0; k < accepted; ++k) ++I.st.spec_accepted_per_pos[size_t(k)];
     }
-    if (ts != TokenStop::None)
-      I.finish(r, ts == TokenStop::Length ? FinishReason::Length : FinishReason::Stop,
-               ts == TokenStop::StopToken ? std::to_string(tok) : std::string());
+    for (const SampleResult& sr : emitted)
+      if (I.emit(r, sr)) break;  // finished: what follows a stop is dropped
+    // Computed: the chunk's positions, of a verify only the last token's and the accepted drafts'.
+    r.kv.pos = std::min<int64_t>(s.start + (s.drafts ? 1 + accepted : s.n), int64_t(r.tokens.size()));
+    if (s.drafts) {
+      if (!r.pending.finished()) {  // rejected drafts leave no trace: their arena writes go back, then blocks
+        append_spec_restores(r.saves, r.kv.pos, restores);
+        r.kv.truncate(*I.pool, r.kv.pos, I.block_tokens);
+      }
+      r.saves.clear();
+      r.drafts.clear();
+    }
+    I.offer_full_blocks(r);
   }
+  if (!restores.empty()) I.execute_copies(std::move(restores));
+  if (I.spec.enabled()) I.draft(sched);
   for (auto it = I.running.begin(); it != I.running.end();) {
     Request& r = **it;
     if (!r.has_output) {

@@ -3,6 +3,7 @@
 // Single-threaded by design; EngineLoop (engine_loop.h) runs it on its own thread for the server.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -12,6 +13,7 @@
 #include "runtime/kv_disk_store.h"
 #include "runtime/model_runner.h"
 #include "runtime/sampler.h"
+#include "runtime/speculative.h"
 #include "runtime/step_plan.h"
 
 namespace dsv4 {
@@ -45,6 +47,11 @@ struct EngineConfig {
   dist::DistConfig dist;
   bool enable_expert_parallel = false;
   int local_rank = 0;
+  // vLLM's --speculative-config JSON ('{"method": "mtp", "num_speculative_tokens": N}'); empty = off.
+  std::string speculative_config;
+  // Tests: sees (and may replace or drop) each request's drafts after the drafter made them, before they are
+  // verified: (request id, its tokens so far, the drafts). At most as many drafts as were made.
+  std::function<void(uint64_t, const std::vector<int32_t>&, std::vector<Draft>&)> draft_hook;
 };
 
 // The model runner's options for an engine configuration (rank 0's engine, and the other ranks' workers).
@@ -81,6 +88,10 @@ struct EngineStats {
   KvDiskStats disk;               // the disk tier's own counters (bytes, restore time, bad files)
   uint64_t preemptions = 0;
   uint64_t prompt_tokens = 0, generation_tokens = 0;  // totals
+  // Speculative decoding (vLLM's spec_decode_* counters): verify steps, drafts proposed, drafts accepted, and
+  // accepted drafts by position in the draft.
+  uint64_t spec_num_drafts = 0, spec_num_draft_tokens = 0, spec_num_accepted_tokens = 0;
+  std::vector<uint64_t> spec_accepted_per_pos;
 };
 
 class Engine {

@@ -57,6 +57,14 @@ bool SequenceKv::ensure(BlockPool& pool, int64_t tokens, int block_tokens) {
   return true;
 }
 
+void SequenceKv::truncate(BlockPool& pool, int64_t tokens, int block_tokens) {
+  const size_t keep = size_t(blocks_for(tokens, block_tokens));
+  while (blocks.size() > keep) {
+    pool.release(blocks.back());
+    blocks.pop_back();
+  }
+}
+
 void SequenceKv::release(BlockPool& pool, SlotPool& slots) {
   for (int32_t b : blocks) pool.release(b);
   blocks.clear();

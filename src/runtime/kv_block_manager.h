@@ -47,6 +47,8 @@ struct SequenceKv {
   // Allocates blocks so positions [0, tokens) fit; false (nothing allocated) when the pool is short.
   bool ensure(BlockPool& pool, int64_t tokens, int block_tokens);
   void release(BlockPool& pool, SlotPool& slots);  // every block and the slot
+  // Gives back the blocks past what positions [0, tokens) need (rejected speculative positions).
+  void truncate(BlockPool& pool, int64_t tokens, int block_tokens);
 };
 
 }  // namespace dsv4

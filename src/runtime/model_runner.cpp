@@ -37,16 +37,19 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
     if (comm_->name() == "nccl") watchdog_ = std::make_unique<dist::Watchdog>(*comm_, opts_.dist.timeout);
   }
   const auto t_load = std::chrono::steady_clock::now();
-  if (opts_.load_format == "dummy") weights_ = ModelWeights::load_dummy(cfg_, *be_, 1, placement, opts_.progress);
+  const bool mtp = opts_.mtp_draft_tokens > 0;
+  if (opts_.load_format == "dummy")
+    weights_ = ModelWeights::load_dummy(cfg_, *be_, 1, placement, opts_.progress, mtp);
   else if (opts_.load_format == "auto")
-    weights_ = ModelWeights::load(cfg_, opts_.model_dir, *be_, placement, opts_.progress);
+    weights_ = ModelWeights::load(cfg_, opts_.model_dir, *be_, placement, opts_.progress, mtp);
   else fail("unknown --load-format '{}' (auto or dummy)", opts_.load_format);
   model_ = std::make_unique<Dsv4Model>(cfg_, *weights_, *be_, opts_.numerics, comm_.get());
   be_->synchronize();
   load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
   mem_.weights = weights_->placed_bytes;
 
-  const KvLayout layout = KvLayout::make(cfg_, opts_.block_tokens, opts_.kv_dtype, opts_.prefix_tails);
+  const KvLayout layout =
+      KvLayout::make(cfg_, opts_.block_tokens, opts_.kv_dtype, opts_.prefix_tails, {mtp, opts_.mtp_draft_tokens});
   const uint64_t slots = uint64_t(layout.slot_bytes()) * uint64_t(opts_.n_slots);
   const int64_t bt = layout.block_tokens();
   if (opts_.max_model_len > cfg_.max_position_embeddings)
@@ -70,6 +73,7 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   lim.max_context = ctx;
   const uint64_t ws_bytes = model_->workspace_bytes(lim, int(bt));
   ws_ = std::make_unique<Workspace>(*be_, ws_bytes);
+  if (mtp) model_->enable_mtp(lim);
   mem_.workspace = ws_bytes;
   if (!blocks) {
     const MemoryInfo mi = be_->memory_info();
@@ -101,6 +105,8 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   // Arena copies of one step: at most every slot resumes once.
   int64_t max_copies = 0;
   for (auto& L : layout.layers) max_copies += cfg_.window + (L.ratio == 4 ? 8 : 0);
+  // Speculative saves: per draft position and layer at most 5 ranges, plus one block end's (tail, 8 records).
+  if (mtp) max_copies += int64_t(layout.layers.size()) * (5 * (opts_.mtp_draft_tokens + 1) + cfg_.window + 8);
   max_copies = std::max<int64_t>(max_copies * opts_.n_slots, 1);
   copy_buf_ = be_->alloc(size_t(max_copies * 24), BufferUsage::Io);
   copy_list_ = Tensor(copy_buf_.get(), 0, DType::I64, {max_copies, 3});

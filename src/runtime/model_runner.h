@@ -38,6 +38,8 @@ struct RunnerOptions {
   // but model_dir, device and the factory) are sent to every rank at the rendezvous, so ranks cannot disagree.
   dist::DistConfig dist;
   bool expert_parallel = false;  // routed experts split by expert id instead of by width
+  // Speculative decoding with the checkpoint's MTP layer: its weights, its KV and the verify save areas.
+  int mtp_draft_tokens = 0;
   int local_rank = 0;            // the GPU this rank uses on its host
 };
 

@@ -104,6 +104,9 @@ class SamplerState {
   // grammar the token must be allowed (dsv4::Error otherwise).
   void record_output(int32_t token);
 
+  // A draw from the request's RNG (speculative verification: acceptance tests and residual samples).
+  double draw_uniform() { return rng_.uniform(); }
+
   // The request's grammar position (null without a grammar). Speculative decoding checks drafts on a copy
   // (GrammarMatcher is copyable: a copy is a rollback point) and assigns the accepted one back.
   grammar::GrammarMatcher* grammar_matcher() { return matcher_ ? &*matcher_ : nullptr; }

@@ -67,7 +67,10 @@ std::string StepPlan::serialize() const {
     w.put(uint8_t(it.logits));
     w.vec(it.tokens);
     w.vec(it.blocks);
+    w.vec(it.hidden);
   }
+  w.put(uint8_t(batch.mtp));
+  w.put(uint8_t(batch.keep_hidden));
   w.vec(copies);
   return std::move(w.s_);
 }
@@ -88,7 +91,10 @@ StepPlan StepPlan::deserialize(const std::string& bytes) {
     it.logits = LogitRows(lr);
     it.tokens = r.vec<int32_t>();
     it.blocks = r.vec<int32_t>();
+    it.hidden = r.vec<int32_t>();
   }
+  p.batch.mtp = r.get<uint8_t>() != 0;
+  p.batch.keep_hidden = r.get<uint8_t>() != 0;
   p.copies = r.vec<ArenaCopy>();
   if (!r.done()) fail("step plan: trailing bytes");
   return p;
@@ -112,6 +118,60 @@ void append_resume_copies(const KvLayout& layout, int32_t slot, int32_t block, i
       }
     }
   }
+}
+
+std::vector<SpecSave> spec_saves(const KvLayout& layout, int32_t slot, std::span<const int32_t> blocks, int l0,
+                                 int l1, int64_t first, int n, int64_t area) {
+  const KvArenaShape& S = layout.shape;
+  DSV4_CHECK(layout.save_off >= 0, "speculative saves need a KV layout with a save area");
+  DSV4_CHECK(l0 >= 0 && l1 <= int(layout.layers.size()) && n <= layout.spec.draft_tokens,
+             "speculative saves: layers [{}, {}) / {} positions out of the layout", l0, l1, n);
+  const int64_t s0 = S.slot_offset(slot), eb = S.main.bytes(), bt = S.block_tokens;
+  int64_t at = s0 + layout.save_off + area;
+  std::vector<SpecSave> out;
+  auto add = [&](int64_t pos, int64_t src, int64_t bytes) {
+    out.push_back({pos, {src, at, bytes}});
+    at += bytes;
+  };
+  auto block = [&](int64_t p) {
+    DSV4_CHECK(p / bt < int64_t(blocks.size()), "speculative saves: position {} has no KV block", p);
+    return S.block_offset(blocks[size_t(p / bt)]);
+  };
+  for (int64_t p = first; p < first + n; ++p)
+    for (int l = l0; l < l1; ++l) {
+      const KvLayerOffsets& L = layout.layers[size_t(l)];
+      add(p, s0 + L.ring_off + (p % S.window) * eb, eb);
+      if (L.ratio) {
+        const int64_t r = L.ratio, ntok = KvArenaShape::ring_tokens(L.ratio);
+        for (int idx = 0; idx < (r == 4 ? 2 : 1); ++idx) {
+          const int64_t rec = KvArenaShape::ring_token_floats(L.ratio, idx ? S.index_d : S.main_d) * 4;
+          add(p, s0 + (idx ? L.iring_off : L.cring_off) + (p % ntok) * rec, rec);
+        }
+        if ((p + 1) % r == 0) {  // entry j = p / r completes here
+          const int64_t j = p / r, per = bt / r;
+          add(p, block(p) + L.comp_off + (j % per) * eb, eb);
+          if (r == 4) add(p, block(p) + L.idx_off + (j % per) * S.index.bytes(), S.index.bytes());
+        }
+      }
+      if (S.with_tail && (p + 1) % bt == 0) {  // a block end: its tail and ratio-4 snapshots
+        add(p, block(p) + L.tail_off, S.window * eb);
+        if (L.ratio == 4) {
+          add(p, block(p) + L.cstate_off, 4 * KvArenaShape::ring_token_floats(4, S.main_d) * 4);
+          add(p, block(p) + L.istate_off, 4 * KvArenaShape::ring_token_floats(4, S.index_d) * 4);
+        }
+      }
+    }
+  DSV4_CHECK(at - (s0 + layout.save_off) <= layout.save_bytes, "speculative saves overflow the save area");
+  return out;
+}
+
+void append_spec_saves(std::span<const SpecSave> saves, std::vector<ArenaCopy>& out) {
+  for (const SpecSave& s : saves) out.push_back(s.save);
+}
+
+void append_spec_restores(std::span<const SpecSave> saves, int64_t from, std::vector<ArenaCopy>& out) {
+  for (const SpecSave& s : saves)
+    if (s.pos >= from) out.push_back({s.save.dst, s.save.src, s.save.bytes});
 }
 
 }  // namespace dsv4

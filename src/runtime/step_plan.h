@@ -3,6 +3,7 @@
 // Serializable, so a multi-rank deployment can send it to every rank; the runner executes it unchanged.
 #pragma once
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -28,5 +29,19 @@ struct StepPlan {
 // from the block's tail and the ratio-4 compressors' last tokens from its snapshots (layout.with_tail()).
 void append_resume_copies(const KvLayout& layout, int32_t slot, int32_t block, int64_t end,
                           std::vector<ArenaCopy>& out);
+
+// Speculative decoding's rollback: what positions [first, first + n) of KV layers [l0, l1) write for a
+// sequence (window ring entries, compressor token records, completed entries and indexer keys, block-end tails
+// and snapshots), each paired with a place in the slot's save area from byte `area` on. Copying every `save`
+// before the step and putting back those at positions >= p afterwards leaves the arena as if positions >= p
+// had never been computed.
+struct SpecSave {
+  int64_t pos = 0;
+  ArenaCopy save;  // src: the arena range, dst: its copy in the save area
+};
+std::vector<SpecSave> spec_saves(const KvLayout& layout, int32_t slot, std::span<const int32_t> blocks, int l0,
+                                 int l1, int64_t first, int n, int64_t area = 0);
+void append_spec_saves(std::span<const SpecSave> saves, std::vector<ArenaCopy>& out);
+void append_spec_restores(std::span<const SpecSave> saves, int64_t from, std::vector<ArenaCopy>& out);
 
 }  // namespace dsv4

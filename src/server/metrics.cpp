@@ -187,6 +187,19 @@ std::string Metrics::render(const EngineStats& e) const {
   }
   single(out, "dsv4_num_preemptions_total", "counter", "Sequences preempted (recomputed later) for KV space.",
          double(e.preemptions));
+  if (!e.spec_accepted_per_pos.empty()) {  // speculative decoding, under vLLM's names (vllm bench serve reads them)
+    single(out, "vllm:spec_decode_num_drafts_total", "counter", "Verify steps (draft sequences checked).",
+           double(e.spec_num_drafts));
+    single(out, "vllm:spec_decode_num_draft_tokens_total", "counter", "Draft tokens proposed.",
+           double(e.spec_num_draft_tokens));
+    single(out, "vllm:spec_decode_num_accepted_tokens_total", "counter", "Draft tokens accepted.",
+           double(e.spec_num_accepted_tokens));
+    header(out, "vllm:spec_decode_num_accepted_tokens_per_pos_total", "counter",
+           "Draft tokens accepted, by position in the draft.");
+    for (size_t i = 0; i < e.spec_accepted_per_pos.size(); ++i)
+      out += fmt::format("vllm:spec_decode_num_accepted_tokens_per_pos_total{{position=\"{}\"}} {}\n", i,
+                         e.spec_accepted_per_pos[i]);
+  }
   return out;
 }
 

@@ -138,7 +138,7 @@ TEST(TinyDemoConfig, HasTheRealConfigKeysAndTinySizes) {
   EXPECT_EQ(c.dim, 256);
   EXPECT_EQ(c.n_layers, 4);
   EXPECT_EQ(c.compress_ratios, (std::vector<int>{0, 4, 128, 4, 0}));
-  EXPECT_EQ(c.n_mtp_layers, 0);
+  EXPECT_EQ(c.n_mtp_layers, 1);
   EXPECT_EQ(c.window, 128);
   EXPECT_EQ(c.index_topk, 64);
   EXPECT_EQ(c.n_hash_layers, 2);

@@ -12,7 +12,8 @@ TEST(StepPlan, SerializationRoundTripsEveryField) {
   p.step = 42;
   p.batch.items.push_back({3, 512, {5, 6, 7}, {9, 1, 4}, LogitRows::Last});
   p.batch.items.push_back({0, 0, {1}, {2}, LogitRows::None});
-  p.batch.items.push_back({7, 100, {8, 8, 8, 8}, {11}, LogitRows::All});
+  p.batch.items.push_back({7, 100, {8, 8, 8, 8}, {11}, LogitRows::All, {0, 1, 2, 300}});
+  p.batch.mtp = true;
   p.copies = {{100, 2000, 584}, {0, 64, 8}};
   const StepPlan q = StepPlan::deserialize(p.serialize());
   EXPECT_EQ(q.step, 42u);
@@ -23,7 +24,10 @@ TEST(StepPlan, SerializationRoundTripsEveryField) {
     EXPECT_EQ(q.batch.items[i].tokens, p.batch.items[i].tokens);
     EXPECT_EQ(q.batch.items[i].blocks, p.batch.items[i].blocks);
     EXPECT_EQ(q.batch.items[i].logits, p.batch.items[i].logits);
+    EXPECT_EQ(q.batch.items[i].hidden, p.batch.items[i].hidden);
   }
+  EXPECT_TRUE(q.batch.mtp);
+  EXPECT_FALSE(q.batch.keep_hidden);
   ASSERT_EQ(q.copies.size(), 2u);
   EXPECT_EQ(q.copies[0].src, 100);
   EXPECT_EQ(q.copies[0].dst, 2000);
