@@ -166,6 +166,7 @@ RunnerOptions runner_options(const EngineConfig& c) {
   ro.dist = c.dist;
   ro.expert_parallel = c.enable_expert_parallel;
   ro.local_rank = c.local_rank;
+  ro.expert_load_window = c.expert_load_window;
   return ro;
 }
 
@@ -273,6 +274,7 @@ EngineStats Engine::stats() const {
   s.kv_blocks_used = impl_->pool->used();
   s.kv_blocks_reusable = impl_->prefix ? impl_->prefix->reusable() : 0;
   s.kv_bytes_used = impl_->used_bytes();
+  if (const ExpertLoad* el = impl_->runner->expert_load()) s.expert_load = el->snapshot();
   return s;
 }
 

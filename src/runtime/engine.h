@@ -39,6 +39,7 @@ struct EngineConfig {
   dist::DistConfig dist;
   bool enable_expert_parallel = false;
   int local_rank = 0;
+  int expert_load_window = 1000;  // steps of expert load statistics (RunnerOptions::expert_load_window); 0: off
 };
 
 // The model runner's options for an engine configuration (rank 0's engine, and the other ranks' workers).
@@ -72,6 +73,7 @@ struct EngineStats {
   uint64_t prefix_queries = 0, prefix_hits = 0;  // in tokens
   uint64_t preemptions = 0;
   uint64_t prompt_tokens = 0, generation_tokens = 0;  // totals
+  ExpertLoadSnapshot expert_load;  // window 0 when not counted
 };
 
 class Engine {
