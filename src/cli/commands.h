@@ -7,4 +7,5 @@ void add_model_commands(CLI::App& app);      // score, generate, inspect (model_
 void add_tokenizer_commands(CLI::App& app);  // tokenize, detokenize, encode-chat, parse-completion
 void add_make_tiny_command(CLI::App& app);   // make-tiny (make_tiny_command.cpp)
 void add_serve_command(CLI::App& app);       // serve (serve_command.cpp)
+void add_expert_load_command(CLI::App& app); // expert-load (expert_load_command.cpp)
 }  // namespace dsv4::cli

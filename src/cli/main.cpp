@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   dsv4::cli::add_model_commands(app);
   dsv4::cli::add_make_tiny_command(app);
   dsv4::cli::add_serve_command(app);
+  dsv4::cli::add_expert_load_command(app);
   dsv4::cli::add_rank_worker_command(app);
   dsv4::cli::add_tokenizer_commands(app);
   try {

@@ -15,6 +15,7 @@ void add_make_tiny_command(CLI::App& app) {
   struct Opts {
     std::string out, tokenizer;
     uint64_t seed = kTinyDemoSeed;
+    double route_skew = 0;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("make-tiny",
@@ -22,6 +23,9 @@ void add_make_tiny_command(CLI::App& app) {
                                  "model of `dsv4 serve`)");
   cmd->add_option("--out", o->out, "output directory (created if missing; existing files are replaced)")->required();
   cmd->add_option("--seed", o->seed, "random seed (the same seed gives byte-identical files)")
+      ->capture_default_str();
+  cmd->add_option("--route-skew", o->route_skew,
+                  "skewed routing: a few experts of each layer take most tokens (e.g. 2; 0: uniform)")
       ->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer,
                   "tokenizer.json to copy into the model directory (default: <dsv4 dir>/../assets/tokenizer/"
@@ -35,7 +39,8 @@ void add_make_tiny_command(CLI::App& app) {
                      "directory will have none (run scripts/fetch_tokenizer.sh, or pass --tokenizer)");
     }
     auto t0 = std::chrono::steady_clock::now();
-    make_tiny_checkpoint(o->out, o->seed, tok);
+    if (o->route_skew < 0) fail("--route-skew must be >= 0");
+    make_tiny_checkpoint(o->out, o->seed, tok, o->route_skew);
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::error_code ec;
     auto bytes = std::filesystem::file_size(std::filesystem::path(o->out) / "model.safetensors", ec);

@@ -12,6 +12,7 @@
 #include "cli/parallel.h"
 #include "core/error.h"
 #include "model/dsv4_model.h"
+#include "runtime/expert_load.h"
 #include "runtime/session.h"
 #include "model/kv_cache.h"
 #include "model/weight_schema.h"
@@ -61,6 +62,11 @@ void add_model_commands(CLI::App& app) {
     auto ids_path = std::make_shared<std::string>();
     auto out_path = std::make_shared<std::string>();
     auto chunk = std::make_shared<int>(0);
+    struct LoadOpts {
+      bool show = false;
+      int ep_size = 1, redundant = 0;
+    };
+    auto load = std::make_shared<LoadOpts>();
     cmd->add_option("--model", o->model, "checkpoint directory")->required();
     cmd->add_option("--ids", *ids_path, "file of whitespace-separated token ids")->required();
     cmd->add_option("--out", *out_path, "output file: little-endian float32, row-major [T, vocab]")->required();
@@ -72,6 +78,11 @@ void add_model_commands(CLI::App& app) {
     auto par = std::make_shared<ParallelOpts>();
     par->master_port = 29510;  // not serve's default: a score beside a running server must not collide
     add_parallel_options(*cmd, *par, false);
+    cmd->add_flag("--expert-load", load->show, "print tokens per routed expert and layer (the router's choices)");
+    cmd->add_option("--expert-load-ep-size", load->ep_size,
+                    "with --expert-load: max/mean rank load over N expert-parallel ranks");
+    cmd->add_option("--expert-load-redundant", load->redundant,
+                    "with --expert-load-ep-size: also under the EPLB placement with R redundant expert slots");
     cmd->callback([=] {
       check_model_dir(o->model);
       const auto cfg = ModelConfig::load((std::filesystem::path(o->model) / "config.json").string());
@@ -89,6 +100,7 @@ void add_model_commands(CLI::App& app) {
       so.max_step_tokens = int64_t(step);
       if (par->tensor_parallel_size > 1) so.dist = par->dist_config(0);
       so.expert_parallel = par->enable_expert_parallel;
+      if (load->show) so.expert_load_window = int(ids.size() / step + 1);  // every step of the run
       Session sess(so);
       const int seq = sess.new_sequence();
       std::vector<float> logits;
@@ -104,6 +116,8 @@ void add_model_commands(CLI::App& app) {
       f.write(reinterpret_cast<const char*>(logits.data()), std::streamsize(logits.size() * sizeof(float)));
       if (!f) fail("write to '{}' failed", *out_path);
       std::fprintf(stderr, "scored %zu tokens in %.3f s (%.1f tok/s)\n", ids.size(), s, double(ids.size()) / s);
+      if (load->show)
+        std::printf("%s", format_expert_load(sess.runner().expert_load()->snapshot(), load->ep_size, load->redundant).c_str());
     });
   }
   {

@@ -29,6 +29,17 @@ void ParallelOpts::validate() const {
   if (!(distributed_timeout > 0) || !(rendezvous_timeout > 0)) fail("timeouts must be positive");
   if (enable_expert_parallel && tensor_parallel_size == 1)
     fail("--enable-expert-parallel needs --tensor-parallel-size > 1 (experts are split across those ranks)");
+  if (!enable_eplb && num_redundant_experts)
+    fail("--num-redundant-experts needs --enable-eplb");
+  if (enable_eplb) {
+    if (!enable_expert_parallel) fail("--enable-eplb needs --enable-expert-parallel (it balances expert-parallel ranks)");
+    if (num_redundant_experts < 0 || eplb_step_interval < 1)
+      fail("--num-redundant-experts must be >= 0 and --eplb-step-interval >= 1");
+    fail("--enable-eplb is not available yet: the placement policy (model/expert_placement.h, shown by `dsv4 "
+         "expert-load --ep-size N --num-redundant-experts R`) and the load statistics exist, but replicated "
+         "expert weights on the ranks, splitting an expert's tokens among its replicas and moving replicas "
+         "between steps do not");
+  }
 }
 
 dist::DistConfig ParallelOpts::dist_config(int rank) const {
@@ -50,6 +61,15 @@ void add_parallel_options(CLI::App& cmd, ParallelOpts& o, bool multi_node) {
       ->group(g);
   cmd.add_flag("--enable-expert-parallel", o.enable_expert_parallel,
                "split routed experts across the ranks by expert instead of by width (CPU backend for now)")
+      ->group(g);
+  cmd.add_flag("--enable-eplb", o.enable_eplb,
+               "expert-parallel load balancing: replicas of the hottest experts on the least-loaded ranks")
+      ->group(g);
+  cmd.add_option("--num-redundant-experts", o.num_redundant_experts, "redundant expert slots (with --enable-eplb)")
+      ->capture_default_str()
+      ->group(g);
+  cmd.add_option("--eplb-step-interval", o.eplb_step_interval, "steps between placement updates (with --enable-eplb)")
+      ->capture_default_str()
       ->group(g);
   cmd.add_option("--master-addr", o.master_addr, "address of node 0, where the ranks meet")->capture_default_str()->group(g);
   cmd.add_option("--master-port", o.master_port, "rendezvous port on node 0")->capture_default_str()->group(g);

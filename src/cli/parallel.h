@@ -16,6 +16,10 @@ struct ParallelOpts {
   int tensor_parallel_size = 1, nnodes = 1, node_rank = 0, master_port = 29500;
   std::string master_addr = "127.0.0.1";
   bool headless = false, enable_expert_parallel = false;
+  // Expert-parallel load balancing (model/expert_placement.h): redundant expert slots, rebalanced every
+  // eplb_step_interval steps.
+  bool enable_eplb = false;
+  int num_redundant_experts = 0, eplb_step_interval = 3000;
   double distributed_timeout = 30, rendezvous_timeout = 180;
 
   int ranks_per_node() const { return tensor_parallel_size / nnodes; }

@@ -227,6 +227,8 @@ void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
   ec.max_num_seqs = o.max_num_seqs;
   ec.max_num_batched_tokens = o.max_num_batched_tokens;
   ec.max_inter_token_latency_ms = o.max_inter_token_latency_ms;
+  if (o.expert_load_window < 0) fail("--expert-load-window {} must be >= 0", o.expert_load_window);
+  ec.expert_load_window = o.expert_load_window;
   ec.max_model_len = max_len;
   ec.block_size = o.block_size;
   ec.kv_cache_dtype = o.kv_cache_dtype;
@@ -336,6 +338,10 @@ void add_serve_options(CLI::App& app, ServeOpts& opts) {
                   "bound adapts to measured step times)")
       ->capture_default_str();
   cmd->add_option("--max-num-batched-tokens", o->max_num_batched_tokens, "tokens per engine step")
+      ->capture_default_str();
+  cmd->add_option("--expert-load-window", o->expert_load_window,
+                  "steps of expert load statistics (tokens per expert and layer) on /metrics and GET /expert_load "
+                  "(0: not counted)")
       ->capture_default_str();
   cmd->add_option("--block-size", o->block_size, "KV block size in tokens (multiple of 128)")->capture_default_str();
   cmd->add_option("--kv-cache-dtype", o->kv_cache_dtype,

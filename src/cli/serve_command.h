@@ -27,13 +27,14 @@ struct ServeOpts {
     max_num_batched_tokens = d.max_num_batched_tokens;
     block_size = d.block_size;
     enable_prefix_caching = d.enable_prefix_caching;
+    expert_load_window = d.expert_load_window;
   }
   std::string model, tokenizer;
   std::vector<std::string> served_model_name;
   std::string host = "0.0.0.0";
   int port = 8000;
   int64_t max_model_len = 0;
-  int max_num_seqs, max_num_batched_tokens, block_size;
+  int max_num_seqs, max_num_batched_tokens, block_size, expert_load_window;
   double max_inter_token_latency_ms = 0;
   std::string kv_cache_dtype = "auto", kv_cache_memory = "auto";
   std::string kv_offload_dir, kv_offload_size = "16GiB";

@@ -49,11 +49,12 @@ struct Dsv4Model::Step {
   Tensor iq, iw, sel, index_scratch;
   Tensor u, g, pooled, iu, ig, ipooled;
   Tensor elog, ew, ex, moe_scratch;
+  Tensor ex_all;  // expert counting: every layer's router output, [n_layers * M, K]
   Tensor Xr, yr, logits, logits_all;
   const KvStorage* kv_storage = nullptr;
 
   // tp: ranks sharing the step (attention heads, output groups, expert widths and the vocabulary are split).
-  void carve(Workspace& ws, const ModelConfig& c, int tp) {
+  void carve(Workspace& ws, const ModelConfig& c, int tp, bool count_experts) {
     const int64_t M = std::max<int64_t>(d.M, 1), D = c.dim, hc = c.hc_mult;
     blob = ws.take(DType::I32, {std::max<int64_t>(d.blob(), 1)});
     int64_t off = 0;
@@ -117,7 +118,8 @@ struct Dsv4Model::Step {
     const int64_t E = c.n_routed_experts, K = c.n_experts_per_tok;
     elog = f32({M, E});
     ew = f32({M, K});
-    ex = ws.take(DType::I32, {M, K});
+    if (count_experts) ex_all = ws.take(DType::I32, {c.n_layers * M, K});
+    else ex = ws.take(DType::I32, {M, K});
     moe_scratch = ws.take(DType::U8, {std::max<int64_t>(moe_scratch_bytes(M, K, D, c.moe_inter_dim), 1)});
     const int64_t R = std::max<int64_t>(d.R, 1);
     Xr = f32({R, hc * D});
@@ -164,7 +166,7 @@ uint64_t Dsv4Model::workspace_bytes(const StepLimits& lim, int block_tokens) con
   s.d.R = lim.max_logit_rows;
   s.d.index_cols = (lim.max_context + 1) / 4;
   Workspace measure;
-  s.carve(measure, cfg_, tp_);
+  s.carve(measure, cfg_, tp_, count_experts_);
   return measure.peak() + 4096;
 }
 
@@ -258,7 +260,7 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
   s.d = {M, int64_t(batch.items.size()), max_blocks, int64_t(e[0][0].size()), int64_t(e[1][0].size()),
          int64_t(snap_item.size()), int64_t(head_rows.size()), (max_pos + 1) / 4};
   ws.reset();
-  s.carve(ws, cfg_, tp_);
+  s.carve(ws, cfg_, tp_, count_experts_);
   std::vector<int32_t> blob;
   blob.reserve(size_t(s.d.blob()));
   auto put = [&](const std::vector<int32_t>& v) { blob.insert(blob.end(), v.begin(), v.end()); };
@@ -277,6 +279,7 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
   const int l0 = batch.mtp ? cfg_.n_layers : 0, l1 = batch.mtp ? cfg_.n_layers + 1 : cfg_.n_layers;
   for (int l = l0; l < l1; ++l) {
     const uint64_t before = be_.counters().ops;
+    if (count_experts_ && l < cfg_.n_layers) s.ex = s.ex_all.rows(int64_t(l) * s.d.M, s.d.M);
     block(l, s);
     const uint64_t n = be_.counters().ops - before;
     ops_min = std::min(ops_min, n);
@@ -312,6 +315,8 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
     stats->ops_total = be_.counters().ops - ops0;
     stats->host_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   }
+  // Expert load counts the main model's routing only: an MTP batch runs the drafter's layer, not the model's.
+  if (count_experts_ && !batch.mtp) count_routes(s);  // after the head is queued: the download waits for the step
   return logits;
 }
 
@@ -374,6 +379,19 @@ void Dsv4Model::mtp_input(Step& s, const StepBatch& batch) {
   be_.hc_post(s.sub.rows(0, M), s.X.rows(0, M), ones_.rows(0, M), ident_.rows(0, M), int(hc), s.X2.rows(0, M));
   round(s.X2);
   std::swap(s.X, s.X2);
+}
+
+void Dsv4Model::count_routes(const Step& s) {
+  const int64_t L = cfg_.n_layers, E = cfg_.n_routed_experts, K = cfg_.n_experts_per_tok, M = s.d.M;
+  routes_.resize(size_t(L * M * K));
+  be_.download(routes_.data(), s.ex_all, routes_.size() * 4);
+  expert_counts_.assign(size_t(L * E), 0);
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t i = 0; i < M * K; ++i) {
+      const int32_t e = routes_[size_t(l * M * K + i)];
+      DSV4_CHECK(e >= 0 && e < E, "router output: expert {} out of range at layer {}", e, l);
+      ++expert_counts_[size_t(l * E + e)];
+    }
 }
 
 void Dsv4Model::compressor(int l, bool indexer, Step& s, const Tensor& x) {

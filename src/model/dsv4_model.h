@@ -4,6 +4,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "dist/communicator.h"
 #include "kernels/backend.h"
@@ -55,6 +56,11 @@ class Dsv4Model {
   // batches read (the main model's last-layer streams, the drafter's own for its recursive steps).
   void enable_mtp(const StepLimits& limits);
   bool mtp_enabled() const { return hidden_buf_ != nullptr; }
+  // Expert-load counting (set before workspace_bytes): each layer's router output stays in the workspace and
+  // one download after the last layer reads them all, never one inside the graph. expert_counts() is then
+  // the last step's tokens per (layer, expert), [n_layers * n_routed_experts].
+  void set_count_experts(bool on) { count_experts_ = on; }
+  const std::vector<uint32_t>& expert_counts() const { return expert_counts_; }
 
  private:
   struct Step;
@@ -63,6 +69,7 @@ class Dsv4Model {
   void attention(int l, Step& s, const Tensor& x, const Tensor& out);
   void compressor(int l, bool indexer, Step& s, const Tensor& x);
   void moe(int l, Step& s, const Tensor& x, const Tensor& out);
+  void count_routes(const Step& s);
   void round(const Tensor& x) const;
   const Tensor& rope_for(int l) const { return cfg_.ratio(l) ? w_.rope_compress : w_.rope_main; }
   HcParams hc_params(const HcWeights& h) const;
@@ -81,6 +88,9 @@ class Dsv4Model {
   std::unique_ptr<Buffer> hidden_buf_;
   Tensor hidden_, ones_, ident_;
   int64_t hidden_main_rows_ = 0;
+  bool count_experts_ = false;
+  std::vector<uint32_t> expert_counts_;
+  std::vector<int32_t> routes_;  // the last step's top-k ids, [n_layers, M, K] (reused buffer)
 };
 
 }  // namespace dsv4

@@ -237,8 +237,47 @@ void fp4_linear(const TensorSpec& ws, const TensorSpec& ss, uint64_t seed, std::
   out.push_back(std::move(sc));
 }
 
-// Hash routing table [vocab, k]: k distinct expert ids per token (partial Fisher-Yates).
-TensorToWrite tid2eid(const TensorSpec& s, int n_experts, uint64_t seed) {
+// Skewed routing (route_skew > 0): the experts of one tensor in a seeded random order of heat; the expert of
+// heat rank h gets weight 2^(-skew * h) (hash tables) or bias + skew * 2^-h (score-routed gates).
+std::vector<int> heat_ranks(int n, uint64_t seed) {
+  std::vector<int> perm(static_cast<size_t>(n));
+  for (int e = 0; e < n; ++e) perm[size_t(e)] = e;
+  SplitMix64 g{mix(seed, 0x5eed)};
+  for (int i = n - 1; i > 0; --i) std::swap(perm[size_t(i)], perm[size_t(g.next() % uint64_t(i + 1))]);
+  std::vector<int> rank(static_cast<size_t>(n));
+  for (int h = 0; h < n; ++h) rank[size_t(perm[size_t(h)])] = h;
+  return rank;
+}
+
+// Hash routing table [vocab, k]: k distinct expert ids per token (partial Fisher-Yates; with skew, draws
+// without replacement weighted by heat).
+TensorToWrite tid2eid(const TensorSpec& s, int n_experts, uint64_t seed, double skew) {
+  if (skew > 0) {
+    const int64_t V = s.shape.at(0), K = s.shape.at(1);
+    DSV4_CHECK(K <= n_experts, "make-tiny: top-{} of {} experts", K, n_experts);
+    TensorToWrite t = make(s.name, DType::I64, s.shape);
+    const std::vector<int> heat = heat_ranks(n_experts, seed);
+    SplitMix64 g{mix(seed, 0x7a11)};
+    for (int64_t v = 0; v < V; ++v) {
+      std::vector<double> w(static_cast<size_t>(n_experts));
+      for (int e = 0; e < n_experts; ++e) w[size_t(e)] = std::exp2(-skew * heat[size_t(e)]);
+      for (int64_t j = 0; j < K; ++j) {
+        double total = 0;
+        for (double x : w) total += x;
+        double r = double(g.next() >> 11) * 0x1.0p-53 * total;
+        int pick = -1;  // the last candidate when rounding runs past the end
+        for (int e = 0; e < n_experts; ++e) {
+          if (w[size_t(e)] == 0) continue;
+          pick = e;
+          if (r < w[size_t(e)]) break;
+          r -= w[size_t(e)];
+        }
+        w[size_t(pick)] = 0;
+        for (int b = 0; b < 8; ++b) t.bytes[size_t((v * K + j) * 8 + b)] = uint8_t(uint64_t(pick) >> (8 * b));
+      }
+    }
+    return t;
+  }
   const int64_t V = s.shape.at(0), K = s.shape.at(1);
   DSV4_CHECK(K <= n_experts, "make-tiny: top-{} of {} experts", K, n_experts);
   TensorToWrite t = make(s.name, DType::I64, s.shape);
@@ -267,7 +306,7 @@ bool ends_with(const std::string& s, const std::string& suf) {
 
 // Every tensor of the schema, filled by its kind. A tensor kind without a rule is an error, so a schema change
 // shows up here instead of as a silently wrong model.
-std::vector<TensorToWrite> make_tensors(const ModelConfig& c, uint64_t seed) {
+std::vector<TensorToWrite> make_tensors(const ModelConfig& c, uint64_t seed, double skew) {
   const auto specs = expected_tensors(c, ExpertFormat::FP4);
   std::map<std::string, const TensorSpec*> by_name;
   for (auto& s : specs) by_name[s.name] = &s;
@@ -289,7 +328,7 @@ std::vector<TensorToWrite> make_tensors(const ModelConfig& c, uint64_t seed) {
       fp4_linear(s, partner_scale(s), ts, out);
     } else if (dt == DType::I64) {
       if (!ends_with(nm, ".tid2eid")) fail("make-tiny: no rule for I64 tensor '{}'", nm);
-      out.push_back(tid2eid(s, c.n_routed_experts, ts));
+      out.push_back(tid2eid(s, c.n_routed_experts, ts, skew));
     } else if (dt == DType::BF16) {
       if (s.shape.size() == 1) {
         out.push_back(bf16_tensor(s, ts, 1.0, 0.0));  // norm weights: 1
@@ -307,7 +346,13 @@ std::vector<TensorToWrite> make_tensors(const ModelConfig& c, uint64_t seed) {
       else if (ends_with(nm, "_scale")) gen_uniform(n, ts, 0.5, 1.5, put);
       else if (ends_with(nm, ".attn_sink")) gen_normal(n, ts, 0.0, 1.0, put);
       else if (ends_with(nm, ".ape")) gen_normal(n, ts, 0.0, 0.5, put);
-      else if (ends_with(nm, ".gate.bias")) gen_normal(n, ts, 0.0, 0.1, put);
+      else if (ends_with(nm, ".gate.bias")) {
+        gen_normal(n, ts, 0.0, 0.1, put);
+        if (skew > 0) {
+          const std::vector<int> heat = heat_ranks(int(n), ts);
+          for (int64_t e = 0; e < n; ++e) v[size_t(e)] += float(skew * std::exp2(-double(heat[size_t(e)])));
+        }
+      }
       else fail("make-tiny: no rule for F32 tensor '{}'", nm);
       out.push_back(f32_tensor(s, std::move(v)));
     } else {
@@ -333,7 +378,8 @@ void write_text(const fs::path& p, const std::string& text) {
 
 }  // namespace
 
-void make_tiny_checkpoint(const std::string& out_dir, uint64_t seed, const std::string& tokenizer_json) {
+void make_tiny_checkpoint(const std::string& out_dir, uint64_t seed, const std::string& tokenizer_json,
+                          double route_skew) {
   if (!tokenizer_json.empty() && !fs::is_regular_file(tokenizer_json))
     fail("tokenizer file '{}' does not exist", tokenizer_json);
   std::error_code ec;
@@ -364,16 +410,16 @@ void make_tiny_checkpoint(const std::string& out_dir, uint64_t seed, const std::
     if (!ec) fs::rename(tmp, dir / "tokenizer.json", ec);
     if (ec) fail("cannot copy '{}' to '{}': {}", tokenizer_json, (dir / "tokenizer.json").string(), ec.message());
   }
-  write_safetensors((dir / "model.safetensors").string(), make_tensors(cfg, seed));  // last, atomically
+  write_safetensors((dir / "model.safetensors").string(), make_tensors(cfg, seed, route_skew));  // last, atomically
 }
 
-void make_random_checkpoint(const std::string& out_dir, const json& config, uint64_t seed) {
+void make_random_checkpoint(const std::string& out_dir, const json& config, uint64_t seed, double route_skew) {
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec || !fs::is_directory(out_dir)) fail("cannot create directory '{}': {}", out_dir, ec.message());
   const ModelConfig cfg = ModelConfig::from_json(config);
   write_text(fs::path(out_dir) / "config.json", config.dump(2) + "\n");
-  write_safetensors((fs::path(out_dir) / "model.safetensors").string(), make_tensors(cfg, seed));
+  write_safetensors((fs::path(out_dir) / "model.safetensors").string(), make_tensors(cfg, seed, route_skew));
 }
 
 std::string default_tokenizer_json() {

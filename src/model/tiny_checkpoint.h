@@ -25,11 +25,16 @@ ModelConfig tiny_demo_config();
 // and model.safetensors (one file, ~140 MB). model.safetensors is written last and atomically, so a directory
 // holding it is complete. Weights: normal(0, 1/sqrt(fan_in)) linears, unit norms, N(0, 1) embedding, small
 // hc/gate parameters; activations stay O(1) and the logits have a standard deviation around 1.
-void make_tiny_checkpoint(const std::string& out_dir, uint64_t seed, const std::string& tokenizer_json);
+// route_skew > 0 makes routing skewed (a few experts of each layer take most tokens: expert load balancing
+// tests): score-routed gates get bias + skew * 2^-h and hash tables draw experts with weight 2^(-skew * h) for
+// the expert of heat rank h (a seeded order per layer). 0: the uniform default (byte-identical files as before).
+void make_tiny_checkpoint(const std::string& out_dir, uint64_t seed, const std::string& tokenizer_json,
+                          double route_skew = 0);
 
 // A random checkpoint of any DeepSeek-V4 config (same tensor rules as the demo model): config.json and
 // model.safetensors only. For tests of other shapes and for benchmarks at full dimensions.
-void make_random_checkpoint(const std::string& out_dir, const nlohmann::json& config, uint64_t seed);
+void make_random_checkpoint(const std::string& out_dir, const nlohmann::json& config, uint64_t seed,
+                            double route_skew = 0);
 
 // <directory of the running executable>/../assets/tokenizer/tokenizer.json when that file exists, else "".
 std::string default_tokenizer_json();

@@ -382,6 +382,7 @@ RunnerOptions runner_options(const EngineConfig& c) {
     ro.mtp_draft_tokens = sc.num_speculative_tokens;
     ro.limits.max_logit_rows = int64_t(c.max_num_seqs) * (sc.num_speculative_tokens + 1);  // a verify: every row
   }
+  ro.expert_load_window = c.expert_load_window;
   return ro;
 }
 
@@ -520,6 +521,7 @@ EngineStats Engine::stats() const {
     s.kv_offload = true;
     s.disk = impl_->offload->store().stats();
   }
+  if (const ExpertLoad* el = impl_->runner->expert_load()) s.expert_load = el->snapshot();
   return s;
 }
 

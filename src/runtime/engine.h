@@ -52,6 +52,7 @@ struct EngineConfig {
   // Tests: sees (and may replace or drop) each request's drafts after the drafter made them, before they are
   // verified: (request id, its tokens so far, the drafts). At most as many drafts as were made.
   std::function<void(uint64_t, const std::vector<int32_t>&, std::vector<Draft>&)> draft_hook;
+  int expert_load_window = 1000;  // steps of expert load statistics (RunnerOptions::expert_load_window); 0: off
 };
 
 // The model runner's options for an engine configuration (rank 0's engine, and the other ranks' workers).
@@ -92,6 +93,7 @@ struct EngineStats {
   // accepted drafts by position in the draft.
   uint64_t spec_num_drafts = 0, spec_num_draft_tokens = 0, spec_num_accepted_tokens = 0;
   std::vector<uint64_t> spec_accepted_per_pos;
+  ExpertLoadSnapshot expert_load;  // window 0 when not counted
 };
 
 class Engine {

@@ -44,6 +44,10 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
     weights_ = ModelWeights::load(cfg_, opts_.model_dir, *be_, placement, opts_.progress, mtp);
   else fail("unknown --load-format '{}' (auto or dummy)", opts_.load_format);
   model_ = std::make_unique<Dsv4Model>(cfg_, *weights_, *be_, opts_.numerics, comm_.get());
+  if (opts_.expert_load_window > 0 && (!control_ || control_->rank() == 0)) {
+    model_->set_count_experts(true);  // before the workspace is sized: it keeps every layer's router output
+    expert_load_ = std::make_unique<ExpertLoad>(cfg_.n_layers, cfg_.n_routed_experts, opts_.expert_load_window);
+  }
   be_->synchronize();
   load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
   mem_.weights = weights_->placed_bytes;
@@ -212,6 +216,7 @@ StepResult ModelRunner::execute_local(const StepPlan& plan) {
   if (watchdog_) watchdog_->run("a forward pass", forward);
   else forward();
   ++steps_;
+  if (expert_load_ && !plan.batch.mtp) expert_load_->add(model_->expert_counts());  // drafter passes: not the model's routing
   if (control_ && control_->rank() != 0) return r;
   if (!logits.valid()) return r;
   if (!comm_) {

@@ -11,6 +11,7 @@
 #include "dist/watchdog.h"
 #include "kernels/backend.h"
 #include "model/dsv4_model.h"
+#include "runtime/expert_load.h"
 #include "runtime/step_plan.h"
 
 namespace dsv4 {
@@ -41,6 +42,9 @@ struct RunnerOptions {
   // Speculative decoding with the checkpoint's MTP layer: its weights, its KV and the verify save areas.
   int mtp_draft_tokens = 0;
   int local_rank = 0;            // the GPU this rank uses on its host
+  // Expert load statistics over the last N forward passes (runtime/expert_load.h); 0: not counted. Rank 0
+  // counts for the group (routing is replicated).
+  int expert_load_window = 0;
 };
 
 
@@ -78,6 +82,8 @@ class ModelRunner {
   KvStorage& kv_storage() { return *kv_; }
   double load_seconds() const { return load_seconds_; }
   const RunnerOptions& options() const { return opts_; }
+  // Null when not counted (expert_load_window 0, or a rank other than 0).
+  const ExpertLoad* expert_load() const { return expert_load_.get(); }
 
  private:
   StepResult execute_local(const StepPlan& plan);
@@ -95,6 +101,7 @@ class ModelRunner {
   std::unique_ptr<Dsv4Model> model_;
   std::unique_ptr<KvStorage> kv_;
   std::unique_ptr<Workspace> ws_;
+  std::unique_ptr<ExpertLoad> expert_load_;
   std::unique_ptr<Buffer> copy_buf_;  // arena copy lists
   Tensor copy_list_;
   MemoryPlan mem_;

@@ -9,7 +9,7 @@ namespace dsv4::server {
 
 namespace {
 
-constexpr std::array<RouteInfo, 14> kRoutes = {{
+constexpr std::array<RouteInfo, 15> kRoutes = {{
     {Route::ChatCompletions, "POST", "/v1/chat/completions", Api::OpenAI, true, true},
     {Route::Completions, "POST", "/v1/completions", Api::OpenAI, true, true},
     {Route::Messages, "POST", "/v1/messages", Api::Anthropic, true, true},
@@ -24,6 +24,7 @@ constexpr std::array<RouteInfo, 14> kRoutes = {{
     {Route::Health, "GET", "/health", Api::OpenAI, false, false},
     {Route::Version, "GET", "/version", Api::OpenAI, false, false},
     {Route::Metrics, "GET", "/metrics", Api::OpenAI, false, false},
+    {Route::ExpertLoad, "GET", "/expert_load", Api::OpenAI, false, false},
 }};
 
 bool iequals(std::string_view a, std::string_view b) {

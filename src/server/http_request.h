@@ -31,7 +31,8 @@ enum class Route {
   ResponseCancel,
   Health,
   Version,
-  Metrics
+  Metrics,
+  ExpertLoad
 };
 
 struct RouteInfo {

@@ -146,6 +146,11 @@ Reply dispatch(ServerContext& ctx, Route route, const HttpRequest& hr) {
       r.body = ctx.metrics.render(ctx.generator.stats());
       return r;
     }
+    case Route::ExpertLoad: {
+      const ExpertLoadSnapshot el = ctx.generator.stats().expert_load;
+      if (!el.enabled()) throw ApiError(404, "expert load statistics are off (serve with --expert-load-window N)");
+      return Reply{200, "application/json", el.to_json().dump(), {}, {}};
+    }
     case Route::Health:
       if (auto f = ctx.generator.fatal_error())
         return Reply{503, "application/json", nlohmann::json{{"status", "unhealthy"}, {"error", *f}}.dump(), {}, {}};

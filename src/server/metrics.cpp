@@ -200,11 +200,21 @@ std::string Metrics::render(const EngineStats& e) const {
       out += fmt::format("vllm:spec_decode_num_accepted_tokens_per_pos_total{{position=\"{}\"}} {}\n", i,
                          e.spec_accepted_per_pos[i]);
   }
+  if (const ExpertLoadSnapshot& el = e.expert_load; el.enabled()) {
+    single(out, "dsv4_expert_load_window_steps", "gauge", "Steps the expert load statistics span at most.",
+           el.window);
+    single(out, "dsv4_expert_load_steps", "gauge", "Steps in the expert load window now.", el.steps);
+    header(out, "dsv4_expert_load_imbalance", "gauge",
+           "Per MoE layer: tokens routed to its busiest expert over the mean per expert, over the window (1 = even).");
+    for (int l = 0; l < el.layers; ++l)
+      out += fmt::format("dsv4_expert_load_imbalance{{layer=\"{}\"}} {}\n", l, num(el.imbalance(l)));
+  }
   return out;
 }
 
 std::string endpoint_label(const std::string& path) {
-  static const std::array<const char*, 11> known = {"/v1/chat/completions",
+  static const std::array<const char*, 12> known = {"/expert_load",
+                                                    "/v1/chat/completions",
                                                     "/v1/completions",
                                                     "/v1/models",
                                                     "/v1/messages",

@@ -82,3 +82,20 @@ TEST(ServerMetrics, ReusablePrefixBlocksDoNotCountAsUsed) {
   out = m.render(e);
   EXPECT_NE(out.find("dsv4_kv_cache_usage_ratio 0.25\n"), std::string::npos) << out;
 }
+
+// Issue 13, item 2: per-layer expert load imbalance (max / mean tokens per expert) over the window.
+TEST(ServerMetrics, ExpertLoadGaugesPerLayerOnlyWhenCounted) {
+  Metrics m;
+  EngineStats e;
+  EXPECT_EQ(m.render(e).find("dsv4_expert_load"), std::string::npos);  // window 0: not counted
+  e.expert_load.layers = 2;
+  e.expert_load.experts = 4;
+  e.expert_load.window = 100;
+  e.expert_load.steps = 7;
+  e.expert_load.counts = {4, 4, 4, 4, 10, 0, 0, 6};
+  const std::string out = m.render(e);
+  for (const char* want : {"# TYPE dsv4_expert_load_imbalance gauge\n", "dsv4_expert_load_imbalance{layer=\"0\"} 1\n",
+                           "dsv4_expert_load_imbalance{layer=\"1\"} 2.5\n", "dsv4_expert_load_window_steps 100\n",
+                           "dsv4_expert_load_steps 7\n"})
+    EXPECT_NE(out.find(want), std::string::npos) << want << "\n" << out;
+}
