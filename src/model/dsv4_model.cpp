@@ -118,8 +118,12 @@ struct Dsv4Model::Step {
     const int64_t E = c.n_routed_experts, K = c.n_experts_per_tok;
     elog = f32({M, E});
     ew = f32({M, K});
-    if (count_experts) ex_all = ws.take(DType::I32, {c.n_layers * M, K});
-    else ex = ws.take(DType::I32, {M, K});
+    if (count_experts) {
+      ex_all = ws.take(DType::I32, {c.n_layers * M, K});
+      ex = ex_all.rows(0, M);  // re-pointed per layer; an MTP pass (not counted) routes into these rows
+    } else {
+      ex = ws.take(DType::I32, {M, K});
+    }
     moe_scratch = ws.take(DType::U8, {std::max<int64_t>(moe_scratch_bytes(M, K, D, c.moe_inter_dim), 1)});
     const int64_t R = std::max<int64_t>(d.R, 1);
     Xr = f32({R, hc * D});
