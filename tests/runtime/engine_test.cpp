@@ -8,23 +8,16 @@
 #include "core/error.h"
 #include "../model/session_util.h"
 #include "runtime/engine.h"
+#include "engine_test_util.h"
 #include "runtime/latency_budget.h"
 
 using namespace dsv4;
+using dsv4::test::greedy;
+using dsv4::test::prompt_of;
 
 namespace {
 
 const std::string kTiny = std::string(DSV4_SHARED_DIR) + "/fixtures/tiny-a";
-
-std::vector<int32_t> prompt_of(int len, int seed) {
-  std::vector<int32_t> p(static_cast<size_t>(len));
-  uint32_t s = uint32_t(seed) * 2654435761u + 1;
-  for (auto& t : p) {
-    s = s * 1664525u + 1013904223u;
-    t = int32_t((s >> 8) % 2000) + 2;  // avoid BOS/EOS
-  }
-  return p;
-}
 
 EngineConfig config(uint64_t memory = 256ull << 20) {
   EngineConfig c;
@@ -36,14 +29,6 @@ EngineConfig config(uint64_t memory = 256ull << 20) {
   c.max_num_seqs = 16;
   c.max_num_batched_tokens = 256;
   return c;
-}
-
-SamplingParams greedy(int n) {
-  SamplingParams p;
-  p.temperature = 0;
-  p.max_tokens = n;
-  p.ignore_eos = true;
-  return p;
 }
 
 // Runs to completion; returns tokens per request id and, if given, checks memory after every step.
@@ -194,7 +179,9 @@ TEST(Engine, LatencyBoundCapsPrefillChunksOnlyWhileRequestsDecode) {
       big_done |= o.id == big && o.finished();
     }
     ++steps_until_big;
-    if (!big_done) EXPECT_TRUE(dec_tok) << "step " << steps_until_big;
+    if (!big_done) {
+      EXPECT_TRUE(dec_tok) << "step " << steps_until_big;
+    }
   }
   // 600 prompt tokens at 16 per step (PrefillLatencyBudget::kMinChunk; the first chunk, unmeasured, is 256).
   EXPECT_GE(steps_until_big, (600 - 256) / int(PrefillLatencyBudget::kMinChunk));

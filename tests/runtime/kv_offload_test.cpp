@@ -13,24 +13,16 @@
 
 #include "core/error.h"
 #include "runtime/engine.h"
+#include "engine_test_util.h"
 #include "runtime/prefix_cache.h"
 
 using namespace dsv4;
+using dsv4::test::prompt_of;
 namespace fs = std::filesystem;
 
 namespace {
 
 const std::string kTiny = std::string(DSV4_SHARED_DIR) + "/fixtures/tiny-a";
-
-std::vector<int32_t> prompt_of(int len, int seed) {
-  std::vector<int32_t> p(static_cast<size_t>(len));
-  uint32_t s = uint32_t(seed) * 2654435761u + 1;
-  for (auto& t : p) {
-    s = s * 1664525u + 1013904223u;
-    t = int32_t((s >> 8) % 2000) + 2;
-  }
-  return p;
-}
 
 EngineConfig config(const std::string& dir) {
   EngineConfig c;

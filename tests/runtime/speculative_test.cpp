@@ -15,9 +15,12 @@
 #include "core/error.h"
 #include "model/tiny_checkpoint.h"
 #include "runtime/engine.h"
+#include "engine_test_util.h"
 #include "runtime/speculative.h"
 
 using namespace dsv4;
+using dsv4::test::greedy;
+using dsv4::test::prompt_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -44,16 +47,6 @@ struct Cleanup {
   }
 } cleanup;
 
-std::vector<int32_t> prompt_of(int len, int seed) {
-  std::vector<int32_t> p(static_cast<size_t>(len));
-  uint32_t s = uint32_t(seed) * 2654435761u + 1;
-  for (auto& t : p) {
-    s = s * 1664525u + 1013904223u;
-    t = int32_t((s >> 8) % 2000) + 2;
-  }
-  return p;
-}
-
 EngineConfig config(int n_spec, bool prefix = true) {
   EngineConfig c;
   c.model_dir = mtp_model();
@@ -66,14 +59,6 @@ EngineConfig config(int n_spec, bool prefix = true) {
   c.max_num_batched_tokens = 96;  // long prompts prefill in chunks
   if (n_spec) c.speculative_config = fmt::format(R"({{"method": "mtp", "num_speculative_tokens": {}}})", n_spec);
   return c;
-}
-
-SamplingParams greedy(int n) {
-  SamplingParams p;
-  p.temperature = 0;
-  p.max_tokens = n;
-  p.ignore_eos = true;
-  return p;
 }
 
 std::map<uint64_t, std::vector<int32_t>> drain(Engine& e) {
@@ -339,7 +324,9 @@ TEST(SpeculativeSampling, OutputFollowsTheTargetDistribution) {
     const auto spec = sample_counts(c, S, 100000, &st);
     EXPECT_GT(st.spec_num_draft_tokens, uint64_t(S));  // 2 at the first verify, then 1 (max_tokens)
     EXPECT_LT(st.spec_num_accepted_tokens, st.spec_num_draft_tokens) << "some drafts must be rejected";
-    if (mode == 1) EXPECT_GT(st.spec_num_accepted_tokens, st.spec_num_draft_tokens / 5) << "and many accepted";
+    if (mode == 1) {
+      EXPECT_GT(st.spec_num_accepted_tokens, st.spec_num_draft_tokens / 5) << "and many accepted";
+    }
     for (int k = 0; k < 4; ++k) {
       std::string why;
       EXPECT_TRUE(same_distribution(plain[size_t(k)], spec[size_t(k)], &why))
