@@ -268,49 +268,65 @@ TEST_P(BackendOps, RouteScoreFuncsHashAndBias) {
       }
 }
 
+// Shapes and row counts that reach each CUDA path: M = 1 (one row per expert), M <= 16 (two rows per pass,
+// experts with more rows take several passes), M > 16 (eight rows); K above one staged pass in UP (D) and in
+// DOWN (I); M > 16 with 128-aligned widths and FP8 activations (tensor cores; several 64-row tiles per expert),
+// with FP4 and with FP8 experts.
+struct MoeShape {
+  int64_t M, D, I;
+  WeightFormat fmt = WeightFormat::FP4Group32;
+};
 TEST_P(BackendOps, MoeWithActFp8AndRounding) {
-  const int64_t M = 5, D = 64, I = 32, E = 4, K = 2;
-  Rng r(16);
-  std::vector<ref::Expert> routed(static_cast<size_t>(E));
-  for (auto& e : routed)  // FP4 experts, as V4's routed experts
-    e = {random_weight(r, WeightFormat::FP4Group32, I, D), random_weight(r, WeightFormat::FP4Group32, D, I),
-         random_weight(r, WeightFormat::FP4Group32, I, D)};
-  ref::Expert shared{random_weight(r, WeightFormat::FP8Block, I, D), random_weight(r, WeightFormat::FP8Block, D, I),
-                     random_weight(r, WeightFormat::FP8Block, I, D)};
-  std::vector<ExpertWeights> rw;
-  for (auto& e : routed) rw.push_back({upload_weight(e.w1), upload_weight(e.w2), upload_weight(e.w3)});
-  ExpertWeights sw{upload_weight(shared.w1), upload_weight(shared.w2), upload_weight(shared.w3)};
-  // Dyadic inputs (k / 8): the expert GEMMs are exact in any summation order, so bf16 / FP8 rounding of their
-  // outputs cannot flip between backends.
-  std::vector<float> x(size_t(M * D)), wts(size_t(M * K));
-  for (auto& v : x) v = float(r.below(33) - 16) / 8.f;
-  for (auto& v : wts) v = float(1 + r.below(15)) / 16.f;
-  std::vector<int32_t> ex(size_t(M * K));
-  for (int64_t m = 0; m < M; ++m) {
-    ex[size_t(m * K)] = int32_t(r.below(E));
-    ex[size_t(m * K + 1)] = int32_t((ex[size_t(m * K)] + 1 + r.below(E - 1)) % E);
-  }
-  Tensor xt = up(x, DType::F32, {M, D}), et = up(ex, DType::I32, {M, K}), wt = up(wts, DType::F32, {M, K});
-  for (bool refnum : {false, true})
-    for (float limit : {0.f, 1.f}) {
-      MoeArgs ma;
-      ma.x = xt;
-      ma.experts = et;
-      ma.weights = wt;
-      ma.routed = &rw;
-      ma.shared = &sw;
-      ma.inter = I;
-      ma.swiglu_limit = limit;
-      ma.lin.act_fp8 = refnum;
-      ma.lin.out_bf16 = refnum;
-      ma.round_hidden = refnum;
-      ma.round_out = refnum;
-      ma.scratch = zeros(DType::U8, {moe_scratch_bytes(M, K, D, I)});
-      ma.out = zeros(DType::F32, {M, D});
-      be->moe(ma);
-      auto ref = ref::moe(x, M, D, ex, wts, K, routed, shared, I, limit, ma.lin, refnum, refnum);
-      expect_close(down<float>(ma.out), ref, tol("moe"),
-                   std::string("moe") + (refnum ? " reference numerics" : "") + " limit " + std::to_string(limit),
-                   refnum ? 0.01 : 0, 1e-2);
+  auto run_case = [&](int64_t M, int64_t D, int64_t I, WeightFormat fmt) {
+    const int64_t E = 4, K = 2;
+    Rng r(16);
+    std::vector<ref::Expert> routed(static_cast<size_t>(E));
+    for (auto& e : routed)  // FP4 experts as V4's routed experts (FP8 as Flash-Base's)
+      e = {random_weight(r, fmt, I, D), random_weight(r, fmt, D, I), random_weight(r, fmt, I, D)};
+    ref::Expert shared{random_weight(r, WeightFormat::FP8Block, I, D), random_weight(r, WeightFormat::FP8Block, D, I),
+                       random_weight(r, WeightFormat::FP8Block, I, D)};
+    std::vector<ExpertWeights> rw;
+    for (auto& e : routed) rw.push_back({upload_weight(e.w1), upload_weight(e.w2), upload_weight(e.w3)});
+    ExpertWeights sw{upload_weight(shared.w1), upload_weight(shared.w2), upload_weight(shared.w3)};
+    // Dyadic inputs (k / 8): the expert GEMMs are exact in any summation order, so bf16 / FP8 rounding of their
+    // outputs cannot flip between backends.
+    std::vector<float> x(size_t(M * D)), wts(size_t(M * K));
+    for (auto& v : x) v = float(r.below(33) - 16) / 8.f;
+    for (auto& v : wts) v = float(1 + r.below(15)) / 16.f;
+    std::vector<int32_t> ex(size_t(M * K));
+    for (int64_t m = 0; m < M; ++m) {
+      ex[size_t(m * K)] = int32_t(r.below(E));
+      ex[size_t(m * K + 1)] = int32_t((ex[size_t(m * K)] + 1 + r.below(E - 1)) % E);
     }
+    Tensor xt = up(x, DType::F32, {M, D}), et = up(ex, DType::I32, {M, K}), wt = up(wts, DType::F32, {M, K});
+    for (bool refnum : {false, true})
+      for (float limit : {0.f, 1.f}) {
+        MoeArgs ma;
+        ma.x = xt;
+        ma.experts = et;
+        ma.weights = wt;
+        ma.routed = &rw;
+        ma.shared = &sw;
+        ma.inter = I;
+        ma.swiglu_limit = limit;
+        ma.lin.act_fp8 = refnum;
+        ma.lin.out_bf16 = refnum;
+        ma.round_hidden = refnum;
+        ma.round_out = refnum;
+        ma.scratch = zeros(DType::U8, {moe_scratch_bytes(M, K, D, I)});
+        ma.out = zeros(DType::F32, {M, D});
+        be->moe(ma);
+        auto ref = ref::moe(x, M, D, ex, wts, K, routed, shared, I, limit, ma.lin, refnum, refnum);
+        expect_close(down<float>(ma.out), ref, tol("moe"),
+                     std::string("moe M ") + std::to_string(M) + " D " + std::to_string(D) + " I " + std::to_string(I) +
+                         (fmt == WeightFormat::FP8Block ? " fp8 experts" : "") +
+                         (refnum ? " reference numerics" : "") + " limit " + std::to_string(limit),
+                     refnum ? 0.01 : 0, 1e-2);
+      }
+  };
+  for (const MoeShape& shape : {MoeShape{5, 64, 32}, MoeShape{1, 64, 32}, MoeShape{20, 64, 32}, MoeShape{1, 4224, 64},
+                                MoeShape{1, 64, 2176},
+                                MoeShape{20, 64, 2176}, MoeShape{40, 256, 128}, MoeShape{200, 384, 256},
+                                MoeShape{200, 256, 128, WeightFormat::FP8Block}})
+    run_case(shape.M, shape.D, shape.I, shape.fmt);
 }

@@ -66,6 +66,19 @@ TEST_P(BackendOps, LinearFp8RowSliceInsideATileAndGroups) {
   }
 }
 
+// Decode-sized M with a long K and a narrow output: the GPU's GEMV splits K over blocks and the last block of
+// each tile sums the splits; every row count template (1, 2, 4, 8, 16 rows).
+TEST_P(BackendOps, LinearDecodeSplitK) {
+  Rng r(22);
+  const int64_t in = 4096, out = 72;
+  for (int64_t M : {1, 2, 3, 5, 16})
+    for (WeightFormat f : {WeightFormat::FP8Block, WeightFormat::FP4Group32, WeightFormat::BF16}) {
+      auto w = random_weight(r, f, out, in);
+      auto x = r.vec(size_t(M * in), -2, 2);
+      check_linear_every_option(x, M, w, 1, "split-K M=" + std::to_string(M) + " " + weight_format_name(f));
+    }
+}
+
 // Prefill-sized M: the GPU's tensor-core (FP8 x FP8, act_fp8) and tiled paths, not the decode GEMV.
 TEST_P(BackendOps, LinearPrefillSizedRows) {
   Rng r(21);
@@ -96,6 +109,14 @@ TEST_P(BackendOps, RmsNormWithAndWithoutWeightInPlace) {
   expect_close(down<float>(yt), ref::rms_norm(x, D, w.data(), 1e-6f), tol("rms_norm"), "rms_norm weighted");
   be->rms_norm(xt, D, Tensor(), 1e-6f, xt);  // x == y, no weight (per-head q norm)
   expect_close(down<float>(xt), ref::rms_norm(x, D, nullptr, 1e-6f), tol("rms_norm"), "rms_norm in place");
+  // Widths at and past what the CUDA kernel keeps in registers (8 values x 512 threads), in place.
+  for (int64_t wide : {int64_t(4096), int64_t(4100)}) {
+    auto xw = r.vec(size_t(2 * wide), -3, 3), ww = r.vec(size_t(wide), 0.5, 1.5);
+    Tensor xwt = up(xw, DType::F32, {2, wide}), wwt = up(ww, DType::F32, {wide});
+    be->rms_norm(xwt, wide, wwt, 1e-6f, xwt);
+    expect_close(down<float>(xwt), ref::rms_norm(xw, wide, ww.data(), 1e-6f), tol("rms_norm"),
+                 "rms_norm width " + std::to_string(wide));
+  }
 }
 
 TEST_P(BackendOps, RopeBothDirectionsLargePositions) {

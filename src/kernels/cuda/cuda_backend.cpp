@@ -53,6 +53,10 @@ class CudaBackend final : public Backend {
     DSV4_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     DSV4_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&err_), 16));
     DSV4_CUDA_CHECK(cudaMemset(err_, 0, 16));
+    DSV4_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&arrivals_), kArrivals * sizeof(unsigned)));
+    DSV4_CUDA_CHECK(cudaMemset(arrivals_, 0, kArrivals * sizeof(unsigned)));
+    L_.arrivals = arrivals_;
+    L_.n_arrivals = kArrivals;
     L_.stream = stream_;
     L_.err = err_;
     L_.num_sms = prop.multiProcessorCount;
@@ -67,6 +71,7 @@ class CudaBackend final : public Backend {
     if (ws_) cudaFree(ws_);
     for (auto& [k, t] : tables_) cudaFree(t.dev);
     cudaFree(err_);
+    cudaFree(arrivals_);
     cudaStreamDestroy(stream_);
   }
 
@@ -679,6 +684,8 @@ class CudaBackend final : public Backend {
   std::string name_;
   cudaStream_t stream_ = nullptr;
   int* err_ = nullptr;
+  static constexpr int64_t kArrivals = 1 << 16;
+  unsigned* arrivals_ = nullptr;
   Launch L_;
   void* ws_ = nullptr;
   size_t ws_bytes_ = 0;

@@ -134,6 +134,19 @@ __device__ __forceinline__ float fp8_rt(float x, float s) {
   return e4m3_to_f32(f32_to_e4m3(clampf(x / s, -448.f, 448.f))) * s;
 }
 
+// ---- FP8 tensor cores (mma.sync m16n8k32 e4m3, fp32 accumulate; sm_89 and later). Tiles staged in shared memory
+// as rows of kMmaBK bytes padded to kMmaLd (+16 B: conflict-free fragment loads).
+constexpr int kMmaBM = 64, kMmaBN = 128, kMmaBK = 128, kMmaLd = kMmaBK + 16;
+__device__ __forceinline__ void mma_e4m3(float* c, const uint32_t* a, const uint32_t* b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
 // ---- reductions
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

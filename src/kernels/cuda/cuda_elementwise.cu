@@ -23,16 +23,40 @@ __global__ void embed_k(const int32_t* tok, int64_t M, const void* table, int bf
   }
 }
 
+// One block per row. Rows up to kNormPT values per thread stay in registers, every load (x and w) issued
+// before the reduction: at decode a norm is one block, so its time is the latency of its dependent load rounds
+// (a strided loop took ~9 us for 4,096 values). Per-thread sums in index order, then block_sum, as before.
+constexpr int kNormPT = 8;
 __global__ void rms_norm_k(const float* x, int64_t D, const float* w, float eps, float* y) {
   __shared__ float sh[32];
   const float* xr = x + blockIdx.x * D;
   float* yr = y + blockIdx.x * D;
+  const int64_t nt = blockDim.x;
   float ss = 0.f;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) ss += xr[i] * xr[i];
+  if (D <= kNormPT * nt) {
+    float v[kNormPT], wv[kNormPT];
+#pragma unroll
+    for (int j = 0; j < kNormPT; ++j) {
+      const int64_t i = threadIdx.x + j * nt;
+      v[j] = i < D ? xr[i] : 0.f;
+      wv[j] = w && i < D ? w[i] : 1.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kNormPT; ++j) ss += v[j] * v[j];
+    ss = block_sum(ss, sh);
+    const float r = 1.f / sqrtf(ss / float(D) + eps);
+#pragma unroll
+    for (int j = 0; j < kNormPT; ++j) {
+      const int64_t i = threadIdx.x + j * nt;
+      if (i < D) yr[i] = w ? v[j] * r * wv[j] : v[j] * r;
+    }
+    return;
+  }
+  for (int64_t i = threadIdx.x; i < D; i += nt) ss += xr[i] * xr[i];
   ss = block_sum(ss, sh);
   const float r = 1.f / sqrtf(ss / float(D) + eps);
   __syncthreads();  // x == y: every read of the sum above is done
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) yr[i] = w ? xr[i] * r * w[i] : xr[i] * r;
+  for (int64_t i = threadIdx.x; i < D; i += nt) yr[i] = w ? xr[i] * r * w[i] : xr[i] * r;
 }
 
 // One thread per (row, pair, head lane): the angle in double as the host, then heads hb, hb + hs, ... of the row.
@@ -176,62 +200,54 @@ __global__ void __launch_bounds__(128) hc_dots_k(const float* X, DevHc p, int ro
   }
 }
 
-// The combination matrix in one thread (hc other than 4): softmax rows, then Sinkhorn normalization, in the
-// host's order. hc = 4, the model's, takes hc_sinkhorn_warp4.
-template <int NMAX>
-__device__ __forceinline__ void hc_sinkhorn(const float* mix, float rs, const DevHc& p, int hc, float* out) {
-  float C[NMAX * NMAX];
-  const int n = NMAX == 4 ? 4 : hc;
+// The combination matrix in one thread (hc other than 4, at most kHcMaxN): softmax rows, then Sinkhorn
+// normalization, in the host's order. hc = 4, the model's, takes hc_sinkhorn_warp4.
+constexpr int kHcMaxN = 16;
+__device__ __forceinline__ void hc_sinkhorn(const float* mix, float rs, const DevHc& p, int n, float* out) {
+  float C[kHcMaxN * kHcMaxN];
+  // Every line (a row: stride 1 inside, kHcMaxN between; a column: the other way round) divided by its sum plus
+  // eps, each sum over the line in order.
+  auto normalize = [&](int between, int inside) {
 #pragma unroll
-  for (int j = 0; j < NMAX; ++j) {
+    for (int j = 0; j < kHcMaxN; ++j) {
+      if (j >= n) break;
+      float s = 0;
+#pragma unroll
+      for (int k = 0; k < kHcMaxN; ++k)
+        if (k < n) s += C[j * between + k * inside];
+#pragma unroll
+      for (int k = 0; k < kHcMaxN; ++k)
+        if (k < n) C[j * between + k * inside] /= (s + p.hc_eps);
+    }
+  };
+#pragma unroll
+  for (int j = 0; j < kHcMaxN; ++j) {
     if (j >= n) break;
     float mx = -INFINITY;
 #pragma unroll
-    for (int k = 0; k < NMAX; ++k) {
+    for (int k = 0; k < kHcMaxN; ++k) {
       if (k >= n) break;
-      C[j * NMAX + k] = mix[2 * n + j * n + k] * rs * p.scale[2] + p.base[2 * n + j * n + k];
-      mx = fmaxf(mx, C[j * NMAX + k]);
+      C[j * kHcMaxN + k] = mix[2 * n + j * n + k] * rs * p.scale[2] + p.base[2 * n + j * n + k];
+      mx = fmaxf(mx, C[j * kHcMaxN + k]);
     }
     float s = 0;
 #pragma unroll
-    for (int k = 0; k < NMAX; ++k) {
+    for (int k = 0; k < kHcMaxN; ++k) {
       if (k >= n) break;
-      s += (C[j * NMAX + k] = expf(C[j * NMAX + k] - mx));
+      s += (C[j * kHcMaxN + k] = expf(C[j * kHcMaxN + k] - mx));
     }
 #pragma unroll
-    for (int k = 0; k < NMAX; ++k) {
+    for (int k = 0; k < kHcMaxN; ++k) {
       if (k >= n) break;
-      C[j * NMAX + k] = C[j * NMAX + k] / s + p.hc_eps;
+      C[j * kHcMaxN + k] = C[j * kHcMaxN + k] / s + p.hc_eps;
     }
   }
   for (int it = 0; it < (p.iters > 1 ? p.iters : 1); ++it) {  // the host always does one column pass
-    if (it > 0) {
-#pragma unroll
-      for (int j = 0; j < NMAX; ++j) {
-        if (j >= n) break;
-        float s = 0;
-#pragma unroll
-        for (int k = 0; k < NMAX; ++k)
-          if (k < n) s += C[j * NMAX + k];
-#pragma unroll
-        for (int k = 0; k < NMAX; ++k)
-          if (k < n) C[j * NMAX + k] /= (s + p.hc_eps);
-      }
-    }
-#pragma unroll
-    for (int k = 0; k < NMAX; ++k) {
-      if (k >= n) break;
-      float s = 0;
-#pragma unroll
-      for (int j = 0; j < NMAX; ++j)
-        if (j < n) s += C[j * NMAX + k];
-#pragma unroll
-      for (int j = 0; j < NMAX; ++j)
-        if (j < n) C[j * NMAX + k] /= (s + p.hc_eps);
-    }
+    if (it > 0) normalize(kHcMaxN, 1);
+    normalize(1, kHcMaxN);
   }
   for (int j = 0; j < n; ++j)
-    for (int k = 0; k < n; ++k) out[j * n + k] = C[j * NMAX + k];
+    for (int k = 0; k < n; ++k) out[j * n + k] = C[j * kHcMaxN + k];
 }
 
 // hc = 4: one element of C per lane (lanes 16-31 mirror 0-15), rows and columns gathered by shuffles and
@@ -240,18 +256,15 @@ __device__ __forceinline__ void hc_sinkhorn_warp4(const float* mix, float rs, co
   constexpr unsigned kAll = 0xffffffffu;
   const int e = lane & 15, k = e & 3, row0 = lane & ~3, col0 = (lane & 16) | k;
   float c = mix[8 + e] * rs * p.scale[2] + p.base[8 + e];
-  auto row_sum = [&](float v) {
-    float s = __shfl_sync(kAll, v, row0);
-    s += __shfl_sync(kAll, v, row0 + 1);
-    s += __shfl_sync(kAll, v, row0 + 2);
-    return s + __shfl_sync(kAll, v, row0 + 3);
+  // The four elements first, first + step, ... of this lane's row (step 1) or column (step 4), in order.
+  auto sum4 = [&](float v, int first, int step) {
+    float s = __shfl_sync(kAll, v, first);
+    s += __shfl_sync(kAll, v, first + step);
+    s += __shfl_sync(kAll, v, first + 2 * step);
+    return s + __shfl_sync(kAll, v, first + 3 * step);
   };
-  auto col_sum = [&](float v) {
-    float s = __shfl_sync(kAll, v, col0);
-    s += __shfl_sync(kAll, v, col0 + 4);
-    s += __shfl_sync(kAll, v, col0 + 8);
-    return s + __shfl_sync(kAll, v, col0 + 12);
-  };
+  auto row_sum = [&](float v) { return sum4(v, row0, 1); };
+  auto col_sum = [&](float v) { return sum4(v, col0, 4); };
   float mx = __shfl_sync(kAll, c, row0);
   for (int q = 1; q < 4; ++q) mx = fmaxf(mx, __shfl_sync(kAll, c, row0 + q));
   c = expf(c - mx);
@@ -287,7 +300,7 @@ __global__ void __launch_bounds__(256) hc_mix_k(const float* X, DevHc p, int spl
       if (hc == 4)
         hc_sinkhorn_warp4(mix, rs, p, lane, comb + m * 16);
       else if (lane == 0)
-        hc_sinkhorn<16>(mix, rs, p, hc, comb + m * hc * hc);
+        hc_sinkhorn(mix, rs, p, hc, comb + m * hc * hc);
     }
   }
   __syncthreads();

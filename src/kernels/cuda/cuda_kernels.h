@@ -85,6 +85,10 @@ struct Launch {
   int* err = nullptr;  // device error slot (int[4])
   int num_sms = 1;
   int device = 0;
+  // Arrival counters, zero between kernels: a kernel that uses them leaves them zero again (the split-K GEMV's
+  // last block per tile reduces the partial sums; one stream, so kernels never share them concurrently).
+  unsigned* arrivals = nullptr;
+  int64_t n_arrivals = 0;
 };
 
 // ---- elementwise and row ops (cuda_elementwise.cu)
@@ -127,10 +131,10 @@ struct LinearCall {
 };
 int64_t linear_ws_bytes(const LinearCall& c, int num_sms);
 void linear(const Launch& L, const LinearCall& c, void* ws);
-// Per-128 FP8 quantization of rows of K values: xq = e4m3(clamp(x / s)) * s (f32), optionally the e4m3 codes
-// and the scales (for the tensor-core path).
-void quantize_rows_fp8(const Launch& L, const float* x, int64_t M, int64_t K, int64_t ldx, float* xq,
-                       uint8_t* codes, float* scales);
+// Per-128 FP8 quantization of M rows of K values (the reference's activation round trip) as e4m3 codes, dense
+// [M, K], and their power-of-two scales [M, K / 128], for the tensor-core kernels.
+void quantize_fp8_codes(const Launch& L, const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* codes,
+                        float* scales);
 
 // ---- KV cache ops, attention, compressor (cuda_kv.cu)
 void window_store(const Launch& L, const float* kv, int64_t hd, const DevMeta& m, const int32_t* snap_item,

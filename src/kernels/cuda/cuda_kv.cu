@@ -91,12 +91,16 @@ __global__ void arena_copy_k(uint8_t* arena, int64_t arena_bytes, const int64_t*
 }
 
 // ---- compressor
-// Token t's ring record pointer (slot ring), or null.
-__device__ __forceinline__ const float* ring_rec(const DevCompress& a, const Item& it, int64_t t, int* err) {
+// The item's compressor token ring (coff * ratio records of 2 * coff * d floats in its slot), or null.
+__device__ __forceinline__ const float* ring_base(const DevCompress& a, const Item& it, int* err) {
   const uint8_t* sp = slot_ptr(a.view, it.slot, err);
-  if (!sp) return nullptr;
+  return sp ? reinterpret_cast<const float*>(sp + (a.indexer ? a.view.iring_off : a.view.cring_off)) : nullptr;
+}
+// Token t's ring record pointer, or null.
+__device__ __forceinline__ const float* ring_rec(const DevCompress& a, const Item& it, int64_t t, int* err) {
+  const float* ring = ring_base(a, it, err);
   const int64_t rt = int64_t(a.coff) * a.ratio, rtf = 2LL * a.coff * a.d;
-  return reinterpret_cast<const float*>(sp + (a.indexer ? a.view.iring_off : a.view.cring_off) + (t % rt) * rtf * 4);
+  return ring ? ring + (t % rt) * rtf : nullptr;
 }
 
 // One thread per (entry, channel); slots in the host's order, so the softmax sums are the host's. The slot
@@ -110,9 +114,7 @@ __global__ void compress_pool_k(DevCompress a, int* err) {
     const int64_t e = idx / a.d, ch = idx % a.d;
     const Item it = item_of(a.meta, a.e_item[e]);
     const int64_t j = a.e_index[e], nslots = int64_t(a.coff) * a.ratio, t0 = (j + 1) * a.ratio - nslots;
-    const uint8_t* sp = t0 < it.start ? slot_ptr(a.view, it.slot, err) : nullptr;
-    const float* ring = sp ? reinterpret_cast<const float*>(sp + (a.indexer ? a.view.iring_off : a.view.cring_off))
-                           : nullptr;
+    const float* ring = t0 < it.start ? ring_base(a, it, err) : nullptr;
     // t0 is a multiple of the ratio, so t % ratio = q % ratio (q < 2 ratio), and t % rt = (t0 % rt + q) wrapped
     // once (q < rt): no modulo per slot.
     const int ratio = a.ratio, rb = int(((t0 % rt) + rt) % rt);

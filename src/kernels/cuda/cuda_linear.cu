@@ -12,62 +12,54 @@
 namespace dsv4::cuda {
 namespace {
 
-constexpr int kGemvWarps = 8, kGemvRows = 32;  // rows per block for the split heuristic
-// Rows per warp: 4 where the accumulators fit; 2 at MT = 16 (64 accumulators + 4 rows in flight twice would
-// leave one block per SM).
-constexpr int gemv_rows_per_warp(int mt) { return mt >= 16 ? 2 : 4; }
+constexpr int kGemvWarps = 8;
+// Rows per warp: 8 at MT <= 2 (16 weight loads in flight per lane: a decode GEMV is bound by loads in flight),
+// 4 where the accumulators fit; 2 at MT = 16 (64 accumulators + 4 rows in flight twice would leave one block
+// per SM).
+constexpr int gemv_rows_per_warp(int mt) { return mt <= 2 ? 8 : mt >= 16 ? 2 : 4; }
 constexpr int kGemvSmemFloats = 16384;  // 64 KB of staged activations per block
 
+// Split K: every block of a tile (one per split, gridDim.y of them) has written its partial sums of rows
+// [r0, r0 + rows); the block arriving last sums them in split order (as splitk_reduce_k does) and resets the
+// tile's counter, instead of a second kernel. Called by every thread of the block.
+__device__ __forceinline__ void splitk_finish(const float* part, unsigned* arrival, int64_t M, int64_t N, int64_t r0,
+                                              int rows, int64_t nend, float* y, int64_t ldy, int out_bf16,
+                                              bool& last) {
+  __threadfence();  // this thread's partials visible device-wide before the block's arrival
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(arrival, 1u) == gridDim.y - 1;
+    __threadfence();  // the other splits' partials are read after their arrivals
+  }
+  __syncthreads();
+  if (!last) return;
+  for (int i = threadIdx.x; i < rows * int(M); i += blockDim.x) {
+    const int m = i / rows;
+    const int64_t n = r0 + (i - m * rows);
+    if (n >= nend) continue;
+    float sum = 0.f;
+    for (unsigned p = 0; p < gridDim.y; ++p) sum += __ldcg(&part[(int64_t(p) * M + m) * N + n]);
+    y[m * ldy + n] = out_bf16 ? rbf16(sum) : sum;
+  }
+  if (threadIdx.x == 0) *arrival = 0;
+}
+
 // Persistent decode GEMV. grid (blocks per group, splits, groups): a block stages its group's slice of x (one K
-// range of <= KR columns, a multiple of 128; MT >= M rows) in shared memory once, as [m][sub-chunk][chunk][4] so the
-// 32 lanes (consecutive 16-byte weight chunks) read consecutive float4s, then streams row tiles of 32 output rows
-// (4 per warp), the next (tile, chunk) step's weights always in flight. QUANT: the staging quantizes each 128-column
-// block (the reference's FP8 activation round trip) on the way in.
+// range of <= KR columns, a multiple of 128; MT >= M rows) in shared memory once (stage_x), then streams row tiles
+// of output rows (R per warp), the next (tile, chunk) step's weights always in flight. QUANT: the staging
+// quantizes each 128-column block (the reference's FP8 activation round trip) on the way in.
 template <int FMT, int MT, bool QUANT>
 __global__ void __launch_bounds__(256) gemv_k(const float* __restrict__ x, int64_t M, int64_t ldx, DevWeight w,
                                               int64_t npg, int64_t KR, float* __restrict__ y, int64_t ldy,
-                                              float* __restrict__ part, int out_bf16) {
+                                              float* __restrict__ part, unsigned* __restrict__ arrivals,
+                                              int out_bf16) {
   extern __shared__ float xs[];  // [MT][KR], permuted
+  __shared__ bool last_split;
   constexpr int CH = Chunk<FMT>::n, R = gemv_rows_per_warp(MT), TR = kGemvWarps * R;  // TR rows per tile
   const int64_t K = w.in, N = w.out, g = blockIdx.z;
   const int64_t k0 = int64_t(blockIdx.y) * KR, kl = min(K, k0 + KR) - k0, NC = KR / CH;
   const float* xg = x + g * K + k0;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int segs = int((kl + 127) / 128), tasks = MT * segs;
-  // Four 128-column tasks per warp per round, their loads issued together (the staging is latency-bound).
-  for (int t0 = warp * 4; t0 < tasks; t0 += kGemvWarps * 4) {
-    float v[4][4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int t = t0 + j, m = t / segs;
-      const int64_t base = int64_t(t % segs) * 128;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t k = base + lane * 4 + e;
-        v[j][e] = (t < tasks && m < M && k < kl) ? xg[m * ldx + k] : 0.f;
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int t = t0 + j, m = t / segs;
-      if (t >= tasks) break;  // warp-uniform
-      const int64_t base = int64_t(t % segs) * 128;
-      if constexpr (QUANT) {
-        float amax = 0.f;
-#pragma unroll
-        for (int e = 0; e < 4; ++e) amax = amax_step(amax, v[j][e]);
-        const float sc = pow2_scale(warp_max(amax), 448.f, 1e-4f);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) v[j][e] = fp8_rt(v[j][e], sc);
-      }
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t k = base + lane * 4 + e;
-        if (k < KR) xs[m * KR + (((k % CH) / 4) * NC + k / CH) * 4 + (k & 3)] = (m < M && k < kl) ? v[j][e] : 0.f;
-      }
-    }
-  }
-  __syncthreads();
   const int64_t nch = kl / CH, steps = (nch + 31) / 32;          // chunk steps per row tile
   const int64_t tiles = (npg + TR - 1) / TR, n_items = ((tiles - blockIdx.x + gridDim.x - 1) / gridDim.x) * steps;
   // Items are (tile, step) pairs walked in order, counted without division (64-bit division is ~70 instructions
@@ -99,8 +91,10 @@ __global__ void __launch_bounds__(256) gemv_k(const float* __restrict__ x, int64
   uint4 cur[R];
   float csc[R];
   int64_t tile = 0, step = 0, ntile = 0, nstep = 0;
-  fetch(0, 0, n_items > 0, cur, csc);
+  fetch(0, 0, n_items > 0, cur, csc);  // the first weights in flight while x is staged
   advance(ntile, nstep);
+  stage_x<CH, QUANT>(xs, MT, KR, kl, [&](int m) { return m < M ? xg + m * ldx : nullptr; });
+  __syncthreads();
   for (int64_t item = 0; item < n_items; ++item) {
     uint4 nxt[R];
     float nsc[R];
@@ -147,6 +141,10 @@ __global__ void __launch_bounds__(256) gemv_k(const float* __restrict__ x, int64
               y[m * ldy + n] = out_bf16 ? rbf16(v) : v;
           }
         }
+      if (part && arrivals) {
+        const int64_t t = blockIdx.x + tile * gridDim.x;
+        splitk_finish(part, arrivals + g * tiles + t, M, N, g * npg + t * TR, TR, nend, y, ldy, out_bf16, last_split);
+      }
     }
     tile = ntile;
     step = nstep;
@@ -163,6 +161,99 @@ __global__ void splitk_reduce_k(const float* part, int splits, int64_t M, int64_
     const int64_t m = i / N, n = i % N;
     y[m * ldy + n] = out_bf16 ? rbf16(s) : s;
   }
+}
+
+// Decode on FP8 tensor cores (2 <= M <= 16 rows, FP8 weights with 128 x 128 scales, FP8 activations): the
+// M x 16 activation codes are the mma's A tile (rows past M are zero) in shared memory; each warp streams 8
+// weight rows as B fragments straight from global memory, 16 contiguous bytes per lane and 64-column round,
+// kGemvMmaU rounds in flight. The mma's 32 k-slots of a lane pair with bytes [0, 8) and [8, 16) of its 16 (the
+// same slot-to-column map for A and B, so the dot products are unchanged); each 128-column block's products are
+// promoted to fp32 with the activation's and the weight's scales, as the reference de-quantizes.
+constexpr int kGemvMmaU = 8, kGemvMmaRows = 64;  // rounds in flight; weight rows per block (8 per warp)
+constexpr int64_t kGemvMmaMaxKR = 4096;
+__global__ void __launch_bounds__(256) gemv_mma_k(const uint8_t* __restrict__ codes, const float* __restrict__ cs,
+                                                  int64_t M, int groups, DevWeight w, int64_t npg, int64_t KR,
+                                                  float* __restrict__ y, int64_t ldy, float* __restrict__ part,
+                                                  unsigned* __restrict__ arrivals, int out_bf16) {
+  extern __shared__ __align__(16) uint8_t gsm[];
+  __shared__ bool last_split;
+  const int64_t ld = KR + 64;  // +64 B per row: the two rows of a quarter warp's 16-byte reads on distinct banks
+  const int64_t K = w.in, N = w.out, g = blockIdx.z, nkb = KR / 128;
+  uint8_t* xs = gsm;                                                        // [16][ld] codes
+  float* sa = reinterpret_cast<float*>(gsm + 16 * ld);                     // [16][nkb] scales
+  const int64_t k0 = int64_t(blockIdx.y) * KR, kl = min(K, k0 + KR) - k0;  // kl: a multiple of 128
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
+  const int64_t nend = min(N, (g + 1) * npg), nw = g * npg + int64_t(blockIdx.x) * kGemvMmaRows + warp * 8;
+  const int64_t n = nw + gid;  // this lane's weight row (B fragment column)
+  const bool row_ok = n < nend, warp_ok = nw < nend;
+  const uint8_t* wrow = w.data + n * K + k0 + tig * 16;
+  // The first rounds of weights in flight while the activations are staged.
+  uint4 wv[kGemvMmaU];
+#pragma unroll
+  for (int u = 0; u < kGemvMmaU; ++u)
+    wv[u] = row_ok && u * 64 < kl ? __ldcs(reinterpret_cast<const uint4*>(wrow + u * 64)) : make_uint4(0, 0, 0, 0);
+  const int c16 = int(kl / 16), nkbi = int(nkb);
+  for (int i = threadIdx.x; i < 16 * c16; i += blockDim.x) {
+    const int m = i / c16, c = i - m * c16;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (m < M) v = *reinterpret_cast<const uint4*>(codes + (m * groups + g) * K + k0 + c * 16);
+    *reinterpret_cast<uint4*>(xs + m * ld + c * 16) = v;
+  }
+  for (int i = threadIdx.x; i < 16 * nkbi; i += blockDim.x) {
+    const int m = i / nkbi, b = i - m * nkbi;
+    sa[i] = m < M && b * 128 < kl ? cs[(m * groups + g) * (K / 128) + k0 / 128 + b] : 0.f;
+  }
+  __syncthreads();
+  const bool two = M > 8;  // rows 8-15 of the A tile exist
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int64_t kk = 0; kk < kl; kk += 64 * kGemvMmaU) {
+    uint4 nx[kGemvMmaU];
+    const int64_t kn = kk + 64 * kGemvMmaU;
+#pragma unroll
+    for (int u = 0; u < kGemvMmaU; ++u)  // the next rounds in flight while these multiply
+      nx[u] = row_ok && kn + u * 64 < kl ? __ldcs(reinterpret_cast<const uint4*>(wrow + kn + u * 64))
+                                         : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int u = 0; u < kGemvMmaU; u += 2) {  // one 128-column block: two rounds
+      const int64_t kb0 = kk + u * 64;
+      if (kb0 >= kl) break;
+      const float sw = warp_ok ? fp8_scale(w, nw, k0 + kb0) : 0.f;  // 8-row groups never straddle a scale tile
+      float blk[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t kx = kb0 + h * 64 + tig * 16;
+        const uint4 xa = *reinterpret_cast<const uint4*>(xs + gid * ld + kx);
+        const uint4 xb = two ? *reinterpret_cast<const uint4*>(xs + (gid + 8) * ld + kx) : make_uint4(0, 0, 0, 0);
+        const uint4 b = wv[u + h];
+        const uint32_t a0[4] = {xa.x, xb.x, xa.y, xb.y}, b0[2] = {b.x, b.y};
+        const uint32_t a1[4] = {xa.z, xb.z, xa.w, xb.w}, b1[2] = {b.z, b.w};
+        mma_e4m3(blk, a0, b0);
+        mma_e4m3(blk, a1, b1);
+      }
+      const int64_t kb = kb0 / 128;
+      // The C fragment's columns are weight rows nw + 2 tig, + 1; its rows tokens gid and gid + 8.
+      const float s0 = sa[gid * nkb + kb] * sw, s1 = sa[(gid + 8) * nkb + kb] * sw;
+      acc[0] += blk[0] * s0;
+      acc[1] += blk[1] * s0;
+      acc[2] += blk[2] * s1;
+      acc[3] += blk[3] * s1;
+    }
+#pragma unroll
+    for (int u = 0; u < kGemvMmaU; ++u) wv[u] = nx[u];
+  }
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int64_t m = gid + (q >> 1) * 8, nn = nw + tig * 2 + (q & 1);
+    if (m < M && nn < nend) {
+      if (part)
+        part[(int64_t(blockIdx.y) * M + m) * N + nn] = acc[q];
+      else
+        y[m * ldy + nn] = out_bf16 ? rbf16(acc[q]) : acc[q];
+    }
+  }
+  if (part && arrivals)
+    splitk_finish(part, arrivals + g * gridDim.x + blockIdx.x, M, N, g * npg + int64_t(blockIdx.x) * kGemvMmaRows,
+                  kGemvMmaRows, nend, y, ldy, out_bf16, last_split);
 }
 
 // fp32 SIMT tiles: 64 x 64 outputs per block, 4 x 4 per thread. Requires each 64-row tile inside one group.
@@ -244,17 +335,6 @@ __global__ void quant_k(const float* x, int64_t M, int groups, int64_t K, int64_
 
 // ---- FP8 tensor cores: C[64 x 128] per block, 8 warps as 2 (m) x 4 (n), each 32 x 32 = 2 x 4 mma tiles.
 // A: e4m3 codes [M, K] + scale [M, K/128]; B: the weight's e4m3 [N, K] (K-major = mma "col") + its tile scales.
-constexpr int kMmaBM = 64, kMmaBN = 128, kMmaBK = 128, kMmaLd = kMmaBK + 16;  // +16 B: conflict-free fragments
-
-__device__ __forceinline__ void mma_e4m3(float* c, const uint32_t* a, const uint32_t* b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#endif
-}
 
 __global__ void __launch_bounds__(256) gemm_fp8_mma_k(const uint8_t* __restrict__ ac, const float* __restrict__ as,
                                                       int64_t M, int groups, DevWeight w, int64_t npg,
@@ -355,7 +435,7 @@ __global__ void mma_peak_k(float* sink, int iters) {
 }
 
 struct Plan {
-  int kind = 0;  // 0 naive, 1 gemv, 2 simt, 3 mma
+  int kind = 0;  // 0 naive, 1 gemv, 2 simt, 3 mma, 4 decode mma
   int mt = 0, splits = 1;
   int64_t KR = 0, npg = 0;
 };
@@ -367,12 +447,22 @@ Plan plan(const LinearCall& c, int num_sms) {
   const int ch = w.fmt == kF32 ? 4 : w.fmt == kBF16 ? 8 : w.fmt == kFP8 ? 16 : 32;
   const bool aligned = reinterpret_cast<uintptr_t>(w.data) % 16 == 0 && w.in % ch == 0 &&
                        (w.fmt != kFP8 || w.block % 16 == 0);
+  if (c.M >= 2 && c.M <= 16 && aligned && c.act_fp8 && w.fmt == kFP8 && w.block == kMmaBK && w.in % kMmaBK == 0 &&
+      p.npg % 8 == 0 && w.row0 % 8 == 0) {
+    p.kind = 4;
+    const int64_t blocks = cdiv(p.npg, kGemvMmaRows) * c.groups;
+    int64_t splits = cdiv(w.in, kGemvMmaMaxKR);
+    while (blocks * splits < 2 * num_sms && w.in / (splits * 2) >= 512) splits *= 2;
+    p.KR = cdiv(cdiv(w.in, splits), kMmaBK) * kMmaBK;
+    p.splits = int(cdiv(w.in, p.KR));
+    return p;
+  }
   if (c.M <= 16 && aligned) {
     p.kind = 1;
     p.mt = c.M <= 1 ? 1 : c.M <= 2 ? 2 : c.M <= 4 ? 4 : c.M <= 8 ? 8 : 16;
     const int64_t cap = kGemvSmemFloats / p.mt;  // columns of x that fit the staging buffer (a multiple of 128)
     int64_t splits = cdiv(w.in, cap);
-    const int64_t blocks = cdiv(p.npg, kGemvRows) * c.groups;
+    const int64_t blocks = cdiv(p.npg, kGemvWarps * gemv_rows_per_warp(p.mt)) * c.groups;
     // Narrow outputs: more K splits until the grid covers the machine twice (each split >= 256 columns).
     while (blocks * splits < 2 * num_sms && w.in / (splits * 2) >= 256) splits *= 2;
     p.KR = cdiv(cdiv(w.in, splits), 128) * 128;
@@ -393,7 +483,7 @@ Plan plan(const LinearCall& c, int num_sms) {
 }
 
 template <int FMT, int MT, bool Q>
-void launch_gemv(const Launch& L, const LinearCall& c, const Plan& p, float* part) {
+void launch_gemv(const Launch& L, const LinearCall& c, const Plan& p, float* part, unsigned* arrivals) {
   const size_t sm = size_t(MT) * size_t(p.KR) * 4;
   static unsigned long long attr_set = 0;  // per instantiation and device
   if (first_on_device(attr_set)) {
@@ -408,18 +498,18 @@ void launch_gemv(const Launch& L, const LinearCall& c, const Plan& p, float* par
   const int64_t tiles = cdiv(p.npg, kGemvWarps * gemv_rows_per_warp(MT)), want = int64_t(per_sm) * L.num_sms / (int64_t(p.splits) * c.groups);
   dim3 grid(unsigned(std::max<int64_t>(1, std::min(tiles, want))), unsigned(p.splits), unsigned(c.groups));
   gemv_k<FMT, MT, Q><<<grid, 256, sm, L.stream>>>(c.x, c.M, c.ldx, c.w, p.npg, p.KR, c.y, c.ldy,
-                                                    p.splits > 1 ? part : nullptr, c.out_bf16);
+                                                    p.splits > 1 ? part : nullptr, arrivals, c.out_bf16);
   DSV4_CUDA_LAUNCHED();
 }
 
 template <int FMT, bool Q>
-void gemv_mt(const Launch& L, const LinearCall& c, const Plan& p, float* part) {
+void gemv_mt(const Launch& L, const LinearCall& c, const Plan& p, float* part, unsigned* arrivals) {
   switch (p.mt) {
-    case 1: launch_gemv<FMT, 1, Q>(L, c, p, part); break;
-    case 2: launch_gemv<FMT, 2, Q>(L, c, p, part); break;
-    case 4: launch_gemv<FMT, 4, Q>(L, c, p, part); break;
-    case 8: launch_gemv<FMT, 8, Q>(L, c, p, part); break;
-    default: launch_gemv<FMT, 16, Q>(L, c, p, part); break;
+    case 1: launch_gemv<FMT, 1, Q>(L, c, p, part, arrivals); break;
+    case 2: launch_gemv<FMT, 2, Q>(L, c, p, part, arrivals); break;
+    case 4: launch_gemv<FMT, 4, Q>(L, c, p, part, arrivals); break;
+    case 8: launch_gemv<FMT, 8, Q>(L, c, p, part, arrivals); break;
+    default: launch_gemv<FMT, 16, Q>(L, c, p, part, arrivals); break;
   }
 }
 
@@ -431,15 +521,16 @@ int64_t linear_ws_bytes(const LinearCall& c, int num_sms) {
   const int64_t xin = c.M * int64_t(c.groups) * c.w.in;
   const bool q = c.act_fp8 && (c.w.fmt == kFP8 || c.w.fmt == kFP4);
   if (q && p.kind == 2 || (q && p.kind == 0)) b += xin * 4;                           // quantized x (f32)
-  if (q && p.kind == 3) b += cdiv(xin, 16) * 16 + c.M * c.groups * cdiv(c.w.in, 128) * 4;  // codes + scales
+  if (q && (p.kind == 3 || p.kind == 4)) b += cdiv(xin, 256) * 256 + c.M * c.groups * cdiv(c.w.in, 128) * 4;  // codes + scales
+  if (p.kind == 4 && p.splits > 1) b += 256 + int64_t(p.splits) * c.M * c.w.out * 4;
   if (p.kind == 1 && p.splits > 1) b += int64_t(p.splits) * c.M * c.w.out * 4;
   return cdiv(b, 256) * 256 + 512;
 }
 
-void quantize_rows_fp8(const Launch& L, const float* x, int64_t M, int64_t K, int64_t ldx, float* xq, uint8_t* codes,
-                       float* scales) {
+void quantize_fp8_codes(const Launch& L, const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* codes,
+                        float* scales) {
   if (!M || !K) return;
-  quant_k<<<grid1d(M * cdiv(K, 128) * 32, 256), 256, 0, L.stream>>>(x, M, 1, K, ldx, xq, codes, scales);
+  quant_k<<<grid1d(M * cdiv(K, 128) * 32, 256), 256, 0, L.stream>>>(x, M, 1, K, ldx, nullptr, codes, scales);
   DSV4_CUDA_LAUNCHED();
 }
 
@@ -468,25 +559,53 @@ void linear(const Launch& L, const LinearCall& c, void* ws) {
     DSV4_CUDA_LAUNCHED();
     return;
   }
+  if (p.kind == 4) {
+    uint8_t* codes = take(c.M * c.groups * w.in);
+    float* sc = reinterpret_cast<float*>(take(c.M * c.groups * nb * 4));
+    float* part = p.splits > 1 ? reinterpret_cast<float*>(take(int64_t(p.splits) * c.M * w.out * 4)) : nullptr;
+    quant_k<<<grid1d(c.M * c.groups * nb * 32, 256), 256, 0, L.stream>>>(x, c.M, c.groups, w.in, ldx, nullptr, codes,
+                                                                         sc);
+    DSV4_CUDA_LAUNCHED();
+    const int64_t tiles = cdiv(p.npg, kGemvMmaRows);
+    unsigned* arrivals = p.splits > 1 && L.arrivals && tiles * c.groups <= L.n_arrivals ? L.arrivals : nullptr;
+    const size_t sm = size_t(16 * (p.KR + 64)) + size_t(16 * (p.KR / 128) * 4);
+    static unsigned long long attr = 0;
+    static int smem_max = 0;
+    if (first_on_device(attr)) smem_max = allow_max_dynamic_smem(reinterpret_cast<const void*>(gemv_mma_k));
+    DSV4_CUDA_REQUIRE(sm <= size_t(smem_max), "linear on CUDA: the decode tensor-core GEMV's staging does not fit");
+    dim3 grid(unsigned(tiles), unsigned(p.splits), unsigned(c.groups));
+    gemv_mma_k<<<grid, 256, sm, L.stream>>>(codes, sc, c.M, c.groups, w, p.npg, p.KR, c.y, c.ldy, part, arrivals,
+                                            c.out_bf16);
+    DSV4_CUDA_LAUNCHED();
+    if (p.splits > 1 && !arrivals) {
+      splitk_reduce_k<<<grid1d(c.M * w.out, 256), 256, 0, L.stream>>>(part, p.splits, c.M, w.out, c.y, c.ldy,
+                                                                       c.out_bf16);
+      DSV4_CUDA_LAUNCHED();
+    }
+    return;
+  }
   if (p.kind == 1) {
     float* part = p.splits > 1 ? reinterpret_cast<float*>(take(int64_t(p.splits) * c.M * w.out * 4)) : nullptr;
+    // Split K reduces in the GEMV's last-arriving block where the tiles have counters, else in a second kernel.
+    const int64_t tiles = cdiv(p.npg, int64_t(kGemvWarps) * gemv_rows_per_warp(p.mt)) * c.groups;
+    unsigned* arrivals = p.splits > 1 && L.arrivals && tiles <= L.n_arrivals ? L.arrivals : nullptr;
     switch (w.fmt) {
-      case kF32: gemv_mt<kF32, false>(L, c, p, part); break;
-      case kBF16: gemv_mt<kBF16, false>(L, c, p, part); break;
+      case kF32: gemv_mt<kF32, false>(L, c, p, part, arrivals); break;
+      case kBF16: gemv_mt<kBF16, false>(L, c, p, part, arrivals); break;
       case kFP8:
         if (q)
-          gemv_mt<kFP8, true>(L, c, p, part);
+          gemv_mt<kFP8, true>(L, c, p, part, arrivals);
         else
-          gemv_mt<kFP8, false>(L, c, p, part);
+          gemv_mt<kFP8, false>(L, c, p, part, arrivals);
         break;
       default:
         if (q)
-          gemv_mt<kFP4, true>(L, c, p, part);
+          gemv_mt<kFP4, true>(L, c, p, part, arrivals);
         else
-          gemv_mt<kFP4, false>(L, c, p, part);
+          gemv_mt<kFP4, false>(L, c, p, part, arrivals);
         break;
     }
-    if (p.splits > 1) {
+    if (p.splits > 1 && !arrivals) {
       splitk_reduce_k<<<grid1d(c.M * w.out, 256), 256, 0, L.stream>>>(part, p.splits, c.M, w.out, c.y, c.ldy,
                                                                        c.out_bf16);
       DSV4_CUDA_LAUNCHED();

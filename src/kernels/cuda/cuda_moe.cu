@@ -94,7 +94,9 @@ struct MoeWs {
   int* active;   // [E]
   int* n_active;  // [1]
   int* perm;      // [M*K] slot ids (m*K + j) sorted by expert
-  float* xq;      // [M, D]
+  int* tile_off;  // [E + 1] first 64-row tile of each expert (tensor-core path)
+  uint8_t* codes;  // e4m3 codes of the GEMM input (x for UP, then the hidden for DOWN), [M*K, max(D, I)]
+  float* cscale;   // their per-128 scales
   float* h;       // [M*K, I] hidden per sorted position
   float* y;       // [M*K, D] down output per slot id
   float* hs;      // shared expert: [M, I] x 2
@@ -115,7 +117,9 @@ MoeWs carve(void* ws, int64_t M, int64_t K, int64_t D, int64_t I, int64_t E) {
   w.active = reinterpret_cast<int*>(take(E * 4));
   w.n_active = reinterpret_cast<int*>(take(4));
   w.perm = reinterpret_cast<int*>(take(M * K * 4));
-  w.xq = reinterpret_cast<float*>(take(M * D * 4));
+  w.tile_off = reinterpret_cast<int*>(take((E + 1) * 4));
+  w.codes = take(M * K * std::max(D, I));
+  w.cscale = reinterpret_cast<float*>(take(M * K * cdiv(std::max(D, I), 128) * 4));
   w.h = reinterpret_cast<float*>(take(M * K * I * 4));
   w.y = reinterpret_cast<float*>(take(M * K * D * 4));
   w.hs = reinterpret_cast<float*>(take(2 * M * I * 4));
@@ -140,13 +144,16 @@ __global__ void __launch_bounds__(1024) moe_sort_k(const int32_t* experts, int64
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    int off = 0, na = 0;
+    int off = 0, na = 0, tiles = 0;
     for (int e = 0; e < E; ++e) {
       w.offsets[e] = off;
+      w.tile_off[e] = tiles;
       off += w.counts[e];
+      tiles += (w.counts[e] + kMmaBM - 1) / kMmaBM;
       if (w.counts[e]) w.active[na++] = e;
     }
     w.offsets[E] = off;
+    w.tile_off[E] = tiles;
     *w.n_active = na;
   }
   __syncthreads();
@@ -157,68 +164,82 @@ __global__ void __launch_bounds__(1024) moe_sort_k(const int32_t* experts, int64
   }
 }
 
-constexpr int kMoeMT = 8, kMoeKR = 2048;  // 8 rows x 2048 columns of staged input = 64 KB
+constexpr int kMoeMaxRows = 8;  // rows of one expert multiplied per pass over its weights
+
+// Weight rows per warp and 16-byte chunks per lane per pass: all of a pass's weight loads are issued before the
+// activations are staged, R x NCL loads in flight per lane (16 at decode). A decode expert row is 2 KB (UP,
+// K = 4096 FP4: one pass of 4 chunks per lane) or 1 KB (DOWN, K = 2048: 2 chunks, so 8 rows per warp).
+template <bool UP, int MT>
+constexpr int moe_rows_per_warp() { return UP || MT >= 4 ? 4 : 8; }
+template <int FMT, bool UP, int MT>
+constexpr int moe_ncl() { return !UP || (FMT == kFP4 && MT >= 4) ? 2 : 4; }
+// Output columns per block: UP runs w1 and w3 over the same 16 columns (4 warps each), DOWN 8 warps of w2 rows.
+template <bool UP, int MT>
+constexpr int moe_cols_per_block() { return UP ? 16 : 8 * moe_rows_per_warp<UP, MT>(); }
 
 // UP: block = 16 intermediate columns of one active expert; warps 0-3 run w1, warps 4-7 w3 on the same
-// columns, and the epilogue applies the SwiGLU. DOWN: block = 32 output columns of w2.
-template <int FMT, bool UP>
+// columns, and the epilogue applies the SwiGLU. DOWN: block = 8 x R output columns of w2. MT rows of the expert
+// (a template: the accumulators and reductions of rows that do not exist cost nothing); QUANT: the staging
+// applies the FP8 activation round trip (x for UP, the hidden for DOWN), so no separate quantization kernel.
+template <int FMT, bool UP, int MT, bool QUANT>
 __global__ void __launch_bounds__(256) moe_gemv_k(DevMoe a, MoeWs w) {
-  extern __shared__ float xs[];  // [kMoeMT][kMoeKR]
-  __shared__ float gs[16][kMoeMT], us[16][kMoeMT];
-  constexpr int CH = Chunk<FMT>::n, kNC = kMoeKR / CH;
+  extern __shared__ float xs[];  // [MT][KR], permuted as stage_x writes it
+  __shared__ float gs[16][MT], us[16][MT];
+  constexpr int CH = Chunk<FMT>::n, NCL = moe_ncl<FMT, UP, MT>(), NC = 32 * NCL, KR = NC * CH;
+  constexpr int R = moe_rows_per_warp<UP, MT>();
   if (int(blockIdx.y) >= *w.n_active) return;
   const int e = w.active[blockIdx.y];
   const int r0 = w.offsets[e], r1 = w.offsets[e + 1];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const DevWeight wt = a.table[int64_t(e) * 3 + (UP ? (warp < 4 ? 0 : 2) : 1)];
   const int64_t K = UP ? a.D : a.inter, N = UP ? a.inter : a.D;
-  const int64_t nblk = int64_t(blockIdx.x) * (UP ? 16 : 32);
-  const int64_t n0 = nblk + (UP ? (warp & 3) : warp) * 4;
-  const float* src = UP ? (a.act_fp8 ? w.xq : a.x) : w.h;
-  for (int rb = r0; rb < r1; rb += kMoeMT) {
-    const int nv = min(kMoeMT, r1 - rb);
-    float acc[4][kMoeMT];
+  const int64_t nblk = int64_t(blockIdx.x) * moe_cols_per_block<UP, MT>();
+  const int64_t n0 = nblk + (UP ? (warp & 3) : warp) * R;
+  const float* src = UP ? a.x : w.h;
+  for (int rb = r0; rb < r1; rb += MT) {
+    const int nv = min(MT, r1 - rb);
+    float acc[R][MT];
 #pragma unroll
-    for (int r = 0; r < 4; ++r)
+    for (int r = 0; r < R; ++r)
 #pragma unroll
-      for (int m = 0; m < kMoeMT; ++m) acc[r][m] = 0.f;
-    for (int64_t k0 = 0; k0 < K; k0 += kMoeKR) {
-      const int64_t kl = min(K, k0 + kMoeKR) - k0;
-      __syncthreads();
-      // Staged as [m][sub-chunk][chunk][4] (lanes = consecutive chunks read consecutive float4s); one index
-      // division per row, none per element. Only the expert's nv rows: the products stop there, and at decode
-      // an expert mostly has one row (staging all 8 was 8x the x traffic of the weights it multiplies).
-      for (int m = 0; m < nv; ++m) {
-        const float* sr = src + (UP ? int64_t(w.perm[rb + m]) / a.K : int64_t(rb + m)) * K + k0;
-#pragma unroll 4
-        for (int64_t k = threadIdx.x; k < kl; k += blockDim.x)
-          xs[m * kMoeKR + (((k % CH) / 4) * kNC + k / CH) * 4 + (k & 3)] = sr[k];
-      }
-      __syncthreads();
-      const int64_t nch = kl / CH;
-      for (int64_t c = lane; c < nch; c += 32) {
-        uint4 raw[4];
-        float sc[4];
+      for (int m = 0; m < MT; ++m) acc[r][m] = 0.f;
+    for (int64_t k0 = 0; k0 < K; k0 += KR) {
+      const int64_t kl = min(K, k0 + KR) - k0, nch = kl / CH;
+      uint4 raw[R][NCL];
+      float sc[R][NCL];
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          if (n0 + r < N) {
-            load_chunk<FMT>(wt, n0 + r, k0 + c * CH, raw[r], sc[r]);
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int j = 0; j < NCL; ++j) {
+          const int64_t c = lane + 32 * j;
+          if (n0 + r < N && c < nch) {
+            load_chunk<FMT>(wt, n0 + r, k0 + c * CH, raw[r][j], sc[r][j]);
           } else {
-            raw[r] = make_uint4(0, 0, 0, 0);
-            sc[r] = 0.f;
+            raw[r][j] = make_uint4(0, 0, 0, 0);
+            sc[r][j] = 0.f;
           }
         }
+      __syncthreads();  // the previous pass's readers are done with xs
+      // Only the expert's nv rows: at decode an expert mostly has one row.
+      stage_x<CH, QUANT>(xs, nv, KR, kl, [&](int m) {
+        return src + (UP ? int64_t(w.perm[rb + m]) / a.K : int64_t(rb + m)) * K + k0;
+      });
+      __syncthreads();
+#pragma unroll
+      for (int j = 0; j < NCL; ++j) {
+        const int c = lane + 32 * j;
+        if (c >= nch) break;
 #pragma unroll
         for (int s = 0; s < CH / 4; ++s) {
-          float wv[4][4];
+          float wv[R][4];
 #pragma unroll
-          for (int r = 0; r < 4; ++r) decode4<FMT>(raw[r], s, sc[r], wv[r]);
+          for (int r = 0; r < R; ++r) decode4<FMT>(raw[r][j], s, sc[r][j], wv[r]);
 #pragma unroll
-          for (int m = 0; m < kMoeMT; ++m) {
+          for (int m = 0; m < MT; ++m) {
             if (m >= nv) break;  // warp-uniform: rows this expert does not have
-            const float4 xv = *reinterpret_cast<const float4*>(&xs[m * kMoeKR + (s * kNC + c) * 4]);
+            const float4 xv = *reinterpret_cast<const float4*>(&xs[m * KR + (s * NC + c) * 4]);
 #pragma unroll
-            for (int r = 0; r < 4; ++r) {
+            for (int r = 0; r < R; ++r) {
               acc[r][m] += wv[r][0] * xv.x;
               acc[r][m] += wv[r][1] * xv.y;
               acc[r][m] += wv[r][2] * xv.z;
@@ -229,13 +250,13 @@ __global__ void __launch_bounds__(256) moe_gemv_k(DevMoe a, MoeWs w) {
       }
     }
 #pragma unroll
-    for (int r = 0; r < 4; ++r)
+    for (int r = 0; r < R; ++r)
 #pragma unroll
-      for (int m = 0; m < kMoeMT; ++m) {
+      for (int m = 0; m < MT; ++m) {
         float v = warp_sum(acc[r][m]);
         if (a.out_bf16) v = rbf16(v);
         const int64_t n = n0 + r;
-        if (lane == 0 && rb + m < r1 && n < N) {
+        if (lane == 0 && m < nv && n < N) {
           if (UP) {
             (warp < 4 ? gs : us)[(warp & 3) * 4 + r][m] = v;
           } else {
@@ -245,10 +266,10 @@ __global__ void __launch_bounds__(256) moe_gemv_k(DevMoe a, MoeWs w) {
       }
     if (UP) {
       __syncthreads();
-      if (threadIdx.x < 16 * kMoeMT) {
-        const int nn = threadIdx.x / kMoeMT, m = threadIdx.x % kMoeMT;
+      if (threadIdx.x < 16 * MT) {
+        const int nn = threadIdx.x / MT, m = threadIdx.x % MT;
         const int64_t n = nblk + nn;
-        if (rb + m < r1 && n < N) {
+        if (m < nv && n < N) {
           float g = gs[nn][m], u = us[nn][m];
           if (a.swiglu_limit > 0) {
             u = clampf(u, -a.swiglu_limit, a.swiglu_limit);
@@ -261,6 +282,170 @@ __global__ void __launch_bounds__(256) moe_gemv_k(DevMoe a, MoeWs w) {
       }
     }
   }
+}
+
+// ---- Prefill (M > 16 rows, FP8 activations): the grouped GEMM on FP8 tensor cores. Block = one 64-row tile of
+// one expert's sorted rows x 128 weight rows: UP takes 64 columns of w1 and the same 64 of w3 (so the SwiGLU is
+// in registers), DOWN 128 columns of w2. FP4 weights are widened to e4m3 on the way into shared memory (every
+// e2m1 value is an e4m3 value); the products accumulate per 32-column step and are promoted to fp32 with the
+// activation's per-128 scale times the weight's scale (per 32 for FP4, per 128 x 128 for FP8), as the reference
+// de-quantizes.
+__device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4(uint32_t nibbles16) {
+  // e2m1 magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 as e4m3 codes; the sign moves from bit 3 to bit 7.
+  constexpr uint64_t kLut = 0x4C4844403C383000ull;
+  uint32_t out = 0;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t n = (nibbles16 >> (4 * j)) & 15u;
+    const uint32_t code = uint32_t((kLut >> (8 * (n & 7))) & 0xffu) | ((n & 8u) << 4);
+    out |= code << (8 * j);
+  }
+  return out;
+}
+
+template <int FMT, bool UP>
+__global__ void __launch_bounds__(256) moe_mma_k(DevMoe a, MoeWs w) {
+  __shared__ __align__(16) uint8_t As[kMmaBM * kMmaLd];
+  __shared__ __align__(16) uint8_t Bs[kMmaBN * kMmaLd];
+  __shared__ float sa[kMmaBM], sw[kMmaBN][4];
+  __shared__ int src_row[kMmaBM];
+  const int tile = int(blockIdx.y);
+  if (tile >= w.tile_off[a.E]) return;
+  int lo = 0, hi = int(a.E);  // the expert whose tiles hold this one: tile_off[e] <= tile < tile_off[e + 1]
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (w.tile_off[mid] <= tile) lo = mid; else hi = mid;
+  }
+  const int e = lo, rb = w.offsets[e] + (tile - w.tile_off[e]) * kMmaBM, r1 = w.offsets[e + 1];
+  const int64_t K = UP ? a.D : a.inter, N = UP ? a.inter : a.D, nkb = K / kMmaBK;
+  const int64_t n0 = int64_t(blockIdx.x) * (UP ? kMmaBN / 2 : kMmaBN);
+  const DevWeight* tw = a.table + int64_t(e) * 3;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wm = warp >> 2, wn = warp & 3;
+  const int gid = lane >> 2, tig = lane & 3;
+  if (threadIdx.x < kMmaBM) {
+    const int r = rb + int(threadIdx.x);
+    src_row[threadIdx.x] = r < r1 ? (UP ? int(int64_t(w.perm[r]) / a.K) : r) : -1;
+  }
+  // Bs row b -> (weight, row): UP rows 0-63 are w1's n0.., rows 64-127 w3's same rows; DOWN w2's n0 + b.
+  auto brow = [&](int b, const DevWeight*& wt) -> int64_t {
+    wt = UP ? &tw[b < 64 ? 0 : 2] : &tw[1];
+    return n0 + (UP ? (b & 63) : b);
+  };
+  // Warp's n8 fragments: UP 2 of w1 + the same 2 of w3 (j = 0, 1 gate; 2, 3 up), DOWN 4 adjacent ones.
+  auto frag_row = [&](int j) { return UP ? (j < 2 ? wn * 16 + j * 8 : 64 + wn * 16 + (j - 2) * 8) : wn * 32 + j * 8; };
+  float acc[2][4][4] = {};
+  __syncthreads();
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    const int64_t k0 = kb * kMmaBK;
+    for (int i = threadIdx.x; i < kMmaBM * 8; i += 256) {  // A: 8 x 16 B per row, gathered
+      const int r = i >> 3, c = i & 7, sr = src_row[r];
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (sr >= 0) v = *reinterpret_cast<const uint4*>(w.codes + int64_t(sr) * K + k0 + c * 16);
+      *reinterpret_cast<uint4*>(&As[r * kMmaLd + c * 16]) = v;
+    }
+    if (threadIdx.x < kMmaBM) {
+      const int sr = src_row[threadIdx.x];
+      sa[threadIdx.x] = sr >= 0 ? w.cscale[int64_t(sr) * nkb + kb] : 0.f;
+    }
+    if constexpr (FMT == kFP4) {
+      for (int i = threadIdx.x; i < kMmaBN * 4; i += 256) {  // B: 4 x 16 B of FP4 per row -> 4 x 32 B of e4m3
+        const int b = i >> 2, c = i & 3;
+        const DevWeight* wt;
+        const int64_t n = brow(b, wt);
+        uint4 v = make_uint4(0, 0, 0, 0);
+        float sc = 0.f;
+        if (n < N) {
+          v = __ldcs(reinterpret_cast<const uint4*>(wt->data + n * (K / 2) + (k0 + c * 32) / 2));
+          sc = fp4_scale(*wt, n, k0 + c * 32);
+        }
+        const uint32_t r[4] = {v.x, v.y, v.z, v.w};
+        uint4 lo4, hi4;
+        lo4.x = e2m1x4_to_e4m3x4(r[0] & 0xffff), lo4.y = e2m1x4_to_e4m3x4(r[0] >> 16);
+        lo4.z = e2m1x4_to_e4m3x4(r[1] & 0xffff), lo4.w = e2m1x4_to_e4m3x4(r[1] >> 16);
+        hi4.x = e2m1x4_to_e4m3x4(r[2] & 0xffff), hi4.y = e2m1x4_to_e4m3x4(r[2] >> 16);
+        hi4.z = e2m1x4_to_e4m3x4(r[3] & 0xffff), hi4.w = e2m1x4_to_e4m3x4(r[3] >> 16);
+        *reinterpret_cast<uint4*>(&Bs[b * kMmaLd + c * 32]) = lo4;
+        *reinterpret_cast<uint4*>(&Bs[b * kMmaLd + c * 32 + 16]) = hi4;
+        sw[b][c] = sc;
+      }
+    } else {
+      for (int i = threadIdx.x; i < kMmaBN * 8; i += 256) {
+        const int b = i >> 3, c = i & 7;
+        const DevWeight* wt;
+        const int64_t n = brow(b, wt);
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (n < N) v = __ldcs(reinterpret_cast<const uint4*>(wt->data + n * K + k0 + c * 16));
+        *reinterpret_cast<uint4*>(&Bs[b * kMmaLd + c * 16]) = v;
+        if (c < 4) sw[b][c] = n < N ? fp8_scale(*wt, n, k0) : 0.f;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      uint32_t af[2][4], bf[4][2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const uint8_t* p = &As[(wm * 32 + i * 16 + gid) * kMmaLd + ks * 32 + tig * 4];
+        af[i][0] = *reinterpret_cast<const uint32_t*>(p);
+        af[i][1] = *reinterpret_cast<const uint32_t*>(p + 8 * kMmaLd);
+        af[i][2] = *reinterpret_cast<const uint32_t*>(p + 16);
+        af[i][3] = *reinterpret_cast<const uint32_t*>(p + 8 * kMmaLd + 16);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const uint8_t* p = &Bs[(frag_row(j) + gid) * kMmaLd + ks * 32 + tig * 4];
+        bf[j][0] = *reinterpret_cast<const uint32_t*>(p);
+        bf[j][1] = *reinterpret_cast<const uint32_t*>(p + 16);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          float blk[4] = {0.f, 0.f, 0.f, 0.f};
+          mma_e4m3(blk, af[i], bf[j]);
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const int r = wm * 32 + i * 16 + gid + (q >> 1) * 8, b = frag_row(j) + tig * 2 + (q & 1);
+            acc[i][j][q] += blk[q] * (sa[r] * sw[b][ks]);
+          }
+        }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int rl = wm * 32 + i * 16 + gid + (q >> 1) * 8, row = rb + rl;
+      if (row >= r1) continue;
+      if constexpr (UP) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int64_t n = n0 + wn * 16 + j * 8 + tig * 2 + (q & 1);
+          if (n >= N) continue;
+          float g = acc[i][j][q], u = acc[i][j + 2][q];
+          if (a.out_bf16) {
+            g = rbf16(g);
+            u = rbf16(u);
+          }
+          if (a.swiglu_limit > 0) {
+            u = clampf(u, -a.swiglu_limit, a.swiglu_limit);
+            g = fminf(g, a.swiglu_limit);
+          }
+          float hv = g / (1.f + expf(-g)) * u * a.weights[w.perm[row]];
+          if (a.round_hidden) hv = rbf16(hv);
+          w.h[int64_t(row) * a.inter + n] = hv;
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int64_t n = n0 + wn * 32 + j * 8 + tig * 2 + (q & 1);
+          if (n >= N) continue;
+          const float v = acc[i][j][q];
+          w.y[int64_t(w.perm[row]) * a.D + n] = a.out_bf16 ? rbf16(v) : v;
+        }
+      }
+    }
 }
 
 __global__ void swiglu_k(const float* g, const float* u, int64_t n, float limit, bool round, float* h) {
@@ -299,21 +484,63 @@ __global__ void moe_combine_k(DevMoe a, MoeWs w, bool has_shared) {
   }
 }
 
-template <int FMT>
-void launch_grouped(const Launch& L, const DevMoe& a, const MoeWs& w, unsigned max_active) {
-  // An expert gets at most one row per token (a token picks distinct experts), so min(8, M) staged rows
-  // suffice: 8 KB instead of 64 KB at decode B = 1, and more blocks per SM to keep weight loads in flight.
-  const size_t sm_max = size_t(kMoeMT) * kMoeKR * 4, sm = size_t(std::min<int64_t>(kMoeMT, a.M)) * kMoeKR * 4;
+template <int FMT, bool UP, int MT, bool Q>
+void launch_moe_gemv(const Launch& L, const DevMoe& a, const MoeWs& w, unsigned max_active) {
+  constexpr size_t sm = size_t(MT) * 32 * moe_ncl<FMT, UP, MT>() * Chunk<FMT>::n * 4;
   static unsigned long long attr = 0;
   if (first_on_device(attr)) {
-    DSV4_CUDA_CHECK(cudaFuncSetAttribute(moe_gemv_k<FMT, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm_max)));
-    DSV4_CUDA_CHECK(cudaFuncSetAttribute(moe_gemv_k<FMT, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm_max)));
+    const int limit = allow_max_dynamic_smem(reinterpret_cast<const void*>(moe_gemv_k<FMT, UP, MT, Q>));
+    DSV4_CUDA_REQUIRE(size_t(limit) >= sm, "moe on CUDA: the device's shared memory per block is too small");
   }
-  moe_gemv_k<FMT, true><<<dim3(unsigned(cdiv(a.inter, 16)), max_active), 256, sm, L.stream>>>(a, w);
+  const unsigned tiles = unsigned(cdiv(UP ? a.inter : a.D, moe_cols_per_block<UP, MT>()));
+  moe_gemv_k<FMT, UP, MT, Q><<<dim3(tiles, max_active), 256, sm, L.stream>>>(a, w);
   DSV4_CUDA_LAUNCHED();
-  if (a.act_fp8) quantize_rows_fp8(L, w.h, a.M * a.K, a.inter, a.inter, w.h, nullptr, nullptr);
-  moe_gemv_k<FMT, false><<<dim3(unsigned(cdiv(a.D, 32)), max_active), 256, sm, L.stream>>>(a, w);
+}
+
+template <int FMT, bool UP, bool Q>
+void moe_gemv_mt(const Launch& L, const DevMoe& a, const MoeWs& w, unsigned max_active) {
+  // Rows of one expert per pass. At decode (M <= 16 tokens, each picking distinct experts) a hit expert has ~1-2
+  // rows, so 2 keeps the loads in flight deep; an expert with more rows takes more passes over its (L2-warm) weights.
+  if (a.M <= 1)
+    launch_moe_gemv<FMT, UP, 1, Q>(L, a, w, max_active);
+  else if (a.M <= 16)
+    launch_moe_gemv<FMT, UP, 2, Q>(L, a, w, max_active);
+  else
+    launch_moe_gemv<FMT, UP, kMoeMaxRows, Q>(L, a, w, max_active);
+}
+
+// The tensor-core path: FP8 activations, FP4 or 128 x 128 block-scaled FP8 experts, 128-aligned widths.
+bool moe_mma_fits(const DevMoe& a) {
+  const bool fmt = a.w1.fmt == kFP4 || (a.w1.fmt == kFP8 && a.w1.block == kMmaBK && a.w2.block == kMmaBK);
+  return a.act_fp8 && a.M > 16 && fmt && a.D % kMmaBK == 0 && a.inter % kMmaBK == 0;
+}
+
+template <int FMT>
+void launch_grouped_mma(const Launch& L, const DevMoe& a, const MoeWs& w) {
+  const unsigned max_tiles = unsigned(cdiv(a.M * a.K, kMmaBM) + std::min<int64_t>(a.E, a.M * a.K));
+  quantize_fp8_codes(L, a.x, a.M, a.D, a.D, w.codes, w.cscale);
+  moe_mma_k<FMT, true><<<dim3(unsigned(cdiv(a.inter, kMmaBN / 2)), max_tiles), 256, 0, L.stream>>>(a, w);
   DSV4_CUDA_LAUNCHED();
+  quantize_fp8_codes(L, w.h, a.M * a.K, a.inter, a.inter, w.codes, w.cscale);
+  moe_mma_k<FMT, false><<<dim3(unsigned(cdiv(a.D, kMmaBN)), max_tiles), 256, 0, L.stream>>>(a, w);
+  DSV4_CUDA_LAUNCHED();
+}
+
+template <int FMT>
+void launch_grouped(const Launch& L, const DevMoe& a, const MoeWs& w, unsigned max_active) {
+  if constexpr (FMT == kFP4 || FMT == kFP8) {
+    if (moe_mma_fits(a)) {
+      launch_grouped_mma<FMT>(L, a, w);
+      return;
+    }
+  }
+  if (a.act_fp8) {
+    moe_gemv_mt<FMT, true, true>(L, a, w, max_active);
+    moe_gemv_mt<FMT, false, true>(L, a, w, max_active);
+  } else {
+    moe_gemv_mt<FMT, true, false>(L, a, w, max_active);
+    moe_gemv_mt<FMT, false, false>(L, a, w, max_active);
+  }
 }
 
 }  // namespace
@@ -327,7 +554,8 @@ void route(const Launch& L, const DevRoute& a) {
 
 int64_t moe_ws_bytes(int64_t M, int64_t K, int64_t D, int64_t I, int64_t E, int) {
   auto r = [](int64_t b) { return cdiv(b, 256) * 256; };
-  return r(E * 4) * 4 + r(4) + r(M * K * 4) + r(M * D * 4) + r(M * K * I * 4) + r(M * K * D * 4) + r(2 * M * I * 4) +
+  return r(E * 4) * 4 + r(4) + r(M * K * 4) + r((E + 1) * 4) + r(M * K * std::max(D, I)) +
+         r(M * K * cdiv(std::max(D, I), 128) * 4) + r(M * K * I * 4) + r(M * K * D * 4) + r(2 * M * I * 4) +
          r(M * D * 4) + 256;
 }
 
@@ -340,7 +568,6 @@ void moe(const Launch& L, const DevMoe& a, void* ws, void* lin_ws) {
   const bool quant = a.act_fp8 && (a.w1.fmt == kFP8 || a.w1.fmt == kFP4);
   DevMoe b = a;
   b.act_fp8 = quant;
-  if (quant) quantize_rows_fp8(L, a.x, a.M, a.D, a.D, w.xq, nullptr, nullptr);
   const unsigned max_active = unsigned(a.M * a.K < a.E ? a.M * a.K : a.E);
   switch (a.w1.fmt) {
     case kF32: launch_grouped<kF32>(L, b, w, max_active); break;

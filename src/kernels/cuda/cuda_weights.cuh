@@ -100,4 +100,49 @@ __device__ __forceinline__ void load_chunk(const DevWeight& w, int64_t n, int64_
   }
 }
 
+// Stages `rows` rows of activations (row m starts at rowp(m), columns [0, kl); nullptr: a zero row) into xs as
+// [m][sub-chunk][chunk][4], so lanes reading consecutive 16-byte weight chunks read consecutive float4s. One warp
+// per 128-column task, four tasks' loads issued together (the staging is latency-bound). QUANT applies the
+// reference's per-128 FP8 activation round trip on the way in (kl and the row starts are 128-aligned in K).
+// Shared by the decode GEMV and the MoE kernels.
+template <int CH, bool QUANT, class RowPtr>
+__device__ __forceinline__ void stage_x(float* xs, int rows, int64_t KR, int64_t kl, RowPtr rowp) {
+  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31), nwarps = int(blockDim.x >> 5);
+  const int64_t NC = KR / CH;
+  const int segs = int((kl + 127) / 128), tasks = rows * segs;
+  for (int t0 = warp * 4; t0 < tasks; t0 += nwarps * 4) {
+    float v[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int t = t0 + j, m = t / segs;
+      const int64_t base = int64_t(t - m * segs) * 128;
+      const float* p = t < tasks ? rowp(m) : nullptr;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t k = base + lane * 4 + e;
+        v[j][e] = (p && k < kl) ? p[k] : 0.f;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int t = t0 + j, m = t / segs;
+      if (t >= tasks) break;  // warp-uniform
+      const int64_t base = int64_t(t - m * segs) * 128;
+      if constexpr (QUANT) {
+        float amax = 0.f;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) amax = amax_step(amax, v[j][e]);
+        const float sc = pow2_scale(warp_max(amax), 448.f, 1e-4f);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[j][e] = fp8_rt(v[j][e], sc);
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t k = base + lane * 4 + e;
+        if (k < KR) xs[m * KR + (((k % CH) / 4) * NC + k / CH) * 4 + (k & 3)] = k < kl ? v[j][e] : 0.f;
+      }
+    }
+  }
+}
+
 }  // namespace dsv4::cuda
