@@ -81,7 +81,10 @@ struct IndexTopkArgs {
   KvLayerView view;  // indexer keys
   int64_t heads = 0, dim = 0, k = 0;
   bool bf16 = false;  // reference numerics: per-head dots and the sum rounded to bf16
-  Tensor scratch;     // f32 [M, max_entries]; max_entries >= (max position + 1) / 4
+  // f32 [M, C], C = Backend::index_scratch_cols(). C >= a row's eligible entries: every score, then the top k.
+  // Otherwise (a backend that tiles) C > 2k: scores in tiles of C - 2k entries, the running top k (scores, then
+  // indices as int32 bits) in a row's first 2k columns; same result, bounded by the step's rows, not the context.
+  Tensor scratch;
   Tensor out;         // I32 [M, k]
 };
 
@@ -231,6 +234,19 @@ class Backend {
   // index_topk: see IndexTopkArgs. Keys are index.decode(block block_table[i][j / per] at idx_off +
   // (j % per) * index.bytes()), per = block_tokens / 4; this step's keys must be stored first.
   virtual void index_topk(const IndexTopkArgs& a) = 0;
+  // Scratch columns per row index_topk needs for rows that see up to max_entries entries (top k). The default
+  // scores every entry before selecting (grows with the context); a backend that tiles returns a bound.
+  virtual int64_t index_scratch_cols(int64_t max_entries, int64_t k) const {
+    (void)k;
+    return max_entries;
+  }
+  // Host memory the backend's KV ops allocate per call beyond the workspace (the memory plan budgets it), for
+  // sequences of up to max_context tokens and steps of up to max_rows rows. 0: none.
+  virtual uint64_t host_scratch_bytes(const KvArenaShape& shape, int64_t max_context, int64_t max_rows,
+                                      int64_t topk) const {
+    (void)shape, (void)max_context, (void)max_rows, (void)topk;
+    return 0;
+  }
   // compress: three phases, in this order.
   //  1. Pool: entry e (row r, item i, index j) takes the tokens t in [(j + 1) * ratio - coff * ratio,
   //     (j + 1) * ratio), slot q = t - ((j + 1) * ratio - coff * ratio). Columns: coff = 2: q < ratio -> the A half

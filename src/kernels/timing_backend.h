@@ -89,6 +89,13 @@ class TimingBackend final : public Backend {
     timed(std::string("attention/ratio") + std::to_string(a.view.layer.ratio), [&] { in_->attention(a); });
   }
   void index_topk(const IndexTopkArgs& a) override { timed("index_topk", [&] { in_->index_topk(a); }); }
+  int64_t index_scratch_cols(int64_t max_entries, int64_t k) const override {
+    return in_->index_scratch_cols(max_entries, k);
+  }
+  uint64_t host_scratch_bytes(const KvArenaShape& shape, int64_t max_context, int64_t max_rows,
+                              int64_t topk) const override {
+    return in_->host_scratch_bytes(shape, max_context, max_rows, topk);
+  }
   void compress(const CompressArgs& a) override {
     timed(std::string("compress/ratio") + std::to_string(a.ratio), [&] { in_->compress(a); });
   }

@@ -130,7 +130,8 @@ struct Dsv4Model::Step {
     yr = f32({R, D});
     logits = f32({R, c.vocab_size / tp});
     if (tp > 1) logits_all = f32({tp * R, c.vocab_size / tp});
-    // Last: it grows with context, so the tensors above keep their addresses from step to step.
+    // Last: it may grow with the context (up to the backend's tile, or without bound on a backend that does not
+    // tile), so the tensors above keep their addresses from step to step.
     if (any4) index_scratch = f32({M, std::max<int64_t>(d.index_cols, 1)});
   }
 };
@@ -168,10 +169,16 @@ uint64_t Dsv4Model::workspace_bytes(const StepLimits& lim, int block_tokens) con
   s.d.e128 = lim.max_rows / 128 + lim.max_items;
   s.d.snaps = lim.max_rows / block_tokens + lim.max_items;
   s.d.R = lim.max_logit_rows;
-  s.d.index_cols = (lim.max_context + 1) / 4;
+  s.d.index_cols = be_.index_scratch_cols((lim.max_context + 1) / 4, cfg_.index_topk);
   Workspace measure;
   s.carve(measure, cfg_, tp_, count_experts_);
   return measure.peak() + 4096;
+}
+
+uint64_t Dsv4Model::index_scratch_bytes(const StepLimits& lim) const {
+  if (std::count(cfg_.compress_ratios.begin(), cfg_.compress_ratios.begin() + cfg_.n_layers, 4) == 0) return 0;
+  const int64_t cols = std::max<int64_t>(be_.index_scratch_cols((lim.max_context + 1) / 4, cfg_.index_topk), 1);
+  return uint64_t(std::max<int64_t>(lim.max_rows, 1)) * uint64_t(cols) * 4;
 }
 
 void Dsv4Model::round(const Tensor& x) const {
@@ -262,7 +269,8 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
     max_pos = std::max(max_pos, st + T - 1);
   }
   s.d = {M, int64_t(batch.items.size()), max_blocks, int64_t(e[0][0].size()), int64_t(e[1][0].size()),
-         int64_t(snap_item.size()), int64_t(head_rows.size()), (max_pos + 1) / 4};
+         int64_t(snap_item.size()), int64_t(head_rows.size()),
+         be_.index_scratch_cols((max_pos + 1) / 4, cfg_.index_topk)};
   ws.reset();
   s.carve(ws, cfg_, tp_, count_experts_);
   std::vector<int32_t> blob;

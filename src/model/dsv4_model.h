@@ -44,6 +44,8 @@ class Dsv4Model {
   Numerics numerics() const { return numerics_; }
   // Workspace bytes a step within `limits` needs (for a KV layout with `block_tokens`-token blocks).
   uint64_t workspace_bytes(const StepLimits& limits, int block_tokens) const;
+  // Of those, the indexer's score scratch (0 without ratio-4 layers): max_rows x the backend's columns.
+  uint64_t index_scratch_bytes(const StepLimits& limits) const;
 
   // Advances every item by its tokens. Returns the logits ([logit_rows, vocab] f32, in item order: every row
   // of All items, the last of Last items) as a tensor in `ws`, valid until the next forward. With N ranks the

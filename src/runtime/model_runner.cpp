@@ -61,8 +61,9 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
          cfg_.max_position_embeddings);
   StepLimits lim = opts_.limits;
   lim.max_items = std::max<int64_t>(lim.max_items, 1);
-  // The workspace grows with the context through the indexer's scores; size it for the longest sequence
-  // the KV may hold (a default of 128K when neither the budget nor --max-model-len bounds it).
+  // Sized for the longest sequence the KV may hold (a default of 128K when neither the budget nor
+  // --max-model-len bounds it): the block tables grow with it, and the indexer's scores on a backend that does not
+  // score in tiles.
   int64_t ctx = opts_.max_model_len;
   int64_t blocks = 0;
   if (opts_.kv_cache_memory) {
@@ -79,6 +80,8 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   ws_ = std::make_unique<Workspace>(*be_, ws_bytes);
   if (mtp) model_->enable_mtp(lim);
   mem_.workspace = ws_bytes;
+  mem_.index_scratch = model_->index_scratch_bytes(lim);
+  mem_.host_scratch = be_->host_scratch_bytes(layout.shape, ctx, lim.max_rows, cfg_.index_topk);
   if (!blocks) {
     const MemoryInfo mi = be_->memory_info();
     const double reserve = double(mi.total) * (1.0 - opts_.memory_utilization);
@@ -114,11 +117,23 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   max_copies = std::max<int64_t>(max_copies * opts_.n_slots, 1);
   copy_buf_ = be_->alloc(size_t(max_copies * 24), BufferUsage::Io);
   copy_list_ = Tensor(copy_buf_.get(), 0, DType::I64, {max_copies, 3});
+  mem_.copy_list = uint64_t(max_copies) * 24;
+  StepLimits far = lim, farther = lim;
+  far.max_context = int64_t(1) << 24, farther.max_context = int64_t(1) << 30;
+  const bool index_scratch_bounded = model_->index_scratch_bytes(far) == model_->index_scratch_bytes(farther);
+  mem_.kv_per_seq = uint64_t((mem_.max_model_len + bt - 1) / bt) * uint64_t(layout.block_bytes()) +
+                    uint64_t(layout.slot_bytes());
   spdlog::info("memory ({}): weights {:.3f} GB, workspace {:.3f} GB, KV {:.3f} GB = {} blocks x {} tokens ({} B/block, "
                "{}{}) + {} slots x {} B; max model length {}",
                be_->name(), double(mem_.weights) / 1e9, double(mem_.workspace) / 1e9, double(mem_.kv) / 1e9, blocks,
                bt, layout.block_bytes(), kv_dtype_name(opts_.kv_dtype), opts_.prefix_tails ? ", prefix caching" : "",
                opts_.n_slots, layout.slot_bytes(), mem_.max_model_len);
+  spdlog::info("memory plan: KV {:.1f} B/token, {:.3f} GB per {}-token sequence; workspace for {} tokens per step, of "
+               "it indexer scores {:.1f} MB ({}); per-call host scratch {:.1f} MB; total {:.3f} GB",
+               double(layout.block_bytes()) / double(bt), double(mem_.kv_per_seq) / 1e9, mem_.max_model_len,
+               lim.max_rows, double(mem_.index_scratch) / 1e6,
+               index_scratch_bounded ? "bounded by the step" : "grows with the context on this backend",
+               double(mem_.host_scratch) / 1e6, double(mem_.total()) / 1e9);
 }
 
 ModelRunner::~ModelRunner() {

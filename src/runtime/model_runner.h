@@ -58,6 +58,11 @@ struct StepResult {
 struct MemoryPlan {
   uint64_t weights = 0, workspace = 0, kv = 0, kv_slots = 0;
   int64_t kv_blocks = 0, max_model_len = 0;
+  // Parts of the above / beyond it: the workspace's indexer score scratch (bounded by the step's rows on a
+  // backend that tiles), host memory the backend's KV ops take per call, the arena copy list.
+  uint64_t index_scratch = 0, host_scratch = 0, copy_list = 0;
+  uint64_t kv_per_seq = 0;  // one max-model-len sequence: its blocks and its slot
+  uint64_t total() const { return weights + workspace + kv + host_scratch + copy_list; }
 };
 
 class ModelRunner {

@@ -182,6 +182,62 @@ TEST_P(BackendOps, IndexTopkTiesAndFewEligible) {
       }
 }
 
+// The indexer's scratch is bounded by the step's rows on a backend that scores in tiles with a running top-k:
+// every tile width gives the plain path's selection (all scores, one top-k), bit for bit, ties included.
+TEST_P(BackendOps, IndexTopkTilesEqualThePlainPath) {
+  const int64_t IH = 4, ID = 16, K = 5;
+  const bool tiles = be->index_scratch_cols(1 << 20, K) < (1 << 20);
+  if (GetParam() == "cpu") EXPECT_TRUE(tiles) << "the CPU backend scores in tiles";
+  // Guard mode protects every buffer per op (slow): one dtype there, with the tiles that cross the most borders.
+  const bool guard = GetParam() == "cpu_guard";
+  const std::vector<int64_t> widths = guard ? std::vector<int64_t>{1, 7} : std::vector<int64_t>{1, 3, 7, 16, 60};
+  for (KvDtype dt : kDtypes)
+    for (int mode = 0; mode < 3; ++mode) {  // 0: random floats, 1: small integers (many ties), 2: all keys equal
+      if (guard && dt != KvDtype::FP8) continue;
+      Rng r(29 + mode);
+      ref::Arena a = random_arena(r, 4, 16, 8, main_codec(dt, 32, 16), index_codec(dt, int(ID)), false, 20, 3, mode > 0);
+      if (mode == 2) {
+        const int64_t eb = a.shape.index.bytes();
+        for (int blk = 0; blk < 20; ++blk)
+          for (int j = 0; j < 4; ++j) std::copy_n(a.block(0, a.layer.idx_off), eb, a.block(blk, a.layer.idx_off + j * eb));
+      }
+      std::vector<int> b3, b19;
+      for (int x = 3; x < 18; ++x) b3.push_back(x);
+      for (int x = 0; x < 19; ++x) b19.push_back(x);
+      ref::Batch b;  // a prefill from 0, a chunk at 200 (up to 60 entries), a decode at 300 (75 entries)
+      b.items = {item(0, 48, 0, 0, {0, 1, 2}), item(200, 40, 48, 1, b3), item(300, 1, 88, 2, b19)};
+      const int64_t M = b.M(), n_max = 301 / 4;
+      std::vector<float> q(size_t(M * IH * ID)), w(size_t(M * IH));
+      for (auto& x : q) x = mode ? float(r.below(5) - 2) : r.uni();
+      for (auto& x : w) x = mode ? float(r.below(4)) : r.uni(0.f, 1.f);
+      KvLayerView v = upload_arena(a);
+      BatchMeta meta = upload_meta(b);
+      for (bool bf16 : {false, true}) {
+        auto run = [&](int64_t cols) {
+          IndexTopkArgs ia;
+          ia.q = up(q, DType::F32, {M, IH, ID});
+          ia.w = up(w, DType::F32, {M, IH});
+          ia.meta = &meta;
+          ia.view = v;
+          ia.heads = IH;
+          ia.dim = ID;
+          ia.k = K;
+          ia.bf16 = bf16;
+          ia.scratch = zeros(DType::F32, {M, cols});
+          ia.out = zeros(DType::I32, {M, K});
+          be->index_topk(ia);
+          return down<int32_t>(ia.out);
+        };
+        const std::vector<int32_t> plain = run(n_max);
+        if (mode > 0) EXPECT_EQ(plain, ref::index_topk(q, w, b, a, IH, ID, K, bf16)) << "mode " << mode;
+        if (!tiles) continue;
+        for (int64_t tile : widths)
+          EXPECT_EQ(run(2 * K + tile), plain) << kv_dtype_name(dt) << " mode " << mode << (bf16 ? " bf16" : "")
+                                              << " tile " << tile;
+      }
+    }
+}
+
 TEST_P(BackendOps, CompressRatio4And128WithRingsAndSnapshots) {
   struct Case {
     int ratio, d, bt;

@@ -84,6 +84,11 @@ class CpuBackend final : public Backend {
   void arena_copy(const Tensor& arena, const Tensor& copies, int64_t n) override;
   void attention(const AttentionArgs& a) override;
   void index_topk(const IndexTopkArgs& a) override;
+  int64_t index_scratch_cols(int64_t max_entries, int64_t k) const override;
+  uint64_t host_scratch_bytes(const KvArenaShape& shape, int64_t max_context, int64_t max_rows,
+                              int64_t topk) const override;
+  // index_topk's tile (entries scored at once per row) when a row sees more entries than one tile.
+  static constexpr int64_t kIndexTile = 1024;
   void compress(const CompressArgs& a) override;
   void route(const RouteArgs& a) override;
   void moe(const MoeArgs& a) override;

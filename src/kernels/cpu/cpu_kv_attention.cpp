@@ -211,6 +211,42 @@ void CpuBackend::attention(const AttentionArgs& a) {
   }
 }
 
+int64_t CpuBackend::index_scratch_cols(int64_t max_entries, int64_t k) const {
+  // Rows that see at most one tile score every entry at once (the plain path); longer ones use tiles.
+  return max_entries <= kIndexTile ? std::max<int64_t>(max_entries, 1) : kIndexTile + 2 * k;
+}
+
+uint64_t CpuBackend::host_scratch_bytes(const KvArenaShape& shape, int64_t max_context, int64_t max_rows,
+                                        int64_t topk) const {
+  // attention: an item's decoded ring, ratio-128 entries and selected entries (one item at a time), and per
+  // thread a score per key; index_topk: one decoded tile, its addresses, the tile's top-k and merge buffers.
+  const int64_t keys = shape.window + max_context / 128 + topk, f = shape.main.dtype == KvDtype::F32 ? 0 : 1;
+  const int64_t tile = std::min<int64_t>(kIndexTile, max_context / 4 + 1);
+  const uint64_t attn = uint64_t(keys) * (uint64_t(f * shape.main.dim) * 4 + 8 + uint64_t(num_threads()) * 4);
+  const uint64_t index = uint64_t(tile) * (uint64_t(f * shape.index.dim) * 4 + 16 + 4) + uint64_t(topk) * 8 +
+                         uint64_t(max_rows) * 8;
+  return std::max(attn, index);  // the ops run one after the other
+}
+
+// Scores of row m for entries [j0, j1) into sc (keys[j - j0] is entry j's decoded key).
+static void index_scores(const IndexTopkArgs& a, int64_t m, const std::vector<const float*>& keys, int64_t j0,
+                         int64_t j1, float* sc) {
+  const int64_t IH = a.heads, ID = a.dim;
+  const float *qm = ptr<float>(a.q) + m * IH * ID, *wm = ptr<float>(a.w) + m * IH;
+  parallel_for(j1 - j0, 64, [&](int64_t b, int64_t e) {
+    for (int64_t j = b; j < e; ++j) {
+      const float* k = keys[size_t(j)];
+      float acc = 0;
+      for (int64_t h = 0; h < IH; ++h) {
+        float d = dot(qm + h * ID, k, ID);
+        if (a.bf16) d = dsv4::round_bf16(d);
+        acc += wm[h] * std::max(d, 0.f);
+      }
+      sc[j] = a.bf16 ? dsv4::round_bf16(acc) : acc;
+    }
+  });
+}
+
 void CpuBackend::index_topk(const IndexTopkArgs& a) {
   auto s = op();
   DSV4_CHECK(a.meta, "index_topk: no batch meta");
@@ -220,15 +256,16 @@ void CpuBackend::index_topk(const IndexTopkArgs& a) {
   const KvCodec& c = v.shape.index;
   const int64_t M = meta.M, IH = a.heads, ID = a.dim, K = a.k;
   DSV4_CHECK(c.dim == ID && v.layer.idx_off >= 0, "index_topk: keys of {} dims for dim {}", c.dim, ID);
+  DSV4_CHECK(K > 0, "index_topk: top {}", K);
   check_numel(a.q, M * IH * ID, "index_topk q");
   check_numel(a.w, M * IH, "index_topk w");
   check_dtype(a.out, DType::I32, "index_topk out");
   check_numel(a.out, M * K, "index_topk out");
-  const int64_t max_entries = M ? a.scratch.numel() / M : 0;
+  check_dtype(a.scratch, DType::F32, "index_topk scratch");
+  const int64_t cols = M ? a.scratch.numel() / M : 0;
   MetaView mv{meta};
   ArenaAddr ar{v};
   const int64_t per = v.shape.block_tokens / 4, eb = c.bytes();
-  const float *q = ptr<float>(a.q), *w = ptr<float>(a.w);
   int32_t* out = ptr<int32_t>(a.out);
   std::fill(out, out + M * K, -1);
   for (int64_t i = 0; i < meta.n_items; ++i) {
@@ -236,32 +273,59 @@ void CpuBackend::index_topk(const IndexTopkArgs& a) {
                   len = mv.item(i, BatchMeta::kLen);
     const int64_t n_all = (start + len) / 4;  // this step's keys are stored already
     if (len == 0 || n_all == 0) continue;
-    Decoded dk(c, n_all);
-    std::vector<const uint8_t*> src(static_cast<size_t>(n_all));
-    for (int64_t j = 0; j < n_all; ++j) src[size_t(j)] = ar.block(mv.block(i, j / per), v.layer.idx_off + (j % per) * eb);
-    std::vector<const float*> keys(static_cast<size_t>(n_all));
-    parallel_for(n_all, 64, [&](int64_t b, int64_t e) {
-      for (int64_t j = b; j < e; ++j) keys[size_t(j)] = dk.get(src[size_t(j)], size_t(j));
-    });
-    for (int64_t m = row0; m < row0 + len; ++m) {
-      const int64_t n_elig = std::min<int64_t>((mv.pos()[m] + 1) / 4, n_all);
-      if (n_elig == 0) continue;
-      DSV4_CHECK(n_elig <= max_entries, "index_topk: {} eligible entries, scratch rows of {}", n_elig, max_entries);
-      float* scores = ptr<float>(a.scratch) + m * max_entries;
-      const float *qm = q + m * IH * ID, *wm = w + m * IH;
-      parallel_for(n_elig, 64, [&](int64_t b, int64_t e) {
-        for (int64_t j = b; j < e; ++j) {
-          const float* k = keys[size_t(j)];
-          float acc = 0;
-          for (int64_t h = 0; h < IH; ++h) {
-            float d = dot(qm + h * ID, k, ID);
-            if (a.bf16) d = dsv4::round_bf16(d);
-            acc += wm[h] * std::max(d, 0.f);
-          }
-          scores[j] = a.bf16 ? dsv4::round_bf16(acc) : acc;
-        }
+    // Plain path: every eligible score of a row in its scratch row, then one top-k. Tiled path (the context is
+    // longer than the scratch): a tile of keys decoded at a time, each row's tile top-k merged into its running
+    // top-k by the same order (score desc, index asc), so the result is the plain path's, bit for bit.
+    const bool plain = n_all <= cols;
+    const int64_t tile = plain ? n_all : cols - 2 * K;
+    DSV4_CHECK(tile > 0, "index_topk: {} entries, scratch rows of {} (top {})", n_all, cols, K);
+    Decoded dk(c, tile);
+    std::vector<const uint8_t*> src(static_cast<size_t>(tile));
+    std::vector<const float*> keys(static_cast<size_t>(tile));
+    std::vector<int32_t> tk(static_cast<size_t>(std::min(K, tile))), merged(static_cast<size_t>(K));
+    std::vector<float> ms(static_cast<size_t>(K));
+    std::vector<int64_t> n_cand(static_cast<size_t>(len), 0);
+    for (int64_t j0 = 0; j0 < n_all; j0 += tile) {
+      const int64_t j1 = std::min(n_all, j0 + tile);
+      for (int64_t j = j0; j < j1; ++j)
+        src[size_t(j - j0)] = ar.block(mv.block(i, j / per), v.layer.idx_off + (j % per) * eb);
+      parallel_for(j1 - j0, 64, [&](int64_t b, int64_t e) {
+        for (int64_t j = b; j < e; ++j) keys[size_t(j)] = dk.get(src[size_t(j)], size_t(j));
       });
-      topk_lowest_first(scores, n_elig, std::min(K, n_elig), out + m * K);
+      for (int64_t m = row0; m < row0 + len; ++m) {
+        const int64_t n_elig = std::min<int64_t>((mv.pos()[m] + 1) / 4, n_all);
+        if (n_elig <= j0) continue;
+        float* row = ptr<float>(a.scratch) + m * cols;
+        const int64_t e = std::min(j1, n_elig);
+        if (plain) {
+          index_scores(a, m, keys, 0, e, row);
+          topk_lowest_first(row, e, std::min(K, e), out + m * K);
+          continue;
+        }
+        float* cs = row;  // running top-k: scores, then indices (int32 bits)
+        int32_t* ci = reinterpret_cast<int32_t*>(row + K);
+        float* sc = row + 2 * K;
+        index_scores(a, m, keys, j0, e, sc);
+        const int64_t kt = std::min(K, e - j0);
+        topk_lowest_first(sc, e - j0, kt, tk.data());
+        // Merge: earlier candidates have lower indices, so on equal scores they go first.
+        int64_t& nc = n_cand[size_t(m - row0)];
+        int64_t x = 0, y = 0, n = 0;
+        while (n < K && (x < nc || y < kt)) {
+          const bool take_old = y == kt || (x < nc && !(sc[tk[size_t(y)]] > cs[x]));
+          if (take_old) {
+            ms[size_t(n)] = cs[x];
+            merged[size_t(n++)] = ci[x++];
+          } else {
+            ms[size_t(n)] = sc[tk[size_t(y)]];
+            merged[size_t(n++)] = int32_t(j0 + tk[size_t(y++)]);
+          }
+        }
+        std::copy_n(ms.data(), n, cs);
+        std::copy_n(merged.data(), n, ci);
+        nc = n;
+        if (j1 >= n_elig) std::copy_n(ci, n, out + m * K);  // the row's last tile
+      }
     }
   }
 }
