@@ -7,8 +7,13 @@
 //            the sum over the batch of the mask time alone (grammar_metrics), first pass (cold caches)
 //            and second pass (warm);
 //   decode:  the demo model's Engine step time in steady decode at batch B (no grammar; the fastest of 24
-//            steps, so the mask/decode ratios are conservative on a shared machine).
-// usage: grammar_bench [MODEL_DIR] [--tokenizer PATH] [--steps N]
+//            steps, so the mask/decode ratios are conservative on a shared machine);
+//   served:  B grammar requests decoded by the Engine (the forward pass between samples, as served): the
+//            sampling-path mask time per step (waiting for a prefetched mask, or computing it, and applying
+//            it), the vocabulary-walk time wherever it ran, and the step time, with mask prefetch on and off.
+// The isolated passes above call the sampler back to back (no forward pass to overlap), so they time every
+// walk on the sampling path: the cost of a mask without prefetch.
+// usage: grammar_bench [MODEL_DIR] [--tokenizer PATH] [--corpus FILE] [--steps N] [--masks-only]
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -19,6 +24,7 @@
 
 #include "model/tiny_checkpoint.h"
 #include "runtime/engine.h"
+#include "runtime/grammar/mask_worker.h"
 #include "runtime/grammar/structured.h"
 #include "tokenizer/tokenizer.h"
 
@@ -32,13 +38,15 @@ int main(int argc, char** argv) {
   std::string model = "build/tiny-model", tokp = "assets/tokenizer/tokenizer.json";
   std::string corpus_path = "tests/runtime/data/tool_schemas.json";
   int steps = 64;
+  bool model_runs = true;  // --masks-only: the isolated mask passes alone (profiling)
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--tokenizer" && i + 1 < argc) tokp = argv[++i];
     else if (a == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
     else if (a == "--corpus" && i + 1 < argc) corpus_path = argv[++i];
+    else if (a == "--masks-only") model_runs = false;
     else if (a == "-h" || a == "--help") {
-      fmt::print("usage: grammar_bench [MODEL_DIR] [--tokenizer PATH] [--corpus FILE] [--steps N]\n");
+      fmt::print("usage: grammar_bench [MODEL_DIR] [--tokenizer PATH] [--corpus FILE] [--steps N] [--masks-only]\n");
       return 0;
     } else model = a;
   }
@@ -88,7 +96,8 @@ int main(int argc, char** argv) {
   Engine engine(ec, &tok);
   const std::vector<int32_t> prompt = tok.encode("<｜begin▁of▁sentence｜><｜User｜>Use a tool.<｜Assistant｜></think>");
   std::map<int, double> decode_ms;
-  for (int B : {1, 16}) {
+  const std::vector<int> model_batches = model_runs ? std::vector<int>{1, 16} : std::vector<int>{};
+  for (int B : model_batches) {
     for (int i = 0; i < B; ++i) {
       SamplingParams p;
       p.max_tokens = 40;
@@ -119,8 +128,9 @@ int main(int argc, char** argv) {
   std::normal_distribution<float> normal(0.0f, 2.0f);
   std::vector<float> noise(size_t(vocab->size()) + 4096);
   for (auto& x : noise) x = normal(rng);
-  for (int B : {1, 16}) {
-    std::vector<std::shared_ptr<const CompiledGrammar>> gs;  // fresh objects: pass 0 starts with cold caches
+  set_mask_prefetch(false);  // back-to-back samples: nothing to overlap with
+  auto make_grammars = [&](int B) {
+    std::vector<std::shared_ptr<const CompiledGrammar>> gs;  // fresh objects: cold caches
     for (int i = 0; i < B; ++i) {
       const auto& t = corpus[size_t(i * 7 + B) % corpus.size()];
       ConstraintSpec spec;
@@ -134,6 +144,10 @@ int main(int argc, char** argv) {
       }
       gs.push_back(std::make_shared<const CompiledGrammar>(build_grammar(spec), vocab));
     }
+    return gs;
+  };
+  for (int B : {1, 16}) {
+    const auto gs = make_grammars(B);
     for (int pass = 0; pass < 2; ++pass) {  // pass 1: the same grammars again, other seeds (warm caches)
       std::vector<std::unique_ptr<SamplerState>> reqs;
       for (int i = 0; i < B; ++i) {
@@ -165,6 +179,44 @@ int main(int argc, char** argv) {
                  "{:.1f}% of a decode step\n",
                  B, pass == 0 ? "cold: new grammars" : "warm: cached grammars", ms / double(std::max<uint64_t>(1, n)),
                  per_step, n, M.mask_computed.load() - c0, 100.0 * per_step / decode_ms[B]);
+    }
+  }
+
+  // ---- served: grammar requests through the Engine, the forward pass between samples
+  for (int B : model_batches) {
+    for (bool prefetch : {false, true}) {
+      set_mask_prefetch(prefetch);
+      const auto gs = make_grammars(B);  // cold grammars: every state is new to them
+      for (int i = 0; i < B; ++i) {
+        SamplingParams p;
+        p.temperature = 1.0f;
+        p.max_tokens = steps;
+        p.seed = uint64_t(i + 77);
+        p.grammar = gs[size_t(i)];
+        engine.add_request(prompt, p);
+      }
+      engine.step();  // prefill
+      auto& M = grammar_metrics();
+      const uint64_t ns0 = M.mask_ns.load(), w0 = M.walk_ns.load(), st0 = M.mask_steps.load(), c0 = M.mask_computed.load();
+      double total_ms = 0, best = 1e30;
+      int n = 0;
+      while (engine.has_work()) {
+        t0 = clk::now();
+        engine.step();
+        const double ms = 1e3 * secs(t0);
+        total_ms += ms;
+        best = std::min(best, ms);
+        ++n;
+      }
+      mask_worker_drain();
+      const double mask_ms = double(M.mask_ns.load() - ns0) / 1e6, walk_ms = double(M.walk_ns.load() - w0) / 1e6;
+      const uint64_t masks = M.mask_steps.load() - st0;
+      fmt::print("served batch {:2d}, prefetch {}: {} steps, {} masks ({} walks); mask time on the sampling path "
+                 "{:.3f} ms per step = {:.1f}% of the fastest plain decode step, {:.1f}% of this run's mean step "
+                 "({:.2f} ms, fastest {:.2f}); walks {:.3f} ms per step wherever they ran\n",
+                 B, prefetch ? "on " : "off", n, masks, M.mask_computed.load() - c0, mask_ms / std::max(1, n),
+                 100.0 * mask_ms / std::max(1, n) / decode_ms[B], 100.0 * mask_ms / std::max(0.001, total_ms),
+                 total_ms / std::max(1, n), best, walk_ms / std::max(1, n));
     }
   }
   return 0;

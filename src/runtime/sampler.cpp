@@ -243,6 +243,7 @@ void SamplerState::record_output(int32_t token) {
   if (matcher_ && !matcher_->accept_token(token))
     fail("structured output: token {} is not allowed by the request's {} grammar here", token,
          matcher_->compiled().description());
+  if (matcher_) matcher_->prefetch_mask();  // computed while the next forward pass runs
   ++num_generated_;
   if (token < 0) return;
   if (track_seen_) {

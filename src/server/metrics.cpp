@@ -129,13 +129,18 @@ std::string Metrics::render(const EngineStats& e) const {
   {  // structured outputs (runtime/grammar): process-wide counters
     const auto& G = grammar::grammar_metrics();
     single(out, "dsv4_structured_output_mask_seconds_total", "counter",
-           "Time spent computing and applying grammar token masks (structured outputs), summed over steps.",
+           "Sampling-path time for grammar token masks (waiting for or computing them, and applying them), summed over steps.",
            double(G.mask_ns.load()) * 1e-9);
     single(out, "dsv4_structured_output_mask_steps_total", "counter",
            "Sampling steps under a grammar (one mask each).", double(G.mask_steps.load()));
     single(out, "dsv4_structured_output_masks_computed_total", "counter",
            "Grammar masks computed by a vocabulary walk (the other steps hit the per-state cache).",
            double(G.mask_computed.load()));
+    single(out, "dsv4_structured_output_mask_walk_seconds_total", "counter",
+           "Time spent in grammar mask vocabulary walks wherever they ran (the prefetch thread included).",
+           double(G.walk_ns.load()) * 1e-9);
+    single(out, "dsv4_structured_output_masks_prefetched_total", "counter",
+           "Grammar masks queued for the background thread while the forward pass runs.", double(G.prefetched.load()));
     single(out, "dsv4_structured_output_compile_seconds_total", "counter", "Time spent compiling grammars.",
            double(G.compile_ns.load()) * 1e-9);
     single(out, "dsv4_structured_output_compiles_total", "counter", "Grammars compiled (cache misses).",

@@ -7,15 +7,18 @@
 #include <random>
 
 #include "core/error.h"
+#include "runtime/grammar/mask_worker.h"
 #include "runtime/grammar/regex.h"
 #include "runtime/grammar/structured.h"
 #include "runtime/sampler.h"
+#include "grammar_test_util.h"
 #include "schema_validator.h"
 #include "tokenizer/dsml_parser.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace dsv4;
 using namespace dsv4::grammar;
+using namespace grammar_test;
 
 namespace {
 
@@ -25,38 +28,6 @@ const std::string kCorpus = std::string(DSV4_SOURCE_DIR) + "/tests/runtime/data/
 SchemaJson corpus() {
   std::ifstream f(kCorpus);
   return SchemaJson::parse(f);
-}
-
-// A vocabulary of single bytes (id = byte + 1) plus a few multi-byte tokens; id 0 is the end token.
-std::shared_ptr<const Vocabulary> byte_vocab(std::vector<std::string> extra = {}) {
-  std::vector<std::string> v(257);
-  for (int b = 0; b < 256; ++b) v[size_t(b + 1)] = std::string(1, char(b));
-  for (auto& e : extra) v.push_back(e);
-  return Vocabulary::from_bytes(std::move(v), {0});
-}
-
-std::shared_ptr<const CompiledGrammar> schema_grammar(const SchemaJson& schema, std::shared_ptr<const Vocabulary> v) {
-  ConstraintSpec spec;
-  spec.kind = ConstraintSpec::Kind::JsonSchema;
-  spec.schema = schema;
-  return std::make_shared<CompiledGrammar>(build_grammar(spec), std::move(v));
-}
-
-bool accepts(const CompiledGrammar& g, std::string_view text) {
-  GrammarMatcher m(std::shared_ptr<const CompiledGrammar>(&g, [](const CompiledGrammar*) {}));
-  return m.accept_bytes(text) && m.accepting();
-}
-
-std::string error_of(const SchemaJson& schema) {
-  try {
-    ConstraintSpec spec;
-    spec.kind = ConstraintSpec::Kind::JsonSchema;
-    spec.schema = schema;
-    build_grammar(spec);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace
@@ -265,4 +236,39 @@ TEST(Grammar, DsmlCallsFollowTheParserFormatIncludingFreeFormParameters) {
   EXPECT_FALSE(accepts(*g, head + p("cmd", "true", "a") + p("cmd", "true", "b") + tail));  // a declared name again
   EXPECT_FALSE(accepts(*g, head + p("cmd", "true", "a｜b") + tail));                     // the marker's bar
   EXPECT_FALSE(accepts(*g, head + p("cmd", "true", "a") + tail + "\nmore"));             // nothing after the block
+}
+
+// Prefetch (mask_worker.h): masks computed on the background thread are the ones computed when sampled, and
+// a state's mask is computed once whether the worker or the sampler gets to it first.
+TEST(GrammarMask, PrefetchedMasksEqualComputedOnesAndAreComputedOnce) {
+  const SchemaJson schema = SchemaJson::parse(R"({"type":"object","properties":{"s":{"type":"string","maxLength":6},
+    "n":{"type":"integer","minimum":0,"maximum":500}},"required":["s","n"]})");
+  const std::string text = R"({"s":"ab\"cd","n":417})";
+  auto vocab = byte_vocab({"ab", "\",", "\"n\":", "41"});
+  const bool was = mask_prefetch_enabled();
+  set_mask_prefetch(true);
+  for (int round = 0; round < 4; ++round) {
+    auto g = schema_grammar(schema, vocab);
+    auto& M = grammar_metrics();
+    const uint64_t c0 = M.mask_computed.load();
+    GrammarMatcher m(g);
+    std::vector<Mask> got;
+    for (size_t i = 0; i < text.size(); ++i) {
+      ASSERT_TRUE(m.accept_token(int32_t(uint8_t(text[i])) + 1)) << i;
+      m.prefetch_mask();
+      if ((i + size_t(round)) % 3 == 0) mask_worker_drain();  // the worker first; otherwise a race
+      got.push_back(*m.mask());
+    }
+    mask_worker_drain();
+    EXPECT_EQ(M.mask_computed.load() - c0, g->cached_masks()) << "a mask computed twice (round " << round << ")";
+    set_mask_prefetch(false);
+    auto ref = schema_grammar(schema, vocab);
+    GrammarMatcher r(ref);
+    for (size_t i = 0; i < text.size(); ++i) {
+      ASSERT_TRUE(r.accept_token(int32_t(uint8_t(text[i])) + 1));
+      EXPECT_EQ(got[i], *r.mask()) << "after " << text.substr(0, i + 1);
+    }
+    set_mask_prefetch(true);
+  }
+  set_mask_prefetch(was);
 }

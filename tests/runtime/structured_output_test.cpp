@@ -324,6 +324,8 @@ TEST(StructuredOutput, PreemptedRequestsKeepTheirGrammarState) {
     EXPECT_EQ(together[i], alone[i]) << "request " << i;
     const auto v = SchemaJson::parse(together[i], nullptr, false);
     EXPECT_FALSE(v.is_discarded()) << together[i];
-    if (!v.is_discarded()) EXPECT_EQ(schema_test::validate(v, spec.schema, spec.schema), "") << together[i];
+    if (!v.is_discarded()) {
+      EXPECT_EQ(schema_test::validate(v, spec.schema, spec.schema), "") << together[i];
+    }
   }
 }

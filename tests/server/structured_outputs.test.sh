@@ -29,6 +29,10 @@ jcheck "$T/out.json" "$VALID"'(json.loads("".join(c["text"] for o in j["output"]
 BAD='{"type":"object","properties":{"a":{"type":"string"}},"patternProperties":{"^x":{}}}'
 expect_status 400 "$(post /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"b","schema":'"$BAD"'}}}')" "unsupported keyword"
 jcheck "$T/out.json" '"patternProperties" in j["error"]["message"] and j["error"]["param"] == "response_format"' "400 names the keyword"
+# oneOf is exactly one branch: overlapping branches it cannot tell apart are a 400 naming oneOf.
+ONEOF='{"type":"object","properties":{"v":{"oneOf":[{"type":"number"},{"type":"integer"}]}},"required":["v"]}'
+expect_status 400 "$(post /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"o","schema":'"$ONEOF"'}}}')" "overlapping oneOf"
+jcheck "$T/out.json" "\"'oneOf' at #/properties/v\" in j['error']['message']" "400 names oneOf and its path"
 BADTOOLS='[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"x":{"type":"number","multipleOf":2}}}}}]'
 expect_status 400 "$(post /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"tools":'"$BADTOOLS"',"tool_choice":"required"}')" "unsupported keyword in a required tool"
 jcheck "$T/out.json" '"multipleOf" in j["error"]["message"] and j["error"]["param"] == "tools"' "tool 400 names the keyword"

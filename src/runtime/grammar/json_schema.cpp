@@ -5,6 +5,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "runtime/grammar/one_of.h"
 #include "runtime/grammar/regex.h"
 
 namespace dsv4::grammar {
@@ -156,6 +157,18 @@ SchemaJson SchemaCompiler::merge(const SchemaJson& a0, const SchemaJson& b0, con
   return a;
 }
 
+SchemaJson SchemaCompiler::resolve_top(const SchemaJson& s, const std::string& path) {
+  if (!s.is_object() || !(s.contains("$ref") || s.contains("allOf"))) return s;
+  SchemaJson m = merge(s, SchemaJson::object(), path);  // resolves a top-level $ref
+  for (int k = 0; k < 32 && m.contains("allOf"); ++k) {
+    const SchemaJson all = m["allOf"];
+    m.erase("allOf");
+    if (all.is_array())
+      for (const auto& x : all) m = merge(m, x, path);
+  }
+  return m;
+}
+
 Frag SchemaCompiler::json(const SchemaJson& s, const std::string& path) {
   auto f = value(s, path, Mode::Json);
   if (!f) fail("JSON Schema at {} accepts no value", path);
@@ -244,10 +257,22 @@ std::optional<Frag> SchemaCompiler::value(const SchemaJson& s, const std::string
     SchemaJson parent = s;
     parent.erase(kw);
     const bool plain = !has_constraints_besides(parent, "");
+    // oneOf: exactly one branch; the branches as compiled (some restricted), or a 400 (one_of.h).
+    std::vector<SchemaJson> exclusive;
+    std::vector<bool> changed(br.size(), false);
+    if (std::string(kw) == "oneOf") {
+      std::vector<SchemaJson> merged;
+      for (size_t i = 0; i < br.size(); ++i)
+        merged.push_back(plain ? resolve_top(br[i], path) : merge(parent, br[i], fmt::format("{}/{}/{}", path, kw, i)));
+      exclusive = exclusive_one_of(std::move(merged), path, [&](const SchemaJson& x) { return resolve_top(x, path); },
+                                   changed);
+    }
     std::vector<Frag> alts;
     for (size_t i = 0; i < br.size(); ++i) {
       const std::string p = fmt::format("{}/{}/{}", path, kw, i);
-      auto f = plain ? value(br[i], p, mode, depth + 1) : value(merge(parent, br[i], p), p, mode, depth + 1);
+      auto f = changed[i] ? value(exclusive[i], p, mode, depth + 1)
+               : plain    ? value(br[i], p, mode, depth + 1)
+                          : value(merge(parent, br[i], p), p, mode, depth + 1);
       if (f) alts.push_back(*f);
     }
     if (alts.empty()) return std::nullopt;
@@ -624,6 +649,11 @@ Frag SchemaCompiler::object_frag(const SchemaJson& s, const std::string& path) {
     const Prop& p = props[i];
     const std::string key = json_text(SchemaJson(p.name)) + ":";
     const std::string pp = path + "/properties/" + p.name;
+    if (p.schema->is_boolean() && !p.schema->get<bool>()) {  // a forbidden key: never written
+      if (p.required) fail("JSON Schema at {}: a required property with a 'false' schema accepts nothing", pp);
+      for (int e = 0; e < 2; ++e) b_.eps(st[i][e], st[i + 1][e]);
+      continue;
+    }
     for (int e = 0; e < 2; ++e) {
       Frag member = b_.seq({e ? b_.seq({b_.literal(","), ws()}) : b_.empty(), b_.literal(key), ws(), json(*p.schema, pp)});
       b_.eps(st[i][e], member.in);
@@ -726,6 +756,11 @@ Frag SchemaCompiler::dsml_parameters(const SchemaJson& s0, const std::string& pa
     const std::string pp = path + "/properties/" + p.name;
     if (p.name.find('"') != std::string::npos || p.name.find("｜") != std::string::npos || p.name.find('\n') != std::string::npos)
       fail("tool parameter name {} at {} cannot be written in DSML", json_text(SchemaJson(p.name)), path);
+    if (p.schema->is_boolean() && !p.schema->get<bool>()) {  // a forbidden parameter: never written
+      if (p.required) fail("JSON Schema at {}: a required property with a 'false' schema accepts nothing", pp);
+      b_.eps(st[i], st[i + 1]);
+      continue;
+    }
     std::vector<Frag> forms;
     if (auto raw = value(*p.schema, pp, Mode::Raw))
       forms.push_back(b_.seq({b_.literal("string=\"true\">"), *raw}));

@@ -3,8 +3,8 @@
 // (title, description, default, examples, $schema, $id, $comment, deprecated, readOnly, writeOnly, x-...),
 // or refused with dsv4::Error "unsupported JSON Schema keyword 'K' at PATH" (the server answers 400).
 //
-// Supported: type (string or list), enum, const, nullable; anyOf, oneOf (as anyOf: branches are not checked
-// for overlap), allOf (merged into one schema), $ref to "#", "#/$defs/..", "#/definitions/.." or any local
+// Supported: type (string or list), enum, const, nullable; anyOf, oneOf (exactly one branch: one_of.h
+// decides it or refuses), allOf (merged into one schema), $ref to "#", "#/$defs/..", "#/definitions/.." or any local
 // JSON pointer (recursion through rule calls, depth kMaxCallDepth); object: properties (emitted in schema
 // order), required, additionalProperties (false, true or a schema; absent = false when properties are
 // given, true otherwise, as OpenAI's strict mode); array: items, prefixItems, minItems, maxItems; string: enum, const, pattern
@@ -48,6 +48,7 @@ class SchemaCompiler {
   std::optional<Frag> literal_value(const SchemaJson& v, Mode mode);
   const SchemaJson& resolve_ref(const std::string& ref, const std::string& path);
   SchemaJson merge(const SchemaJson& a, const SchemaJson& b, const std::string& path);
+  SchemaJson resolve_top(const SchemaJson& s, const std::string& path);  // top-level $ref and allOf merged
   void check_keywords(const SchemaJson& s, const std::string& path);
   Frag ws();
 

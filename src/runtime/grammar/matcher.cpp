@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "runtime/grammar/mask_worker.h"
 #include "tokenizer/tokenizer.h"
 
 namespace dsv4::grammar {
@@ -102,20 +103,79 @@ size_t CompiledGrammar::cached_masks() const {
 
 std::shared_ptr<const Mask> CompiledGrammar::mask(const GrammarAutomaton::State& s) const {
   const uint64_t key = s.epoch << 32 | uint32_t(s.id);
-  {
-    std::lock_guard<std::mutex> lk(mu_);
+  std::unique_lock<std::mutex> lk(mu_);
+  for (;;) {
     auto it = masks_.find(key);
-    if (it != masks_.end()) return it->second;
+    if (it == masks_.end()) {
+      masks_[key].st = Slot::St::Computing;
+      break;
+    }
+    if (it->second.st == Slot::St::Ready) return it->second.mask;
+    if (it->second.st == Slot::St::Queued) {  // the worker has not started it: compute it here
+      it->second.st = Slot::St::Computing;
+      break;
+    }
+    cv_.wait(lk);  // another thread computes it
   }
-  auto m = compute_mask(s);
-  std::lock_guard<std::mutex> lk(mu_);
-  if (masks_.size() >= kMaxCachedMasks) masks_.clear();
-  masks_.emplace(key, m);
+  lk.unlock();
+  std::shared_ptr<const Mask> m;
+  try {
+    m = compute_mask(s);
+  } catch (...) {
+    lk.lock();
+    masks_.erase(key);
+    cv_.notify_all();
+    throw;
+  }
+  lk.lock();
+  publish(key, m);
   return m;
+}
+
+void CompiledGrammar::publish(uint64_t key, std::shared_ptr<const Mask> m) const {
+  if (masks_.size() >= kMaxCachedMasks)  // drop ready and queued slots; ones being computed have waiters
+    for (auto it = masks_.begin(); it != masks_.end();)
+      it = it->second.st == Slot::St::Computing ? std::next(it) : masks_.erase(it);
+  Slot& slot = masks_[key];
+  slot.st = Slot::St::Ready;
+  slot.mask = std::move(m);
+  cv_.notify_all();
+}
+
+void CompiledGrammar::prefetch(const std::shared_ptr<const CompiledGrammar>& g, const GrammarAutomaton::State& s) {
+  if (!mask_prefetch_enabled() || s.dead()) return;
+  const uint64_t key = s.epoch << 32 | uint32_t(s.id);
+  {
+    std::lock_guard<std::mutex> lk(g->mu_);
+    if (!g->masks_.emplace(key, Slot{}).second) return;  // cached or under way
+  }
+  grammar_metrics().prefetched.fetch_add(1, std::memory_order_relaxed);
+  mask_worker_submit([g, s] { g->run_prefetch(s); });
+}
+
+void CompiledGrammar::run_prefetch(const GrammarAutomaton::State& s) const {
+  const uint64_t key = s.epoch << 32 | uint32_t(s.id);
+  std::unique_lock<std::mutex> lk(mu_);
+  auto it = masks_.find(key);
+  if (it == masks_.end() || it->second.st != Slot::St::Queued) return;  // taken by the sampler, or dropped
+  it->second.st = Slot::St::Computing;
+  lk.unlock();
+  std::shared_ptr<const Mask> m;
+  try {
+    m = compute_mask(s);
+  } catch (...) {  // the sampler will compute it (and report the error) itself
+    lk.lock();
+    masks_.erase(key);
+    cv_.notify_all();
+    return;
+  }
+  lk.lock();
+  publish(key, std::move(m));
 }
 
 std::shared_ptr<const Mask> CompiledGrammar::compute_mask(const GrammarAutomaton::State& s) const {
   grammar_metrics().mask_computed.fetch_add(1, std::memory_order_relaxed);
+  const auto t0 = std::chrono::steady_clock::now();
   const Vocabulary& V = *vocab_;
   auto m = std::make_shared<Mask>((size_t(V.size()) + 63) / 64, 0);
   uint64_t* bits = m->data();
@@ -141,6 +201,9 @@ std::shared_ptr<const Mask> CompiledGrammar::compute_mask(const GrammarAutomaton
       for (int32_t e : V.end_tokens()) bits[uint32_t(e) >> 6] |= 1ull << (e & 63);
     return 0;
   });
+  grammar_metrics().walk_ns.fetch_add(uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                          std::chrono::steady_clock::now() - t0).count()),
+                                      std::memory_order_relaxed);
   return m;
 }
 
@@ -191,6 +254,10 @@ std::shared_ptr<const Mask> GrammarMatcher::mask() const {
   auto m = std::make_shared<Mask>((size_t(V.size()) + 63) / 64, 0);
   for (int32_t e : V.end_tokens()) (*m)[uint32_t(e) >> 6] |= 1ull << (e & 63);
   return m;
+}
+
+void GrammarMatcher::prefetch_mask() const {
+  if (!terminated_) CompiledGrammar::prefetch(g_, state_);
 }
 
 size_t GrammarMatcher::apply(std::span<float> logits) const {

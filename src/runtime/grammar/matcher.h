@@ -10,8 +10,12 @@
 // pruning a subtree at the first dead byte). End tokens (EOS, stop ids) carry no bytes: they are allowed
 // exactly when the text is complete; once one is accepted only end tokens are allowed. A mask is computed
 // once per automaton state and cached (most steps repeat a state: inside a string, after a key...).
+// Prefetch: once a request's token is sampled its next state is known, so its mask is computed on a
+// background thread while the model runs the next forward pass (mask_worker.h); the sampler then finds it
+// cached. Whoever needs a mask first computes it, the others wait for that one result: never computed twice.
 #pragma once
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -73,16 +77,26 @@ class CompiledGrammar {
   const Grammar& grammar() const { return *grammar_; }
   // The allowed tokens in state s (end tokens included iff s is accepting). Cached per state.
   std::shared_ptr<const Mask> mask(const GrammarAutomaton::State& s) const;
+  // Starts computing the mask of s on the background worker unless it is cached or under way.
+  static void prefetch(const std::shared_ptr<const CompiledGrammar>& g, const GrammarAutomaton::State& s);
   size_t cached_masks() const;
 
  private:
   std::shared_ptr<const Mask> compute_mask(const GrammarAutomaton::State& s) const;
+  void publish(uint64_t key, std::shared_ptr<const Mask> m) const;  // under mu_
+  void run_prefetch(const GrammarAutomaton::State& s) const;
   std::shared_ptr<const Grammar> grammar_;
   std::unique_ptr<GrammarAutomaton> automaton_;
   std::shared_ptr<const Vocabulary> vocab_;
   std::string description_;
+  // A slot per state (epoch << 32 | id): queued for the worker, being computed (others wait on cv_), or ready.
+  struct Slot {
+    enum class St { Queued, Computing, Ready } st = St::Queued;
+    std::shared_ptr<const Mask> mask;
+  };
   mutable std::mutex mu_;
-  mutable std::unordered_map<uint64_t, std::shared_ptr<const Mask>> masks_;  // (epoch << 32 | id)
+  mutable std::condition_variable cv_;
+  mutable std::unordered_map<uint64_t, Slot> masks_;
   static constexpr size_t kMaxCachedMasks = 2048;  // 16 KiB each at 129K tokens
 };
 
@@ -98,6 +112,7 @@ class GrammarMatcher {
   // Sets disallowed logits to -inf (logits.size() may exceed the vocabulary: the rest is disallowed).
   // Returns the number of allowed tokens.
   size_t apply(std::span<float> logits) const;
+  void prefetch_mask() const;  // the mask of the current state, computed in the background (mask_worker.h)
 
   bool accepting() const;   // the text is complete (an end token may follow)
   bool terminated() const { return terminated_; }  // an end token was accepted
@@ -113,7 +128,9 @@ class GrammarMatcher {
 
 // Process-wide counters for /metrics.
 struct GrammarMetrics {
-  std::atomic<uint64_t> mask_ns{0}, mask_steps{0}, mask_computed{0};
+  // mask_ns: sampling-path time (waiting for a prefetched mask, or computing it, and applying it);
+  // walk_ns: vocabulary walks wherever they ran (the background worker's included).
+  std::atomic<uint64_t> mask_ns{0}, mask_steps{0}, mask_computed{0}, walk_ns{0}, prefetched{0};
   std::atomic<uint64_t> compile_ns{0}, compiles{0};
 };
 GrammarMetrics& grammar_metrics();
