@@ -63,7 +63,7 @@ void Dsv4Model::dspark_main_x(const Tensor& means, const Tensor& fidx, const Ten
 }
 
 void Dsv4Model::dspark_markov(const Tensor& tokens, const Tensor& e, const Tensor& logits) const {
-  be_.embed(tokens, w_.dspark.markov_w1, 1, e);
+  be_.embed(tokens, w_.dspark.markov_w1.data, 1, e);  // a bf16 [vocab, rank] table
   be_.linear(e, w_.dspark.markov_w2, logits, {});  // fp32 math, as the head's logits it is added to
 }
 

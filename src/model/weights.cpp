@@ -502,9 +502,7 @@ void place_all(const ModelConfig& c, const TensorSource& src, Backend* be, Model
     L.vec(&d.main_norm, "mtp.0.main_norm.weight", {D});
     L.vec(&d.norm, last + "norm.weight", {D});
     L.hc(&d.hc_head, last + "hc_head", c.hc_mult, flat, 1);
-    LinearWeight w1;
-    L.linear(&w1, last + "markov_head.markov_w1", V, c.dspark_markov_rank);
-    d.markov_w1 = w1.data;  // a table gathered by token (bf16 rows)
+    L.linear(&d.markov_w1, last + "markov_head.markov_w1", V, c.dspark_markov_rank);
     L.linear(&d.markov_w2, last + "markov_head.markov_w2", V, c.dspark_markov_rank);
   }
   if (drafter == Drafter::Mtp) {

@@ -74,7 +74,7 @@ struct DSparkWeights {
   Tensor main_norm;        // mtp.0: f32 [D]
   Tensor norm;             // last stage: f32 [D]
   HcWeights hc_head;       // last stage
-  Tensor markov_w1;        // last stage: bf16 [vocab, rank], a row per previous token
+  LinearWeight markov_w1;  // last stage: bf16 [vocab, rank]; its rows are gathered by the previous token
   LinearWeight markov_w2;  // last stage: bf16 [vocab, rank]
 };
 
