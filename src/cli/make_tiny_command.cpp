@@ -16,6 +16,7 @@ void add_make_tiny_command(CLI::App& app) {
     std::string out, tokenizer;
     uint64_t seed = kTinyDemoSeed;
     double route_skew = 0;
+    bool dspark = false;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("make-tiny",
@@ -27,6 +28,9 @@ void add_make_tiny_command(CLI::App& app) {
   cmd->add_option("--route-skew", o->route_skew,
                   "skewed routing: a few experts of each layer take most tokens (e.g. 2; 0: uniform)")
       ->capture_default_str();
+  cmd->add_flag("--dspark", o->dspark,
+                "a 0731-style checkpoint: a 3-stage DSpark block drafter (mtp.0..2, spec 7.1) instead of the MTP layer "
+                "(serve it with --speculative-config '{\"method\": \"dspark\"}')");
   cmd->add_option("--tokenizer", o->tokenizer,
                   "tokenizer.json to copy into the model directory (default: <dsv4 dir>/../assets/tokenizer/"
                   "tokenizer.json, skipped with a warning when absent)");
@@ -40,7 +44,7 @@ void add_make_tiny_command(CLI::App& app) {
     }
     auto t0 = std::chrono::steady_clock::now();
     if (o->route_skew < 0) fail("--route-skew must be >= 0");
-    make_tiny_checkpoint(o->out, o->seed, tok, o->route_skew);
+    make_tiny_checkpoint(o->out, o->seed, tok, o->route_skew, o->dspark);
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::error_code ec;
     auto bytes = std::filesystem::file_size(std::filesystem::path(o->out) / "model.safetensors", ec);

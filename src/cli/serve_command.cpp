@@ -374,7 +374,8 @@ void add_serve_options(CLI::App& app, ServeOpts& opts) {
       "--no-enable-prefix-caching", [o] { o->enable_prefix_caching = false; }, "turn prefix caching off");
   cmd->add_option("--speculative-config", o->speculative_config,
                   "speculative decoding, vLLM's JSON: '{\"method\": \"mtp\", \"num_speculative_tokens\": N}' (N = 1..4; "
-                  "the checkpoint's MTP layer, applied recursively; lossless); dspark is not implemented yet");
+                  "the checkpoint's MTP layer, applied recursively) or '{\"method\": \"dspark\"}' (0731 checkpoints' "
+                  "DSpark block drafter, block size from config.json); lossless");
   cmd->add_option("--api-key", o->api_key,
                   "require this key on /v1/*, /tokenize and /detokenize (Authorization: Bearer KEY or x-api-key: "
                   "KEY); default: $DSV4_API_KEY or $VLLM_API_KEY, else no auth");

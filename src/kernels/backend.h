@@ -68,6 +68,10 @@ struct AttentionArgs {
   int64_t H = 0;
   float scale = 1.f;
   bool probs_bf16 = false;  // reference numerics: probabilities rounded to bf16 before P.V
+  // DSpark block (ratio 0 only, model/dspark.cpp): every row of an item sees the item's `window` ring
+  // positions before its start and ALL of its own rows (bidirectional inside the item), instead of the causal
+  // window ending at the row's position.
+  bool block_bidirectional = false;
   Tensor out;               // f32 [M, H, hd]
 };
 

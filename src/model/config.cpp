@@ -155,6 +155,17 @@ ModelConfig ModelConfig::from_json(const json& j) {
     if (i >= size_t(c.n_layers) && r != 0)
       fail("config.json: compress_ratios[{}] = {}: MTP stages must be ratio 0", i, r);
   }
+  if (j.contains("dspark_block_size")) {  // 0731's DSpark drafter (spec §7.1)
+    if (c.n_dspark_stages < 1)
+      fail("config.json: dspark_block_size is set but compress_ratios has no entries for the DSpark stages ({} for "
+           "{} layers)", c.compress_ratios.size(), c.n_layers);
+    positive(c.dspark_block_size, "dspark_block_size");
+    positive(c.dspark_markov_rank, "dspark_markov_rank");
+    if (c.dspark_noise_token_id < 0 || c.dspark_noise_token_id >= c.vocab_size)
+      fail("config.json: dspark_noise_token_id {} is outside the vocabulary [0, {})", c.dspark_noise_token_id,
+           c.vocab_size);
+    if (c.dspark_target_layer_ids.empty()) fail("config.json: dspark_target_layer_ids is empty");
+  }
   for (int t : c.dspark_target_layer_ids)
     if (t < 0 || t >= c.n_layers) fail("config.json: dspark_target_layer_ids entry {} out of range", t);
   if (c.hc_mix() <= 0) fail("config.json: bad hc_mult");

@@ -23,7 +23,10 @@ namespace {
 // Sizes of one step's tensors. The same function sizes the workspace (worst case) and carves it each step.
 struct Dims {
   int64_t M = 0, items = 0, max_blocks = 0, e4 = 0, e128 = 0, snaps = 0, R = 0, index_cols = 0;
-  int64_t blob() const { return 4 * M + items * (BatchMeta::kItemFields + max_blocks) + 4 * (e4 + e128) + 2 * snaps + R; }
+  int64_t F = 0;  // DSpark: target layers x M (the stream means' gather table)
+  int64_t blob() const {
+    return 4 * M + items * (BatchMeta::kItemFields + max_blocks) + 4 * (e4 + e128) + 2 * snaps + R + F;
+  }
 };
 
 // The first rows * cols elements of t as a [rows, cols] tensor.
@@ -51,10 +54,14 @@ struct Dsv4Model::Step {
   Tensor elog, ew, ex, moe_scratch;
   Tensor ex_all;  // expert counting: every layer's router output, [n_layers * M, K]
   Tensor Xr, yr, logits, logits_all;
+  // DSpark: the target layers' stream means [targets * M, hc * D] (every stream the mean), their gather table,
+  // the context feature [M, targets * D], main_x [M, D], the Markov head's rows [M, rank].
+  Tensor ds_means, ds_fidx, ds_feat, ds_x, ds_e;
+  bool dspark_block = false;  // a DSpark block pass: bidirectional attention, no ring writes
   const KvStorage* kv_storage = nullptr;
 
   // tp: ranks sharing the step (attention heads, output groups, expert widths and the vocabulary are split).
-  void carve(Workspace& ws, const ModelConfig& c, int tp, bool count_experts) {
+  void carve(Workspace& ws, const ModelConfig& c, int tp, bool count_experts, bool dspark) {
     const int64_t M = std::max<int64_t>(d.M, 1), D = c.dim, hc = c.hc_mult;
     blob = ws.take(DType::I32, {std::max<int64_t>(d.blob(), 1)});
     int64_t off = 0;
@@ -86,6 +93,7 @@ struct Dsv4Model::Step {
     snaps.end = ints(d.snaps);
     head_rows = ints(d.R);
     hrows = ints(d.M);  // hidden store rows: an MTP batch's inputs, or where a main batch keeps its rows
+    ds_fidx = ints(d.F);
 
     auto f32 = [&](std::initializer_list<int64_t> s) { return ws.take(DType::F32, s); };
     X = f32({M, hc * D});
@@ -130,6 +138,13 @@ struct Dsv4Model::Step {
     yr = f32({R, D});
     logits = f32({R, c.vocab_size / tp});
     if (tp > 1) logits_all = f32({tp * R, c.vocab_size / tp});
+    if (dspark) {
+      const int64_t nt = int64_t(c.dspark_target_layer_ids.size());
+      ds_means = f32({nt * M, hc * D});
+      ds_feat = f32({M, nt * D});
+      ds_x = f32({M, D});
+      ds_e = f32({M, c.dspark_markov_rank});
+    }
     // Last: it may grow with the context (up to the backend's tile, or without bound on a backend that does not
     // tile), so the tensors above keep their addresses from step to step.
     if (any4) index_scratch = f32({M, std::max<int64_t>(d.index_cols, 1)});
@@ -170,8 +185,9 @@ uint64_t Dsv4Model::workspace_bytes(const StepLimits& lim, int block_tokens) con
   s.d.snaps = lim.max_rows / block_tokens + lim.max_items;
   s.d.R = lim.max_logit_rows;
   s.d.index_cols = be_.index_scratch_cols((lim.max_context + 1) / 4, cfg_.index_topk);
+  s.d.F = dspark_enabled() ? int64_t(cfg_.dspark_target_layer_ids.size()) * lim.max_rows : 0;
   Workspace measure;
-  s.carve(measure, cfg_, tp_, count_experts_);
+  s.carve(measure, cfg_, tp_, count_experts_, dspark_enabled());
   return measure.peak() + 4096;
 }
 
@@ -214,6 +230,11 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
   DSV4_CHECK(!(batch.mtp || batch.keep_hidden) || mtp_enabled(), "forward: an MTP batch without enable_mtp()");
   DSV4_CHECK(!batch.mtp || int64_t(kv.layout().layers.size()) > cfg_.n_layers,
              "forward: an MTP batch on a KV layout without the MTP layer");
+  const bool dspark_pass = batch.dspark != DSparkPass::None;
+  DSV4_CHECK(!dspark_pass || (dspark_enabled() && !batch.mtp && !batch.keep_hidden),
+             "forward: a DSpark batch without enable_dspark(), or marked MTP");
+  DSV4_CHECK(!dspark_enabled() || kv.layout().spec.dspark_stages == cfg_.n_dspark_stages,
+             "forward: DSpark on a KV layout without the DSpark stages");
   std::vector<int32_t> e[2][4];  // ratio 4, 128: row, item, index, pos
   std::vector<int32_t> snap_item, snap_end;
   int64_t max_blocks = 1, max_pos = 0;
@@ -224,7 +245,8 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
     const StepItem& it = batch.items[i];
     const int64_t T = int64_t(it.tokens.size()), st = it.start;
     DSV4_CHECK(T > 0, "forward: item {} has no tokens", i);
-    DSV4_CHECK(st >= 0 && st + T <= int64_t(it.blocks.size()) * bt,
+    // A DSpark pass reads only the stages' rings (slot state), never blocks.
+    DSV4_CHECK(st >= 0 && (dspark_pass || st + T <= int64_t(it.blocks.size()) * bt),
                "forward: item {} covers positions [0, {}) but has {} KV blocks of {} tokens", i, st + T,
                it.blocks.size(), bt);
     DSV4_CHECK(it.slot >= 0 && it.slot < kv.layout().shape.n_slots, "forward: slot {} out of range", it.slot);
@@ -256,7 +278,9 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
         e[k][3].push_back(int32_t(j * r));
       }
     }
-    if (kv.layout().with_tail())
+    DSV4_CHECK(batch.dspark != DSparkPass::Markov || (T == 1 && it.logits == LogitRows::Last),
+               "forward: a DSpark Markov item is one token with its logits");
+    if (kv.layout().with_tail() && !dspark_pass)  // a DSpark pass writes no KV
       for (int64_t B = (st / bt + 1) * bt; B <= st + T; B += bt) {
         snap_item.push_back(int32_t(i));
         snap_end.push_back(int32_t(B));
@@ -270,34 +294,58 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
   }
   s.d = {M, int64_t(batch.items.size()), max_blocks, int64_t(e[0][0].size()), int64_t(e[1][0].size()),
          int64_t(snap_item.size()), int64_t(head_rows.size()),
-         be_.index_scratch_cols((max_pos + 1) / 4, cfg_.index_topk)};
+         dspark_pass ? 0 : be_.index_scratch_cols((max_pos + 1) / 4, cfg_.index_topk)};
+  // The stream means of target layer k are rows [k M, (k + 1) M) of ds_means (hc rows of D each, all equal);
+  // row m of the feature takes stream 0 of each, in target order.
+  std::vector<int32_t> fidx;
+  if (dspark_enabled() && !dspark_pass) {
+    const int64_t nt = int64_t(cfg_.dspark_target_layer_ids.size());
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < nt; ++k) fidx.push_back(int32_t((k * M + m) * cfg_.hc_mult));
+  }
+  s.d.F = int64_t(fidx.size());
   ws.reset();
-  s.carve(ws, cfg_, tp_, count_experts_);
+  s.carve(ws, cfg_, tp_, count_experts_, dspark_enabled());
   std::vector<int32_t> blob;
   blob.reserve(size_t(s.d.blob()));
   auto put = [&](const std::vector<int32_t>& v) { blob.insert(blob.end(), v.begin(), v.end()); };
   put(tokens), put(pos), put(row_item), put(items), put(table);
   for (auto& k : e)
     for (auto& v : k) put(v);
-  put(snap_item), put(snap_end), put(head_rows), put(hrows);
+  put(snap_item), put(snap_end), put(head_rows), put(hrows), put(fidx);
   DSV4_CHECK(int64_t(blob.size()) == s.d.blob(), "forward: step tables out of step");
   be_.upload(s.blob, blob.data(), blob.size() * 4);  // one upload: every table is a view of this blob
 
   // ---- device
   const uint64_t ops0 = be_.counters().ops, dl0 = be_.counters().downloads;
   uint64_t ops_min = UINT64_MAX, ops_max = 0;
+  if (batch.dspark == DSparkPass::Markov) {  // DSpark: the Markov head's term only
+    dspark_markov(s.tokens, s.ds_e.rows(0, M), s.logits.rows(0, M));
+    return s.logits.rows(0, M);
+  }
   if (batch.mtp) mtp_input(s, batch);
-  else be_.embed(s.tokens, w_.embed, cfg_.hc_mult, s.X);
-  const int l0 = batch.mtp ? cfg_.n_layers : 0, l1 = batch.mtp ? cfg_.n_layers + 1 : cfg_.n_layers;
+  else be_.embed(s.tokens, w_.embed, cfg_.hc_mult, s.X);  // a DSpark block too: its ids on every stream
+  s.dspark_block = batch.dspark == DSparkPass::Block;
+  const int l0 = batch.mtp || s.dspark_block ? cfg_.n_layers : 0;
+  const int l1 = batch.mtp ? cfg_.n_layers + 1 : s.dspark_block ? cfg_.n_layers + cfg_.n_dspark_stages : cfg_.n_layers;
   for (int l = l0; l < l1; ++l) {
     const uint64_t before = be_.counters().ops;
     if (count_experts_ && l < cfg_.n_layers) s.ex = s.ex_all.rows(int64_t(l) * s.d.M, s.d.M);
+    if (s.d.F && l < cfg_.n_layers && ds_target_[size_t(l)] >= 0)  // DSpark: the streams entering a target layer
+      dspark_stream_mean(s.X, s.ds_means.rows(int64_t(ds_target_[size_t(l)]) * M, M));
     block(l, s);
     const uint64_t n = be_.counters().ops - before;
     ops_min = std::min(ops_min, n);
     ops_max = std::max(ops_max, n);
   }
   if (batch.keep_hidden) be_.gather_rows(s.X, s.hrows, hidden_.rows(0, M));
+  if (s.d.F) {  // DSpark: every row's position enters every stage's ring (spec §7.1)
+    dspark_main_x(s.ds_means, s.ds_fidx, s.ds_feat, s.ds_x);
+    for (int l = cfg_.n_layers; l < cfg_.n_layers + cfg_.n_dspark_stages; ++l) {
+      window_kv(l, s, s.ds_x);
+      be_.window_store(s.kv, s.meta, s.snaps, kv.view(l));
+    }
+  }
   if (stats) {
     stats->ops_per_layer_min = ops_min;
     stats->ops_per_layer_max = ops_max;
@@ -312,9 +360,9 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
     be_.gather_rows(s.X, s.head_rows, Xr);
     // The drafter's next recursive step continues from these rows' streams (spec §2.10: vLLM re-feeds them).
     if (batch.mtp) be_.gather_rows(s.X, s.head_rows, hidden_.rows(hidden_main_rows_, s.d.R));
-    be_.hc_head(Xr, hc_params(batch.mtp ? w_.mtp.hc_head : w_.hc_head), yr);
+    be_.hc_head(Xr, hc_params(batch.mtp ? w_.mtp.hc_head : s.dspark_block ? w_.dspark.hc_head : w_.hc_head), yr);
     round(yr);
-    be_.rms_norm(yr, D, batch.mtp ? w_.mtp.norm : w_.norm, eps, yr);
+    be_.rms_norm(yr, D, batch.mtp ? w_.mtp.norm : s.dspark_block ? w_.dspark.norm : w_.norm, eps, yr);
     round(yr);
     be_.linear(yr, w_.head, logits, {});
     if (comm_) {
@@ -328,7 +376,7 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
     stats->host_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   }
   // Expert load counts the main model's routing only: an MTP batch runs the drafter's layer, not the model's.
-  if (count_experts_ && !batch.mtp) count_routes(s);  // after the head is queued: the download waits for the step
+  if (count_experts_ && !batch.mtp && !dspark_pass) count_routes(s);  // after the head is queued: the download waits for the step
   return logits;
 }
 
@@ -352,7 +400,7 @@ void Dsv4Model::block(int l, Step& s) {
 }
 
 void Dsv4Model::enable_mtp(const StepLimits& lim) {
-  DSV4_CHECK(w_.has_mtp && int64_t(w_.layers.size()) > cfg_.n_layers, "enable_mtp: the MTP weights are not loaded");
+  DSV4_CHECK(w_.drafter == Drafter::Mtp && int64_t(w_.layers.size()) > cfg_.n_layers, "enable_mtp: the MTP weights are not loaded");
   const int64_t hc = cfg_.hc_mult, rows = lim.max_rows + lim.max_logit_rows, M = lim.max_rows;
   const int64_t hidden_bytes = rows * hc * cfg_.dim * 4, ones_bytes = M * hc * 4;
   hidden_buf_ = be_.alloc(size_t(hidden_bytes + ones_bytes + M * hc * hc * 4), BufferUsage::Workspace);
@@ -446,6 +494,22 @@ void Dsv4Model::compressor(int l, bool indexer, Step& s, const Tensor& x) {
   be_.store_entries(pooled, entries, s.meta, a.view, indexer);
 }
 
+void Dsv4Model::window_kv(int l, Step& s, const Tensor& x) {
+  const LayerWeights& L = w_.layers[size_t(l)];
+  const bool ref = numerics_ == Numerics::Reference;
+  const int64_t hd = cfg_.head_dim;
+  const KvLayerView view = s.kv_storage->view(l);
+  be_.linear(x, L.wkv, s.kv, {ref, ref});
+  be_.rms_norm(s.kv, hd, L.kv_norm, float(cfg_.rms_norm_eps), s.kv);
+  round(s.kv);
+  be_.rope(s.kv, 1, hd, s.meta.pos, rope_for(l), false);
+  round(s.kv);
+  if (ref) be_.fp8_roundtrip(s.kv, hd, cfg_.nope_dim(), 64);
+  // This step's keys go through the cache's storage format like everything cached, so a value read back from
+  // the cache (a later step, a prefix-cache hit) is the value this step used.
+  if (view.shape.main.dtype != KvDtype::F32) be_.kv_roundtrip(s.kv, view.shape.main);
+}
+
 void Dsv4Model::attention(int l, Step& s, const Tensor& x, const Tensor& out) {
   const LayerWeights& L = w_.layers[size_t(l)];
   const bool ref = numerics_ == Numerics::Reference;
@@ -463,15 +527,7 @@ void Dsv4Model::attention(int l, Step& s, const Tensor& x, const Tensor& out) {
   round(s.q);
   be_.rope(s.q, H, hd, s.meta.pos, rope, false);
   round(s.q);
-  be_.linear(x, L.wkv, s.kv, q8);
-  be_.rms_norm(s.kv, hd, L.kv_norm, eps, s.kv);
-  round(s.kv);
-  be_.rope(s.kv, 1, hd, s.meta.pos, rope, false);
-  round(s.kv);
-  if (ref) be_.fp8_roundtrip(s.kv, hd, cfg_.nope_dim(), 64);
-  // This step's keys go through the cache's storage format like everything cached, so a value read back from
-  // the cache (a later step, a prefix-cache hit) is the value this step used.
-  if (view.shape.main.dtype != KvDtype::F32) be_.kv_roundtrip(s.kv, view.shape.main);
+  window_kv(l, s, x);
 
   // Indexer selection (ratio 4) needs its compressor's keys first, as in the reference. The indexer is
   // replicated on every rank, not split by head: each rank computes the same selection with no collective
@@ -510,11 +566,13 @@ void Dsv4Model::attention(int l, Step& s, const Tensor& x, const Tensor& out) {
   aa.H = H;
   aa.scale = float(1.0 / std::sqrt(double(hd)));
   aa.probs_bf16 = ref;
+  aa.block_bidirectional = s.dspark_block;
   aa.out = s.o;
   be_.attention(aa);
   round(s.o);
-  // After attention, which reads the ring for positions before this step.
-  be_.window_store(s.kv, s.meta, s.snaps, view);
+  // After attention, which reads the ring for positions before this step. A DSpark block's keys are not
+  // kept: the stages' rings hold accepted positions only, written by the main model's steps.
+  if (!s.dspark_block) be_.window_store(s.kv, s.meta, s.snaps, view);
 
   // Remove the value's absolute rotation, then the grouped low-rank output projection.
   be_.rope(s.o, H, hd, s.meta.pos, rope, true);

@@ -58,6 +58,11 @@ class Dsv4Model {
   // batches read (the main model's last-layer streams, the drafter's own for its recursive steps).
   void enable_mtp(const StepLimits& limits);
   bool mtp_enabled() const { return hidden_buf_ != nullptr; }
+  // Speculative decoding with the DSpark block drafter (weights loaded with Drafter::DSpark; model/dspark.cpp):
+  // from then on every main batch also writes each stage's window ring from the target layers' streams, and
+  // DSpark batches (batch.dspark) run the drafter's block or Markov pass. Before workspace_bytes.
+  void enable_dspark(const StepLimits& limits);
+  bool dspark_enabled() const { return dspark_buf_ != nullptr; }
   // Expert-load counting (set before workspace_bytes): each layer's router output stays in the workspace and
   // one download after the last layer reads them all, never one inside the graph. expert_counts() is then
   // the last step's tokens per (layer, expert), [n_layers * n_routed_experts].
@@ -68,6 +73,15 @@ class Dsv4Model {
   struct Step;
   void block(int l, Step& s);
   void mtp_input(Step& s, const StepBatch& batch);
+  // This step's K=V rows of layer l from its input x (projection, norm, RoPE, the KV format's rounding) into s.kv.
+  void window_kv(int l, Step& s, const Tensor& x);
+  // DSpark (model/dspark.cpp; the forward calls them where it says DSpark). stream_mean: X [M, hc * D] ->
+  // means [M, hc * D], every stream the mean of X's. main_x: the context feature (each row's target-layer means,
+  // gathered by fidx from means) through main_proj and main_norm into x [M, D]. markov: logits [M, V] =
+  // markov_w2 . markov_w1[tokens[m]] into e [M, rank] then logits.
+  void dspark_stream_mean(const Tensor& X, const Tensor& means) const;
+  void dspark_main_x(const Tensor& means, const Tensor& fidx, const Tensor& feat, const Tensor& x) const;
+  void dspark_markov(const Tensor& tokens, const Tensor& e, const Tensor& logits) const;
   void attention(int l, Step& s, const Tensor& x, const Tensor& out);
   void compressor(int l, bool indexer, Step& s, const Tensor& x);
   void moe(int l, Step& s, const Tensor& x, const Tensor& out);
@@ -90,6 +104,11 @@ class Dsv4Model {
   std::unique_ptr<Buffer> hidden_buf_;
   Tensor hidden_, ones_, ident_;
   int64_t hidden_main_rows_ = 0;
+  // DSpark: the constants of the stream mean through hc_post (post = 0, y = 0, comb = 1 / hc), and for each main
+  // layer its index among the target layers (-1: not one).
+  std::unique_ptr<Buffer> dspark_buf_;
+  Tensor ds_zero_post_, ds_zero_y_, ds_mean_comb_;
+  std::vector<int> ds_target_;
   bool count_experts_ = false;
   std::vector<uint32_t> expert_counts_;
   std::vector<int32_t> routes_;  // the last step's top-k ids, [n_layers, M, K] (reused buffer)

@@ -27,9 +27,12 @@ KvLayout KvLayout::make(const ModelConfig& c, int block_tokens, KvDtype dtype, b
   L.spec = spec;
   L.n_main_layers = c.n_layers;
   if (spec.mtp && c.n_mtp_layers < 1) fail("the model has no MTP layer");
+  if (spec.dspark_stages && spec.dspark_stages != c.n_dspark_stages)
+    fail("the model has {} DSpark stages, not {}", c.n_dspark_stages, spec.dspark_stages);
+  if (spec.mtp && spec.dspark_stages) fail("one drafter at a time: MTP or DSpark");
   if (spec.draft_tokens > 0 && spec.draft_tokens + 1 > std::min(c.window, 8))
     fail("{} draft tokens: a verify step must fit inside the window ring and the ratio-4 token rings", spec.draft_tokens);
-  const int n_kv_layers = c.n_layers + (spec.mtp ? 1 : 0);
+  const int n_kv_layers = c.n_layers + (spec.mtp ? 1 : 0) + spec.dspark_stages;
   for (int l = 0; l < n_kv_layers; ++l) {
     KvLayerOffsets ly;
     ly.ratio = c.ratio(l);
@@ -69,7 +72,7 @@ KvLayout KvLayout::make(const ModelConfig& c, int block_tokens, KvDtype dtype, b
   if (spec.draft_tokens > 0) {
     // The verify step's drafts over the main layers, and the drafter's recursive steps over the MTP layer.
     L.save_off = soff;
-    L.save_bytes = L.write_bound(0, c.n_layers, spec.draft_tokens) +
+    L.save_bytes = L.write_bound(0, L.n_step_layers(), spec.draft_tokens) +
                    (spec.mtp ? L.write_bound(c.n_layers, n_kv_layers, spec.draft_tokens) : 0);
     soff += L.save_bytes;
     align(soff);

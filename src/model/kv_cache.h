@@ -13,17 +13,21 @@
 
 namespace dsv4 {
 
-// Speculative decoding's KV needs: the MTP layer's own state (a ratio-0 layer after the main layers) and, in
-// every slot, a save area for what a verify step (or the drafter's recursive steps) can overwrite, so rejected
-// positions can be put back (runtime/step_plan.h, append_spec_saves).
+// Speculative decoding's KV needs: the drafter's own state (the MTP layer, or the DSpark stages: ratio-0 layers
+// after the main layers) and, in every slot, a save area for what a verify step (or the MTP drafter's recursive
+// steps) can overwrite, so rejected positions can be put back (runtime/step_plan.h, append_spec_saves). The
+// DSpark stages' rings are written by the main model's steps (spec §7.1), so a verify saves them too.
 struct KvSpecOptions {
   bool mtp = false;
+  int dspark_stages = 0;
   int draft_tokens = 0;  // drafts per step (0: no save area)
 };
 
 struct KvLayout {
   KvArenaShape shape;
-  std::vector<KvLayerOffsets> layers;  // the model's layers, then the MTP layer when spec.mtp
+  std::vector<KvLayerOffsets> layers;  // the model's layers, then the MTP layer or the DSpark stages
+  // Layers a main-model step writes: the model's, and the DSpark stages' rings (what a verify must save).
+  int n_step_layers() const { return n_main_layers + spec.dspark_stages; }
   KvSpecOptions spec;
   int n_main_layers = 0;
   int64_t save_off = -1, save_bytes = 0;  // slot-relative save area (spec.draft_tokens > 0)

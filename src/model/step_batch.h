@@ -24,9 +24,17 @@ struct StepItem {
 // names them in the hidden store: rows [0, max_rows) hold the last main batch with keep_hidden, in its row
 // order; row max_rows + k the k-th logit row of the last MTP batch, for the drafter's next recursive step). Its
 // KV is the MTP layer's window ring at position start + t.
+// A DSpark drafter batch (spec §7.1, model/dspark.cpp). Block: each item is one block [t, noise...] at
+// positions start ... (the stages over the block, attention bidirectional inside it and over the stages' rings,
+// which it does not write); its logits are the drafter head's, one row per block position. Markov: each item is
+// one token, the previous draft; its logits are the Markov head's term markov_w2 . markov_w1[token] for the
+// next draft position (the caller adds it to that position's block logits, one position at a time).
+enum class DSparkPass : uint8_t { None, Block, Markov };
+
 struct StepBatch {
   std::vector<StepItem> items;
   bool mtp = false;
+  DSparkPass dspark = DSparkPass::None;
   bool keep_hidden = false;  // main batch: keep every row's last-layer streams for the MTP batch that follows
   int64_t rows() const {
     int64_t n = 0;

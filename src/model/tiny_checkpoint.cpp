@@ -89,6 +89,20 @@ json tiny_demo_config_json() {
 
 ModelConfig tiny_demo_config() { return ModelConfig::from_json(tiny_demo_config_json()); }
 
+json with_dspark_drafter(json config, int stages, int markov_rank) {
+  const int L = config.at("num_hidden_layers").get<int>(), V = config.at("vocab_size").get<int>();
+  if (L < 3) fail("with_dspark_drafter: {} layers, the drafter reads the last three", L);
+  std::vector<int> ratios = config.at("compress_ratios").get<std::vector<int>>();
+  ratios.resize(size_t(L));
+  ratios.insert(ratios.end(), size_t(stages), 0);
+  config["compress_ratios"] = ratios;
+  config["dspark_block_size"] = 5;
+  config["dspark_noise_token_id"] = V > 128799 ? 128799 : V - 1;
+  config["dspark_target_layer_ids"] = {L - 3, L - 2, L - 1};
+  config["dspark_markov_rank"] = markov_rank;
+  return config;
+}
+
 namespace {
 
 // ---- explicit, portable randomness: splitmix64 streams, normals by the polar form of Box-Muller (no <random>
@@ -379,7 +393,7 @@ void write_text(const fs::path& p, const std::string& text) {
 }  // namespace
 
 void make_tiny_checkpoint(const std::string& out_dir, uint64_t seed, const std::string& tokenizer_json,
-                          double route_skew) {
+                          double route_skew, bool dspark) {
   if (!tokenizer_json.empty() && !fs::is_regular_file(tokenizer_json))
     fail("tokenizer file '{}' does not exist", tokenizer_json);
   std::error_code ec;
@@ -387,7 +401,7 @@ void make_tiny_checkpoint(const std::string& out_dir, uint64_t seed, const std::
   if (ec || !fs::is_directory(out_dir)) fail("cannot create directory '{}': {}", out_dir, ec.message());
   const fs::path dir(out_dir);
 
-  const json cfg_json = tiny_demo_config_json();
+  const json cfg_json = dspark ? with_dspark_drafter(tiny_demo_config_json()) : tiny_demo_config_json();
   const ModelConfig cfg = ModelConfig::from_json(cfg_json);
   write_text(dir / "config.json", cfg_json.dump(2) + "\n");
   write_text(dir / "generation_config.json",

@@ -317,12 +317,12 @@ class Loader {
 namespace {
 
 void place_all(const ModelConfig& c, const TensorSource& src, Backend* be, ModelWeights* mw, Placement placement,
-               const LoadProgress& progress, bool with_mtp);
+               const LoadProgress& progress, Drafter drafter);
 
 }  // namespace
 
 std::unique_ptr<ModelWeights> ModelWeights::load(const ModelConfig& c, const std::string& dir, Backend& be,
-                                                 Placement placement, const LoadProgress& progress, bool with_mtp) {
+                                                 Placement placement, const LoadProgress& progress, Drafter drafter) {
   if (placement.size < 1 || placement.rank < 0 || placement.rank >= placement.size)
     fail("invalid placement: rank {} of {}", placement.rank, placement.size);
   auto mw = std::make_unique<ModelWeights>();
@@ -330,7 +330,7 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const ModelConfig& c, const std
   mw->ckpt = std::make_unique<Checkpoint>(dir);
   const Checkpoint& ck = *mw->ckpt;
   TensorSource src{[&ck](const std::string& n) { return ck.find(n); }};
-  place_all(c, src, &be, mw.get(), placement, progress, with_mtp);
+  place_all(c, src, &be, mw.get(), placement, progress, drafter);
   return mw;
 }
 
@@ -342,13 +342,13 @@ uint64_t ModelWeights::measure(const ModelConfig& c, const std::string& dir, Pla
   mw.ckpt = std::make_unique<Checkpoint>(dir);
   const Checkpoint& ck = *mw.ckpt;
   TensorSource src{[&ck](const std::string& n) { return ck.find(n); }};
-  place_all(c, src, nullptr, &mw, placement, {}, false);
+  place_all(c, src, nullptr, &mw, placement, {}, Drafter::None);
   return mw.tensor_bytes;
 }
 
 std::unique_ptr<ModelWeights> ModelWeights::load_dummy(const ModelConfig& c, Backend& be, uint64_t seed,
                                                        Placement placement, const LoadProgress& progress,
-                                                       bool with_mtp) {
+                                                       Drafter drafter) {
   auto mw = std::make_unique<ModelWeights>();
   mw->placement = placement;
   // Per dtype one pool of valid random values as large as the largest tensor of that dtype; every tensor's
@@ -411,14 +411,14 @@ std::unique_ptr<ModelWeights> ModelWeights::load_dummy(const ModelConfig& c, Bac
     auto it = infos.find(n);
     return it == infos.end() ? nullptr : &it->second;
   }};
-  place_all(c, src, &be, mw.get(), placement, progress, with_mtp);
+  place_all(c, src, &be, mw.get(), placement, progress, drafter);
   return mw;
 }
 
 namespace {
 
 void place_all(const ModelConfig& c, const TensorSource& src, Backend* be, ModelWeights* mw, Placement placement,
-               const LoadProgress& progress, bool with_mtp) {
+               const LoadProgress& progress, Drafter drafter) {
   Placer P(be, *mw);  // be: null when measuring
   Loader L(src, P, placement, c.weight_block);
   const int64_t D = c.dim, V = c.vocab_size, H = c.n_heads, hd = c.head_dim;
@@ -429,19 +429,27 @@ void place_all(const ModelConfig& c, const TensorSource& src, Backend* be, Model
   L.vec(&mw->norm, "norm.weight", {D});
   const int64_t flat = int64_t(c.hc_mult) * D;
   L.hc(&mw->hc_head, "hc_head", c.hc_mult, flat, 1);
-  if (with_mtp) {
+  if (drafter == Drafter::Mtp) {
     if (c.n_dspark_stages) fail("this checkpoint has a DSpark drafter, not an MTP layer: use the dspark method");
     if (c.n_mtp_layers < 1)
       fail("speculative method mtp: the checkpoint has no MTP layer (config.json num_nextn_predict_layers is 0)");
     if (!src.find("mtp.0.e_proj.weight"))
       fail("speculative method mtp: the checkpoint has no MTP weights (no tensor 'mtp.0.e_proj.weight')");
   }
-  // Sized up front: the placer keeps pointers into it. The MTP block is layer n_layers (ratio 0).
-  mw->layers.resize(size_t(c.n_layers + (with_mtp ? 1 : 0)));
-  mw->has_mtp = with_mtp;
+  if (drafter == Drafter::DSpark) {
+    if (!c.n_dspark_stages)
+      fail("speculative method dspark: the checkpoint has no DSpark drafter (config.json has no dspark_block_size "
+           "and no extra compress_ratios entries for its stages)");
+    if (!src.find("mtp.0.main_proj.weight"))
+      fail("speculative method dspark: the checkpoint has no DSpark weights (no tensor 'mtp.0.main_proj.weight')");
+  }
+  // Sized up front: the placer keeps pointers into it. The drafter's blocks follow the model's (ratio 0).
+  const int extra = drafter == Drafter::Mtp ? 1 : drafter == Drafter::DSpark ? c.n_dspark_stages : 0;
+  mw->layers.resize(size_t(c.n_layers + extra));
+  mw->drafter = drafter;
   for (int l = 0; l < int(mw->layers.size()); ++l) {
-    const bool mtp = l == c.n_layers;
-    const std::string p = mtp ? std::string("mtp.0.") : fmt::format("layers.{}.", l);
+    const bool mtp = l >= c.n_layers;
+    const std::string p = mtp ? fmt::format("mtp.{}.", l - c.n_layers) : fmt::format("layers.{}.", l);
     LayerWeights& lw = mw->layers[size_t(l)];
     lw.ratio = c.ratio(l);
     lw.hash_routed = !mtp && l < c.n_hash_layers;
@@ -487,7 +495,17 @@ void place_all(const ModelConfig& c, const TensorSource& src, Backend* be, Model
     L.linear(&lw.shared.w2, f + "shared_experts.w2", D, c.moe_inter_dim, ShardKind::SplitIn);
     L.linear(&lw.shared.w3, f + "shared_experts.w3", c.moe_inter_dim, D, ShardKind::SplitOut);
   }
-  if (with_mtp) {
+  if (drafter == Drafter::DSpark) {
+    DSparkWeights& d = mw->dspark;
+    const std::string last = fmt::format("mtp.{}.", c.n_dspark_stages - 1);
+    L.linear(&d.main_proj, "mtp.0.main_proj", D, D * int64_t(c.dspark_target_layer_ids.size()));
+    L.vec(&d.main_norm, "mtp.0.main_norm.weight", {D});
+    L.vec(&d.norm, last + "norm.weight", {D});
+    L.hc(&d.hc_head, last + "hc_head", c.hc_mult, flat, 1);
+    L.linear(&d.markov_w1, last + "markov_head.markov_w1", V, c.dspark_markov_rank);
+    L.linear(&d.markov_w2, last + "markov_head.markov_w2", V, c.dspark_markov_rank);
+  }
+  if (drafter == Drafter::Mtp) {
     MtpWeights& m = mw->mtp;
     L.linear(&m.e_proj, "mtp.0.e_proj", D, D);
     L.linear(&m.h_proj, "mtp.0.h_proj", D, D);

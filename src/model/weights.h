@@ -65,6 +65,22 @@ struct MtpWeights {
   HcWeights hc_head;
 };
 
+// The DSpark block drafter of 0731 checkpoints (spec §7.1, semantics from third-party ports; model/dspark.cpp):
+// its stages are layers [n_layers, n_layers + n_dspark_stages) (`mtp.0.` ...), ratio-0 blocks with their own
+// window rings; these are its extras. Embedding and head are the main model's. The confidence head
+// (`confidence_head.proj`) is not loaded: nothing uses it (the drafts are always the whole block).
+struct DSparkWeights {
+  LinearWeight main_proj;  // mtp.0: [D, targets * D], over the target layers' mean hc streams
+  Tensor main_norm;        // mtp.0: f32 [D]
+  Tensor norm;             // last stage: f32 [D]
+  HcWeights hc_head;       // last stage
+  LinearWeight markov_w1;  // last stage: bf16 [vocab, rank]; its rows are gathered by the previous token
+  LinearWeight markov_w2;  // last stage: bf16 [vocab, rank]
+};
+
+// Which drafter's weights (and KV layers) to load besides the model.
+enum class Drafter : uint8_t { None, Mtp, DSpark };
+
 struct LoadProgress {
   std::function<void(uint64_t done, uint64_t total)> on_bytes;  // called while weight bytes are placed
 };
@@ -77,18 +93,19 @@ struct ModelWeights {
   LinearWeight head;
   Tensor norm;
   HcWeights hc_head;
-  std::vector<LayerWeights> layers;  // n_layers, then the MTP block when loaded with_mtp
-  bool has_mtp = false;
+  std::vector<LayerWeights> layers;  // n_layers, then the drafter's blocks (one MTP layer, or the DSpark stages)
+  Drafter drafter = Drafter::None;
   MtpWeights mtp;
+  DSparkWeights dspark;
   Tensor rope_main, rope_compress;  // f64 per-pair frequencies of the two RoPE regimes
   uint64_t placed_bytes = 0;        // backend memory taken by weights (imported mappings included)
   uint64_t tensor_bytes = 0;        // bytes of this rank's tensors (its shards: what it reads per token)
 
-  // Loads, validates (errors name the file and tensor) and places every tensor the config needs; with_mtp
-  // also the MTP drafter's (`mtp.0.*`; an error naming what is missing when the checkpoint has none).
+  // Loads, validates (errors name the file and tensor) and places every tensor the config needs, and the
+  // drafter's (`mtp.*`; an error naming what is missing when the checkpoint has none).
   static std::unique_ptr<ModelWeights> load(const ModelConfig& c, const std::string& dir, Backend& be,
                                             Placement placement = {}, const LoadProgress& progress = {},
-                                            bool with_mtp = false);
+                                            Drafter drafter = Drafter::None);
   // Bytes of the tensors rank placement.rank would hold (its shards), from the checkpoint's headers and the
   // same cuts as load(); nothing is placed and no weight bytes are read (`dsv4 inspect --tensor-parallel-size`).
   static uint64_t measure(const ModelConfig& c, const std::string& dir, Placement placement);
@@ -96,7 +113,7 @@ struct ModelWeights {
   // (no checkpoint on disk; for benchmarks at full size).
   static std::unique_ptr<ModelWeights> load_dummy(const ModelConfig& c, Backend& be, uint64_t seed = 1,
                                                   Placement placement = {}, const LoadProgress& progress = {},
-                                                  bool with_mtp = false);
+                                                  Drafter drafter = Drafter::None);
 };
 
 }  // namespace dsv4

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "runtime/dspark_drafting.h"
 #include "runtime/kv_block_manager.h"
 #include "runtime/kv_offload.h"
 #include "runtime/latency_budget.h"
@@ -264,13 +265,39 @@ struct Engine::Impl {
   }
 
   void draft(const std::vector<Scheduled>& sched);
+  void draft_dspark(const std::vector<Scheduled>& sched);
+  void draft_hook(Request& r, int k) {
+    if (!cfg.draft_hook) return;
+    cfg.draft_hook(r.id, r.tokens, r.drafts);
+    DSV4_CHECK(int(r.drafts.size()) <= k, "draft hook: {} drafts, at most {}", r.drafts.size(), k);
+  }
 };
+
+// The DSpark drafter after a step (runtime/dspark_drafting.h): one block per decoding request. Its rings
+// already hold every computed position (the main model's step wrote them), so finished requests need nothing.
+void Engine::Impl::draft_dspark(const std::vector<Scheduled>& sched) {
+  const int B = spec.num_speculative_tokens;
+  std::vector<DSparkJob> jobs;
+  for (const Scheduled& s : sched) {
+    Request& r = *s.r;
+    if (!r.has_seq() || r.pending.finished()) continue;
+    const int64_t end = r.kv.pos;
+    if (int64_t(r.tokens.size()) != end + 1) continue;  // still prefilling
+    int k = int(std::min<int64_t>({int64_t(B), max_len - 1 - end, int64_t(r.params.max_tokens) - r.generated() - 1}));
+    while (k > 0 && !r.kv.ensure(*pool, end + k + 1, block_tokens)) --k;
+    if (k > 0) jobs.push_back({r.kv.slot, end, r.tokens.back(), k, *r.sampler, &r.draft_rng, &r.drafts});
+  }
+  dspark_draft(*runner, jobs, next_step);
+  for (const Scheduled& s : sched)
+    if (!s.r->drafts.empty()) draft_hook(*s.r, int(s.r->drafts.size()));
+}
 
 // The MTP drafter after a step: first over every row the step computed (the MTP layer's KV follows the main
 // model's, and those rows' next tokens are known now), which gives each decoding request its first draft; then
 // once per further draft, recursively from its own streams. The recursive steps' KV writes are speculative:
 // saved before them and put back after.
 void Engine::Impl::draft(const std::vector<Scheduled>& sched) {
+  if (spec.dspark()) return draft_dspark(sched);
   const KvLayout& layout = runner->kv_layout();
   const int64_t main_rows = runner->options().limits.max_rows, V = vocab;
   const int N = spec.num_speculative_tokens;
@@ -351,11 +378,7 @@ void Engine::Impl::draft(const std::vector<Scheduled>& sched) {
     for (size_t i = 0; i < active.size(); ++i) take(*active[i], int64_t(i));
   }
   if (!restore.empty()) execute_copies(std::move(restore));
-  if (cfg.draft_hook)
-    for (Job& j : jobs) {
-      cfg.draft_hook(j.r->id, j.r->tokens, j.r->drafts);
-      DSV4_CHECK(int(j.r->drafts.size()) <= j.k, "draft hook: {} drafts, at most {}", j.r->drafts.size(), j.k);
-    }
+  for (Job& j : jobs) draft_hook(*j.r, j.k);
 }
 
 RunnerOptions runner_options(const EngineConfig& c) {
@@ -377,9 +400,11 @@ RunnerOptions runner_options(const EngineConfig& c) {
   ro.dist = c.dist;
   ro.expert_parallel = c.enable_expert_parallel;
   ro.local_rank = c.local_rank;
-  const SpeculativeConfig sc = parse_speculative_config(c.speculative_config);
+  SpeculativeConfig sc = parse_speculative_config(c.speculative_config);
+  if (sc.dspark()) sc = resolve_speculative_config(sc, ModelConfig::load(c.model_dir + "/config.json"));
   if (sc.enabled()) {
-    ro.mtp_draft_tokens = sc.num_speculative_tokens;
+    ro.drafter = sc.dspark() ? Drafter::DSpark : Drafter::Mtp;
+    ro.draft_tokens = sc.num_speculative_tokens;
     ro.limits.max_logit_rows = int64_t(c.max_num_seqs) * (sc.num_speculative_tokens + 1);  // a verify: every row
   }
   ro.expert_load_window = c.expert_load_window;
@@ -397,7 +422,7 @@ Engine::Engine(EngineConfig cfg, const Tokenizer* tokenizer) : impl_(std::make_u
     if (I.cfg.dist.active())
       fail("speculative decoding with tensor parallelism is not implemented yet (drop --speculative-config or "
            "--tensor-parallel-size)");
-    check_speculative_model(I.spec, ModelConfig::load(I.cfg.model_dir + "/config.json"));
+    I.spec = resolve_speculative_config(I.spec, ModelConfig::load(I.cfg.model_dir + "/config.json"));
   }
   I.runner = std::make_unique<ModelRunner>(runner_options(I.cfg));
   if (I.cfg.max_inter_token_latency_ms < 0) fail("--max-inter-token-latency-ms must be >= 0");
@@ -605,7 +630,7 @@ StepPlan Engine::schedule() {
   // 3. The plan: every scheduled chunk, and the copies that resume prefix-cache hits first.
   StepPlan plan;
   plan.step = I.next_step++;
-  plan.batch.keep_hidden = I.spec.enabled();  // the drafter continues from every row
+  plan.batch.keep_hidden = I.spec.enabled() && !I.spec.dspark();  // the MTP drafter continues from every row
   I.step_prefill = 0;
   int64_t rows = 0;
   for (auto& s : sched) {
@@ -625,8 +650,8 @@ StepPlan Engine::schedule() {
       it.tokens = {r.tokens.back()};
       for (const Draft& d : r.drafts) it.tokens.push_back(d.token);
       it.logits = LogitRows::All;
-      r.saves = spec_saves(I.runner->kv_layout(), r.kv.slot, r.kv.blocks, 0, I.n_main_layers, r.computed() + 1,
-                           s.drafts);
+      r.saves = spec_saves(I.runner->kv_layout(), r.kv.slot, r.kv.blocks, 0, I.runner->kv_layout().n_step_layers(),
+                           r.computed() + 1, s.drafts);
       append_spec_saves(r.saves, plan.copies);
     } else {
       it.tokens.assign(r.tokens.begin() + r.computed(), r.tokens.begin() + r.computed() + s.n);

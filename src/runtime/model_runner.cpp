@@ -37,11 +37,12 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
     if (comm_->name() == "nccl") watchdog_ = std::make_unique<dist::Watchdog>(*comm_, opts_.dist.timeout);
   }
   const auto t_load = std::chrono::steady_clock::now();
-  const bool mtp = opts_.mtp_draft_tokens > 0;
+  const bool mtp = opts_.drafter == Drafter::Mtp, dspark = opts_.drafter == Drafter::DSpark;
+  DSV4_CHECK(opts_.drafter == Drafter::None || opts_.draft_tokens > 0, "a drafter with no draft tokens");
   if (opts_.load_format == "dummy")
-    weights_ = ModelWeights::load_dummy(cfg_, *be_, 1, placement, opts_.progress, mtp);
+    weights_ = ModelWeights::load_dummy(cfg_, *be_, 1, placement, opts_.progress, opts_.drafter);
   else if (opts_.load_format == "auto")
-    weights_ = ModelWeights::load(cfg_, opts_.model_dir, *be_, placement, opts_.progress, mtp);
+    weights_ = ModelWeights::load(cfg_, opts_.model_dir, *be_, placement, opts_.progress, opts_.drafter);
   else fail("unknown --load-format '{}' (auto or dummy)", opts_.load_format);
   model_ = std::make_unique<Dsv4Model>(cfg_, *weights_, *be_, opts_.numerics, comm_.get());
   if (opts_.expert_load_window > 0 && (!control_ || control_->rank() == 0)) {
@@ -53,7 +54,8 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   mem_.weights = weights_->placed_bytes;
 
   const KvLayout layout =
-      KvLayout::make(cfg_, opts_.block_tokens, opts_.kv_dtype, opts_.prefix_tails, {mtp, opts_.mtp_draft_tokens});
+      KvLayout::make(cfg_, opts_.block_tokens, opts_.kv_dtype, opts_.prefix_tails,
+                     {mtp, dspark ? cfg_.n_dspark_stages : 0, opts_.draft_tokens});
   const uint64_t slots = uint64_t(layout.slot_bytes()) * uint64_t(opts_.n_slots);
   const int64_t bt = layout.block_tokens();
   if (opts_.max_model_len > cfg_.max_position_embeddings)
@@ -76,6 +78,7 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   }
   if (!ctx) ctx = std::min<int64_t>(cfg_.max_position_embeddings, 131072);
   lim.max_context = ctx;
+  if (dspark) model_->enable_dspark(lim);  // before sizing: its main steps carve more
   const uint64_t ws_bytes = model_->workspace_bytes(lim, int(bt));
   ws_ = std::make_unique<Workspace>(*be_, ws_bytes);
   if (mtp) model_->enable_mtp(lim);
@@ -113,7 +116,8 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   int64_t max_copies = 0;
   for (auto& L : layout.layers) max_copies += cfg_.window + (L.ratio == 4 ? 8 : 0);
   // Speculative saves: per draft position and layer at most 5 ranges, plus one block end's (tail, 8 records).
-  if (mtp) max_copies += int64_t(layout.layers.size()) * (5 * (opts_.mtp_draft_tokens + 1) + cfg_.window + 8);
+  if (opts_.draft_tokens)
+    max_copies += int64_t(layout.layers.size()) * (5 * (opts_.draft_tokens + 1) + cfg_.window + 8);
   max_copies = std::max<int64_t>(max_copies * opts_.n_slots, 1);
   copy_buf_ = be_->alloc(size_t(max_copies * 24), BufferUsage::Io);
   copy_list_ = Tensor(copy_buf_.get(), 0, DType::I64, {max_copies, 3});
@@ -231,7 +235,8 @@ StepResult ModelRunner::execute_local(const StepPlan& plan) {
   if (watchdog_) watchdog_->run("a forward pass", forward);
   else forward();
   ++steps_;
-  if (expert_load_ && !plan.batch.mtp) expert_load_->add(model_->expert_counts());  // drafter passes: not the model's routing
+  if (expert_load_ && !plan.batch.mtp && plan.batch.dspark == DSparkPass::None)
+    expert_load_->add(model_->expert_counts());  // drafter passes: not the model's routing
   if (control_ && control_->rank() != 0) return r;
   if (!logits.valid()) return r;
   if (!comm_) {

@@ -39,8 +39,10 @@ struct RunnerOptions {
   // but model_dir, device and the factory) are sent to every rank at the rendezvous, so ranks cannot disagree.
   dist::DistConfig dist;
   bool expert_parallel = false;  // routed experts split by expert id instead of by width
-  // Speculative decoding with the checkpoint's MTP layer: its weights, its KV and the verify save areas.
-  int mtp_draft_tokens = 0;
+  // Speculative decoding with the checkpoint's drafter (MTP layer or DSpark stages): its weights, its KV and the
+  // verify save areas for draft_tokens drafts per step.
+  Drafter drafter = Drafter::None;
+  int draft_tokens = 0;
   int local_rank = 0;            // the GPU this rank uses on its host
   // Expert load statistics over the last N forward passes (runtime/expert_load.h); 0: not counted. Rank 0
   // counts for the group (routing is replicated).

@@ -23,10 +23,17 @@ SpeculativeConfig parse_speculative_config(const std::string& text) {
       fail("--speculative-config: unsupported key '{}' (method, num_speculative_tokens)", k);
   if (!j.contains("method") || !j["method"].is_string()) fail("--speculative-config needs a \"method\" string");
   sc.method = j["method"].get<std::string>();
-  if (sc.method == "dspark")
-    fail("--speculative-config: the dspark method (DeepSeek-V4-Flash-0731's block drafter) is not implemented yet; "
-         "use mtp with a checkpoint that has an MTP layer");
-  if (sc.method != "mtp") fail("--speculative-config: method '{}' is not supported (mtp)", sc.method);
+  if (sc.method != "mtp" && sc.method != "dspark")
+    fail("--speculative-config: method '{}' is not supported (mtp or dspark)", sc.method);
+  if (sc.method == "dspark") {  // the block size comes from config.json (resolve_speculative_config)
+    if (j.contains("num_speculative_tokens")) {
+      if (!j["num_speculative_tokens"].is_number_integer() || j["num_speculative_tokens"].get<int64_t>() < 1)
+        fail("--speculative-config: num_speculative_tokens must be a positive integer (for dspark: the block size, "
+             "or leave it out)");
+      sc.num_speculative_tokens = int(std::min<int64_t>(j["num_speculative_tokens"].get<int64_t>(), 1 << 20));
+    }
+    return sc;
+  }
   if (!j.contains("num_speculative_tokens") || !j["num_speculative_tokens"].is_number_integer())
     fail("--speculative-config: method mtp needs an integer \"num_speculative_tokens\" (1 to 4)");
   const int64_t n = j["num_speculative_tokens"].get<int64_t>();
@@ -35,13 +42,26 @@ SpeculativeConfig parse_speculative_config(const std::string& text) {
   return sc;
 }
 
-void check_speculative_model(const SpeculativeConfig& sc, const ModelConfig& mc) {
-  if (!sc.enabled()) return;
+SpeculativeConfig resolve_speculative_config(SpeculativeConfig sc, const ModelConfig& mc) {
+  if (!sc.enabled()) return sc;
+  if (sc.dspark()) {
+    if (!mc.n_dspark_stages)
+      fail("speculative method dspark: the checkpoint has no DSpark drafter (config.json has no dspark_block_size; "
+           "{})", mc.n_mtp_layers ? "it has an MTP layer: use method mtp" : "it has no drafter at all");
+    const int B = mc.dspark_block_size;
+    if (sc.num_speculative_tokens && sc.num_speculative_tokens != B)
+      fail("speculative method dspark: num_speculative_tokens {} is not the checkpoint's block size {} (the "
+           "drafter proposes one whole block per step; drafting past it collapses acceptance): leave it out or set {}",
+           sc.num_speculative_tokens, B, B);
+    sc.num_speculative_tokens = B;
+    return sc;
+  }
   if (mc.n_dspark_stages)
-    fail("speculative method mtp: this checkpoint ships a DSpark drafter, not an MTP layer (dspark is not "
-         "implemented yet)");
+    fail("speculative method mtp: this checkpoint ships a DSpark drafter, not an MTP layer: use "
+         "'{{\"method\": \"dspark\"}}'");
   if (mc.n_mtp_layers < 1)
     fail("speculative method mtp: the checkpoint has no MTP layer (config.json num_nextn_predict_layers is 0)");
+  return sc;
 }
 
 int32_t draw_token(std::span<const TokenProb> dist, double u) {

@@ -16,16 +16,20 @@
 namespace dsv4 {
 
 struct SpeculativeConfig {
-  std::string method;  // "mtp" (empty: off)
+  std::string method;  // "mtp" or "dspark" (empty: off)
+  // Drafts per step. dspark: 0 (or the user's value) until resolve_speculative_config sets the block size.
   int num_speculative_tokens = 0;
-  bool enabled() const { return num_speculative_tokens > 0; }
+  bool enabled() const { return !method.empty(); }
+  bool dspark() const { return method == "dspark"; }
 };
 
-// vLLM's flag: '{"method": "mtp", "num_speculative_tokens": N}', N = 1..4. Throws dsv4::Error with a message
-// for the user (other methods, a bad N, dspark: not implemented yet). Empty text: off.
+// vLLM's flag: '{"method": "mtp", "num_speculative_tokens": N}', N = 1..4, or '{"method": "dspark"}' (a
+// num_speculative_tokens, if given, must be the checkpoint's block size: resolve_speculative_config checks it).
+// Throws dsv4::Error with a message for the user. Empty text: off.
 SpeculativeConfig parse_speculative_config(const std::string& json);
-// What the checkpoint must provide (an MTP layer); throws dsv4::Error otherwise.
-void check_speculative_model(const SpeculativeConfig& sc, const ModelConfig& mc);
+// What the checkpoint must provide (an MTP layer, or a DSpark drafter whose block size is the draft count);
+// returns the config with DSpark's draft count set; throws dsv4::Error otherwise.
+SpeculativeConfig resolve_speculative_config(SpeculativeConfig sc, const ModelConfig& mc);
 
 // One draft: its token and the distribution it was drawn from (the sampler's kept tokens).
 struct Draft {

@@ -70,6 +70,7 @@ std::string StepPlan::serialize() const {
     w.vec(it.hidden);
   }
   w.put(uint8_t(batch.mtp));
+  w.put(uint8_t(batch.dspark));
   w.put(uint8_t(batch.keep_hidden));
   w.vec(copies);
   return std::move(w.s_);
@@ -94,6 +95,9 @@ StepPlan StepPlan::deserialize(const std::string& bytes) {
     it.hidden = r.vec<int32_t>();
   }
   p.batch.mtp = r.get<uint8_t>() != 0;
+  const uint8_t ds = r.get<uint8_t>();
+  if (ds > uint8_t(DSparkPass::Markov)) fail("step plan: bad DSpark pass {}", ds);
+  p.batch.dspark = DSparkPass(ds);
   p.batch.keep_hidden = r.get<uint8_t>() != 0;
   p.copies = r.vec<ArenaCopy>();
   if (!r.done()) fail("step plan: trailing bytes");

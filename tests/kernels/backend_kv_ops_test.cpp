@@ -133,6 +133,40 @@ TEST_P(BackendOps, AttentionEveryRatioAndKvDtype) {
       }
 }
 
+// The DSpark block's attention (ratio 0): every row of an item sees the ring's window before the item and all of
+// the item's rows. Window 8: a block after a full ring, a block at position 3 (a short ring), a block at 0.
+TEST_P(BackendOps, AttentionBidirectionalBlock) {
+  const int64_t H = 4, hd = 64;
+  for (KvDtype dt : kDtypes) {
+    Rng r(21);
+    ref::Arena a = random_arena(r, 0, 16, 8, main_codec(dt, int(hd), 16), index_codec(dt, 16), false, 8, 3);
+    ref::Batch b;
+    b.items = {item(35, 5, 0, 0, {0}), item(3, 5, 5, 1, {1}), item(0, 5, 10, 2, {2})};
+    const int64_t M = b.M();
+    auto q = r.vec(size_t(M * H * hd), -1, 1), kv = r.vec(size_t(M * hd), -1, 1), sink = r.vec(size_t(H), -1, 2);
+    KvLayerView v = upload_arena(a);
+    BatchMeta meta = upload_meta(b);
+    AttentionArgs aa;
+    aa.q = up(q, DType::F32, {M, H, hd});
+    aa.kv = up(kv, DType::F32, {M, hd});
+    aa.sink = up(sink, DType::F32, {H});
+    aa.meta = &meta;
+    aa.view = v;
+    aa.H = H;
+    aa.scale = 0.125f;
+    aa.block_bidirectional = true;
+    aa.out = zeros(DType::F32, {M, H, hd});
+    if (be->name() != "cpu") GTEST_SKIP() << be->name() << ": no bidirectional block kernel yet (docs/dspark.md)";
+    be->attention(aa);
+    const auto want = ref::attention(q, kv, sink, {}, 0, b, a, H, 0.125f, false, true);
+    expect_close(down<float>(aa.out), want, tol("attention"), std::string("bidirectional ") + kv_dtype_name(dt), 0,
+                 1e-2);
+    // Not the causal result: the first row of a block sees the rows after it.
+    const auto causal = ref::attention(q, kv, sink, {}, 0, b, a, H, 0.125f, false, false);
+    EXPECT_NE(want, causal);
+  }
+}
+
 TEST_P(BackendOps, IndexTopkTiesAndFewEligible) {
   const int64_t IH = 3, ID = 16, K = 5;
   for (KvDtype dt : kDtypes)

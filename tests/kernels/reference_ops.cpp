@@ -284,7 +284,7 @@ void arena_copy(Arena& a, const std::vector<int64_t>& copies) {
 
 std::vector<float> attention(const std::vector<float>& q, const std::vector<float>& kv, const std::vector<float>& sink,
                              const std::vector<int32_t>& selected, int64_t ksel, const Batch& b, Arena& a, int64_t H,
-                             float scale, bool probs_bf16) {
+                             float scale, bool probs_bf16, bool bidirectional) {
   const KvCodec& c = a.shape.main;
   const int64_t hd = c.dim, win = a.shape.window, ratio = a.layer.ratio;
   const int per = ratio ? a.shape.block_tokens / int(ratio) : 1;
@@ -298,7 +298,10 @@ std::vector<float> attention(const std::vector<float>& q, const std::vector<floa
         c.decode(src, v.data());
         keys.push_back(v);
       };
-      for (int64_t t = std::max<int64_t>(0, p - win + 1); t <= p; ++t) {
+      // Bidirectional: the window ring's positions before the item, then every position of the item.
+      const int64_t first = bidirectional ? std::max<int64_t>(0, it.start - win) : std::max<int64_t>(0, p - win + 1);
+      const int64_t last = bidirectional ? it.start + it.len - 1 : p;
+      for (int64_t t = first; t <= last; ++t) {
         if (t >= it.start)
           keys.emplace_back(kv.begin() + (it.row0 + t - it.start) * hd, kv.begin() + (it.row0 + t - it.start + 1) * hd);
         else

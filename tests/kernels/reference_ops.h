@@ -83,10 +83,10 @@ void window_store(const std::vector<float>& kv, const Batch& b, const std::vecto
 void store_entries(const std::vector<float>& src, const std::vector<Entry>& e, const Batch& b, Arena& a,
                    bool indexer);
 void arena_copy(Arena& a, const std::vector<int64_t>& copies);
-// selected: ratio 4 only, [M, k] with -1 = none.
+// selected: ratio 4 only, [M, k] with -1 = none. bidirectional: AttentionArgs::block_bidirectional (ratio 0).
 std::vector<float> attention(const std::vector<float>& q, const std::vector<float>& kv, const std::vector<float>& sink,
                              const std::vector<int32_t>& selected, int64_t k, const Batch& b, Arena& a, int64_t H,
-                             float scale, bool probs_bf16);
+                             float scale, bool probs_bf16, bool bidirectional = false);
 std::vector<int32_t> index_topk(const std::vector<float>& q, const std::vector<float>& w, const Batch& b, Arena& a,
                                 int64_t heads, int64_t dim, int64_t k, bool bf16);
 std::vector<float> compress(int ratio, int coff, int d, bool indexer, const std::vector<float>& u,

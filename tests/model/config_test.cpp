@@ -73,3 +73,37 @@ TEST(Config, RejectsBadValues) {
   j["expert_dtype"] = "int3";
   EXPECT_NE(error_of(j).find("expert_dtype"), std::string::npos);
 }
+
+// 0731's DSpark keys (spec §7.1): the stage count is the extra compress_ratios entries, whatever
+// num_nextn_predict_layers says; the keys are validated.
+TEST(Config, ParsesDSparkKeysAndCountsStages) {
+  json j = tiny();
+  j["compress_ratios"] = {0, 4, 128, 4, 0, 0, 0, 0};  // 5 layers + 3 stages
+  j["num_nextn_predict_layers"] = 1;                  // stale, as in 0731
+  j["dspark_block_size"] = 5;
+  j["dspark_noise_token_id"] = 2047;
+  j["dspark_target_layer_ids"] = {2, 3, 4};
+  j["dspark_markov_rank"] = 64;
+  auto c = ModelConfig::from_json(j);
+  EXPECT_EQ(c.n_dspark_stages, 3);
+  EXPECT_EQ(c.n_mtp_layers, 0);
+  EXPECT_EQ(c.dspark_block_size, 5);
+  EXPECT_EQ(c.dspark_noise_token_id, 2047);
+  EXPECT_EQ(c.dspark_target_layer_ids, (std::vector<int>{2, 3, 4}));
+  EXPECT_EQ(c.dspark_markov_rank, 64);
+  auto bad = [&](const char* key, json v, const char* want) {
+    json b = j;
+    b[key] = v;
+    const std::string e = error_of(b);
+    EXPECT_NE(e.find(want), std::string::npos) << key << ": " << e;
+  };
+  bad("dspark_noise_token_id", 2048, "outside the vocabulary");
+  bad("dspark_target_layer_ids", {2, 5}, "out of range");
+  bad("dspark_target_layer_ids", json::array(), "empty");
+  bad("dspark_block_size", 0, "dspark_block_size");
+  bad("dspark_markov_rank", -1, "dspark_markov_rank");
+  bad("compress_ratios", {0, 4, 128, 4, 0}, "no entries for the DSpark stages");
+  json missing = j;
+  missing.erase("dspark_noise_token_id");
+  EXPECT_NE(error_of(missing).find("dspark_noise_token_id"), std::string::npos) << error_of(missing);
+}

@@ -40,6 +40,18 @@ const std::string& mtp_model() {
   return dir;
 }
 
+// The same config as a 0731-style checkpoint with a 3-stage DSpark drafter instead of the MTP layer (block 5,
+// noise token 2047, target layers 2, 3, 4), random weights.
+const std::string& dspark_model() {
+  static const std::string dir = [] {
+    const fs::path d = fs::temp_directory_path() / ("dsv4-spec-test-" + std::to_string(::getpid())) / "dspark";
+    std::ifstream f(kTinyA + "/config.json");
+    make_random_checkpoint(d.string(), with_dspark_drafter(nlohmann::json::parse(f)), 11);
+    return d.string();
+  }();
+  return dir;
+}
+
 struct Cleanup {
   ~Cleanup() {
     std::error_code ec;
@@ -58,6 +70,14 @@ EngineConfig config(int n_spec, bool prefix = true) {
   c.max_num_seqs = 16;
   c.max_num_batched_tokens = 96;  // long prompts prefill in chunks
   if (n_spec) c.speculative_config = fmt::format(R"({{"method": "mtp", "num_speculative_tokens": {}}})", n_spec);
+  return c;
+}
+
+// DSpark on its checkpoint ('{"method": "dspark"}'), or that checkpoint without speculation.
+EngineConfig dspark_config(bool on, bool prefix = true) {
+  EngineConfig c = config(0, prefix);
+  c.model_dir = dspark_model();
+  if (on) c.speculative_config = R"({"method": "dspark"})";
   return c;
 }
 
@@ -110,14 +130,14 @@ TEST(SpeculativeConfig, ParsesAndRefuses) {
   EXPECT_FALSE(parse_speculative_config("").enabled());
   for (const char* bad : {R"({"method": "mtp", "num_speculative_tokens": 0})",
                           R"({"method": "mtp", "num_speculative_tokens": 5})", R"({"method": "mtp"})",
-                          R"({"method": "eagle", "num_speculative_tokens": 2})", R"({"method": "dspark"})",
+                          R"({"method": "eagle", "num_speculative_tokens": 2})",
+                          R"({"method": "dspark", "num_speculative_tokens": 0})",
                           R"({"method": "mtp", "num_speculative_tokens": 2, "x": 1})", "[1]", "{"})
     EXPECT_THROW(parse_speculative_config(bad), Error) << bad;
-  try {
-    parse_speculative_config(R"({"method": "dspark"})");
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("not implemented yet"), std::string::npos) << e.what();
-  }
+  // dspark: the draft count is the checkpoint's block size, filled in against its config.
+  EXPECT_TRUE(parse_speculative_config(R"({"method": "dspark"})").dspark());
+  EXPECT_EQ(parse_speculative_config(R"({"method": "dspark"})").num_speculative_tokens, 0);
+  EXPECT_EQ(parse_speculative_config(R"({"method": "dspark", "num_speculative_tokens": 7})").num_speculative_tokens, 7);
 }
 
 TEST(SpeculativeConfig, CheckpointWithoutMtpIsRefused) {
@@ -144,6 +164,60 @@ TEST(SpeculativeGreedy, MatchesNonSpeculativeAloneAndInABatch) {
   }
 }
 
+// DSpark (its own drafts: a random drafter, so mostly rejected): greedy output is the plain output, alone and in
+// the mixed batch (prefix-cache hits counted, chunked prefill), and with a preemption.
+TEST(SpeculativeGreedy, DSparkMatchesNonSpeculative) {
+  const auto reqs = mixed_requests();
+  const auto want = run_greedy(dspark_config(false), reqs, nullptr, true);
+  EngineStats st;
+  EXPECT_EQ(run_greedy(dspark_config(true), reqs, &st, true), want) << "alone";
+  EXPECT_GT(st.spec_num_drafts, 0u);
+  EXPECT_GT(st.prefix_hits, 0u) << "prefix caching must still hit with speculation on";
+  EXPECT_EQ(st.spec_accepted_per_pos.size(), 5u);  // the block size
+  EXPECT_EQ(run_greedy(dspark_config(true), reqs, &st), want) << "batched";
+  EXPECT_GT(st.spec_num_draft_tokens, 4 * st.spec_num_drafts) << "whole blocks of 5 drafts, but near max_tokens";
+  EngineConfig c = dspark_config(true);
+  c.max_num_seqs = 8;
+  {
+    Engine probe(c);
+    const auto ps = probe.stats();
+    c.kv_cache_memory = 8 * ps.bytes_per_sequence + 7 * ps.bytes_per_block;
+  }
+  c.max_model_len = 512;
+  EXPECT_EQ(run_greedy(c, reqs, &st), want) << "with preemption";
+  EXPECT_GT(st.preemptions, 0u);
+}
+
+TEST(SpeculativeConfig, DSparkRefusals) {
+  auto error_of = [](EngineConfig c) {
+    try {
+      Engine e(c);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EngineConfig c = dspark_config(true);
+  c.speculative_config = R"({"method": "dspark", "num_speculative_tokens": 7})";
+  EXPECT_NE(error_of(c).find("num_speculative_tokens 7 is not the checkpoint's block size 5"), std::string::npos)
+      << error_of(c);
+  c.speculative_config = R"({"method": "dspark", "num_speculative_tokens": 5})";
+  EXPECT_EQ(error_of(c), "");  // the block size itself is fine
+  c.speculative_config = R"({"method": "mtp", "num_speculative_tokens": 2})";
+  EXPECT_NE(error_of(c).find("ships a DSpark drafter"), std::string::npos) << error_of(c);
+  c = dspark_config(true);
+  c.model_dir = mtp_model();
+  EXPECT_NE(error_of(c).find("no DSpark drafter"), std::string::npos) << error_of(c);
+  // A config that says DSpark over a checkpoint without the drafter's tensors: the weight loader names it.
+  const fs::path d = fs::path(dspark_model()).parent_path() / "dspark-no-weights";
+  fs::create_directories(d);
+  fs::copy_file(dspark_model() + "/config.json", d / "config.json", fs::copy_options::overwrite_existing);
+  fs::create_symlink(fs::absolute(mtp_model()) / "model.safetensors", d / "model.safetensors");
+  c.model_dir = d.string();
+  EXPECT_NE(error_of(c).find("no DSpark weights (no tensor 'mtp.0.main_proj.weight')"), std::string::npos)
+      << error_of(c);
+}
+
 TEST(SpeculativeGreedy, MatchesUnderPreemption) {
   const auto reqs = mixed_requests();
   const auto want = run_greedy(config(0), reqs, nullptr, true);
@@ -161,15 +235,18 @@ TEST(SpeculativeGreedy, MatchesUnderPreemption) {
   EXPECT_GT(st.spec_num_drafts, 0u);
 }
 
+namespace {
+
 // Drafters that always propose the target's own choice (every draft accepted, plus the bonus token) and that
 // always propose a wrong token (every draft rejected): outputs and the whole KV arena (but the save areas)
 // match, byte for byte, a run that never drafted, at every point where both have computed the same positions.
-TEST(SpeculativeRollback, RejectedDraftsLeaveNoTrace) {
-  const int N = 3, gen = 40;
+// `spec`: an engine config with speculation on (its drafter's own drafts are replaced by the test's).
+void check_rollback(const EngineConfig& spec) {
+  const int gen = 40;
   const auto prompt = prompt_of(110, 5);  // the output crosses a ratio-128 window and a 128-token block end
   auto run = [&](const char* mode, const std::vector<int32_t>& oracle,
                  std::map<int64_t, std::vector<uint8_t>>* arenas) {
-    EngineConfig c = config(N);
+    EngineConfig c = spec;
     c.kv_cache_memory = 8ull << 20;
     c.draft_hook = [&](uint64_t, const std::vector<int32_t>& toks, std::vector<Draft>& drafts) {
       if (std::string(mode) == "none") return drafts.clear();
@@ -217,6 +294,14 @@ TEST(SpeculativeRollback, RejectedDraftsLeaveNoTrace) {
     }
   EXPECT_GT(compared, 15);
 }
+
+}  // namespace
+
+TEST(SpeculativeRollback, RejectedDraftsLeaveNoTrace) { check_rollback(config(3)); }
+
+// DSpark: the stages' rings are written by the main model's steps, verify positions included; a rejected
+// block's positions go back with the model's own state.
+TEST(SpeculativeRollback, DSparkRejectedDraftsLeaveNoTrace) { check_rollback(dspark_config(true)); }
 
 namespace {
 

@@ -27,7 +27,14 @@ TEST(StepPlan, SerializationRoundTripsEveryField) {
     EXPECT_EQ(q.batch.items[i].hidden, p.batch.items[i].hidden);
   }
   EXPECT_TRUE(q.batch.mtp);
+  EXPECT_EQ(q.batch.dspark, DSparkPass::None);
   EXPECT_FALSE(q.batch.keep_hidden);
+  for (DSparkPass d : {DSparkPass::Block, DSparkPass::Markov}) {  // the DSpark pass kind travels too
+    StepPlan b = p;
+    b.batch.mtp = false;
+    b.batch.dspark = d;
+    EXPECT_EQ(StepPlan::deserialize(b.serialize()).batch.dspark, d);
+  }
   ASSERT_EQ(q.copies.size(), 2u);
   EXPECT_EQ(q.copies[0].src, 100);
   EXPECT_EQ(q.copies[0].dst, 2000);

@@ -138,6 +138,8 @@ void CpuBackend::attention(const AttentionArgs& a) {
   check_numel(a.sink, H, "attention sink");
   DSV4_CHECK(ratio == 0 || ratio == 4 || ratio == 128, "attention: ratio {}", ratio);
   DSV4_CHECK(ratio == 0 || v.layer.comp_off >= 0, "attention: ratio {} without compressed entries", ratio);
+  DSV4_CHECK(!a.block_bidirectional || ratio == 0, "attention: a bidirectional block on a ratio {} layer", ratio);
+  const bool bidir = a.block_bidirectional;
   int64_t ksel = 0;
   if (ratio == 4) {
     check_dtype(a.selected, DType::I32, "attention selected");
@@ -161,7 +163,8 @@ void CpuBackend::attention(const AttentionArgs& a) {
     const int64_t n_comp = ratio == 128 ? (start + len) / 128 : 0;
     Decoded ring(c, win), comp(c, n_comp), sel(c, ksel);
     std::vector<const float*> ring_rows(static_cast<size_t>(win)), comp_rows;
-    for (int64_t t = std::max<int64_t>(0, start - win + 1); t < start; ++t)
+    const int64_t ring_first = std::max<int64_t>(0, start - win + (bidir ? 0 : 1));
+    for (int64_t t = ring_first; t < start; ++t)
       ring_rows[size_t(t % win)] = ring.get(ar.slot(S, v.layer.ring_off + (t % win) * eb), size_t(t % win));
     if (ratio == 128) {
       comp_rows.resize(size_t(n_comp));
@@ -170,7 +173,8 @@ void CpuBackend::attention(const AttentionArgs& a) {
     for (int64_t m = row0; m < row0 + len; ++m) {
       const int64_t p = pos[m];
       keys.clear();
-      for (int64_t t = std::max<int64_t>(0, p - win + 1); t <= p; ++t)
+      const int64_t first = bidir ? ring_first : std::max<int64_t>(0, p - win + 1), last = bidir ? start + len - 1 : p;
+      for (int64_t t = first; t <= last; ++t)
         keys.push_back(t >= start ? kvp + (row0 + t - start) * hd : ring_rows[size_t(t % win)]);
       if (ratio == 128) {
         for (int64_t j = 0; j < (p + 1) / 128; ++j) keys.push_back(comp_rows[size_t(j)]);
