@@ -389,6 +389,10 @@ TEST_P(BackendOps, MoeWithActFp8AndRounding) {
       ex[size_t(m * K + 1)] = int32_t((ex[size_t(m * K)] + 1 + r.below(E - 1)) % E);
     }
     Tensor xt = up(x, DType::F32, {M, D}), et = up(ex, DType::I32, {M, K}), wt = up(wts, DType::F32, {M, K});
+    // The shared expert's FP8 bytes span 2^-9..448 and the hidden is not dyadic after SiLU: the down GEMM's
+    // partial sums run ~100x its outputs, so fp32 summation order alone moves a few outputs by ~1e-5 of the rms
+    // (seen on aarch64: 2 of 76800 at 1.03e-5). Plain numerics allow those (<= 0.1%, within 1e-4); reference
+    // numerics allow bf16/FP8 rounding flips (<= 1%, within 1e-2).
     for (bool refnum : {false, true})
       for (float limit : {0.f, 1.f}) {
         MoeArgs ma;
@@ -411,7 +415,7 @@ TEST_P(BackendOps, MoeWithActFp8AndRounding) {
                      std::string("moe M ") + std::to_string(M) + " D " + std::to_string(D) + " I " + std::to_string(I) +
                          (fmt == WeightFormat::FP8Block ? " fp8 experts" : "") +
                          (refnum ? " reference numerics" : "") + " limit " + std::to_string(limit),
-                     refnum ? 0.01 : 0, 1e-2);
+                     refnum ? 0.01 : 1e-3, refnum ? 1e-2 : 1e-4);
       }
   };
   for (const MoeShape& shape : {MoeShape{5, 64, 32}, MoeShape{1, 64, 32}, MoeShape{20, 64, 32}, MoeShape{1, 4224, 64},
