@@ -156,7 +156,6 @@ TEST_P(BackendOps, AttentionBidirectionalBlock) {
     aa.scale = 0.125f;
     aa.block_bidirectional = true;
     aa.out = zeros(DType::F32, {M, H, hd});
-    if (be->name() != "cpu") GTEST_SKIP() << be->name() << ": no bidirectional block kernel yet (docs/dspark.md)";
     be->attention(aa);
     const auto want = ref::attention(q, kv, sink, {}, 0, b, a, H, 0.125f, false, true);
     expect_close(down<float>(aa.out), want, tol("attention"), std::string("bidirectional ") + kv_dtype_name(dt), 0,

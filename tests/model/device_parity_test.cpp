@@ -217,8 +217,51 @@ TEST_F(DeviceParity, ShadowEveryOpAgainstCpu) {
   std::filesystem::remove_all(dir);
 }
 
-// MTP speculative decoding on CUDA (issue 16): the drafter layer, verify and rollback on the device give token
-// for token the CPU's plain greedy output, in a batch with chunked prefill and a prefix-cache hit.
+// Speculative decoding on CUDA (issue 16): a random checkpoint with the drafter the config names, greedy tokens of
+// a batch with chunked prefill and a prefix-cache hit, on `dev` with `spec` ("" = plain decoding).
+namespace {
+struct SpecRun {
+  std::vector<std::vector<int32_t>> tokens;
+  EngineStats stats;
+};
+SpecRun greedy_batch(const std::string& model, const std::string& dev, const std::string& spec) {
+  EngineConfig c;
+  c.model_dir = model;
+  c.device = dev;
+  c.numerics = Numerics::Exact;
+  c.kv_cache_dtype = "auto";
+  c.kv_cache_memory = 64ull << 20;
+  c.max_num_seqs = 8;
+  c.block_size = 128;
+  c.max_num_batched_tokens = 96;  // the longer prompts prefill in chunks
+  c.enable_prefix_caching = true;
+  c.speculative_config = spec;
+  Engine e(c);
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = 20;
+  p.ignore_eos = true;
+  std::map<uint64_t, std::vector<int32_t>> got;
+  std::vector<uint64_t> ids;
+  auto drain = [&] {
+    while (e.has_work())
+      for (auto& o : e.step()) got[o.id].insert(got[o.id].end(), o.new_tokens.begin(), o.new_tokens.end());
+  };
+  auto shared = ids_of(260, 2048, 5);
+  for (int i = 0; i < 5; ++i) ids.push_back(e.add_request(ids_of(3 + 70 * size_t(i), 2048, uint32_t(i)), p));
+  ids.push_back(e.add_request(shared, p));
+  drain();
+  shared.resize(200);  // a prefix of a finished request: cache hit
+  ids.push_back(e.add_request(shared, p));
+  drain();
+  SpecRun r;
+  for (auto id : ids) r.tokens.push_back(got[id]);
+  r.stats = e.stats();
+  return r;
+}
+}  // namespace
+
+// MTP: the drafter layer, verify and rollback on the device give token for token the CPU's plain greedy output.
 TEST_F(DeviceParity, SpeculativeMtpGreedyMatchesPlainCpu) {
   const std::filesystem::path dir =
       std::filesystem::temp_directory_path() / ("dsv4-dev-mtp-" + std::to_string(::getpid()));
@@ -226,43 +269,23 @@ TEST_F(DeviceParity, SpeculativeMtpGreedyMatchesPlainCpu) {
   nlohmann::json cfg = nlohmann::json::parse(f);
   cfg["num_nextn_predict_layers"] = 1;
   make_random_checkpoint(dir.string(), cfg, 7);
-  EngineStats spec_stats;
-  auto run = [&](const std::string& dev, int n_spec) {
-    EngineConfig c;
-    c.model_dir = dir.string();
-    c.device = dev;
-    c.numerics = Numerics::Exact;
-    c.kv_cache_dtype = "auto";
-    c.kv_cache_memory = 64ull << 20;
-    c.max_num_seqs = 8;
-    c.block_size = 128;
-    c.max_num_batched_tokens = 96;  // the longer prompts prefill in chunks
-    c.enable_prefix_caching = true;
-    if (n_spec) c.speculative_config = R"({"method": "mtp", "num_speculative_tokens": )" + std::to_string(n_spec) + "}";
-    Engine e(c);
-    SamplingParams p;
-    p.temperature = 0;
-    p.max_tokens = 20;
-    p.ignore_eos = true;
-    std::map<uint64_t, std::vector<int32_t>> got;
-    std::vector<uint64_t> ids;
-    auto shared = ids_of(260, 2048, 5);
-    for (int i = 0; i < 5; ++i) ids.push_back(e.add_request(ids_of(3 + 70 * size_t(i), 2048, uint32_t(i)), p));
-    ids.push_back(e.add_request(shared, p));
-    while (e.has_work())
-      for (auto& o : e.step()) got[o.id].insert(got[o.id].end(), o.new_tokens.begin(), o.new_tokens.end());
-    shared.resize(200);  // a prefix of a finished request: cache hit
-    const uint64_t hit = e.add_request(shared, p);
-    ids.push_back(hit);
-    while (e.has_work())
-      for (auto& o : e.step()) got[o.id].insert(got[o.id].end(), o.new_tokens.begin(), o.new_tokens.end());
-    if (n_spec) spec_stats = e.stats();
-    std::vector<std::vector<int32_t>> out;
-    for (auto id : ids) out.push_back(got[id]);
-    return out;
-  };
-  const auto ref = run("cpu", 0);
-  EXPECT_EQ(run("cuda", 2), ref);
-  EXPECT_GT(spec_stats.spec_num_drafts, 0u) << "no verify step ran";
+  const auto ref = greedy_batch(dir.string(), "cpu", "");
+  const auto spec = greedy_batch(dir.string(), "cuda", R"({"method": "mtp", "num_speculative_tokens": 2})");
+  EXPECT_EQ(spec.tokens, ref.tokens);
+  EXPECT_GT(spec.stats.spec_num_drafts, 0u) << "no verify step ran";
+  std::filesystem::remove_all(dir);
+}
+
+// DSpark: the block drafter (bidirectional block attention, stage rings, Markov passes) on the device gives token
+// for token the CPU's plain greedy output.
+TEST_F(DeviceParity, SpeculativeDSparkGreedyMatchesPlainCpu) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("dsv4-dev-dspark-" + std::to_string(::getpid()));
+  std::ifstream f(kTiny + "/config.json");
+  make_random_checkpoint(dir.string(), with_dspark_drafter(nlohmann::json::parse(f)), 11);
+  const auto ref = greedy_batch(dir.string(), "cpu", "");
+  const auto spec = greedy_batch(dir.string(), "cuda", R"({"method": "dspark"})");
+  EXPECT_EQ(spec.tokens, ref.tokens);
+  EXPECT_GT(spec.stats.spec_num_drafts, 0u) << "no verify step ran";
   std::filesystem::remove_all(dir);
 }

@@ -306,8 +306,9 @@ class CudaBackend final : public Backend {
   void attention(const AttentionArgs& a) override {
     op();
     DSV4_CHECK(a.meta, "attention: no batch meta");
-    if (a.block_bidirectional) fail("the DSpark drafter's bidirectional block attention has no CUDA kernel yet");
     const DevView v = dvw(a.view);
+    DSV4_CHECK(!a.block_bidirectional || v.ratio == 0, "attention: a bidirectional block on a ratio {} layer",
+               v.ratio);
     DevAttention d;
     d.hd = a.view.shape.main.dim;
     d.H = a.H;
@@ -328,6 +329,7 @@ class CudaBackend final : public Backend {
     d.view = v;
     d.scale = a.scale;
     d.probs_bf16 = a.probs_bf16;
+    d.bidirectional = a.block_bidirectional;
     d.out = p<float>(a.out);
     // Upper bound of compressed keys per row, for the key split (the positions themselves are on the device).
     if (v.ratio == 4) d.max_comp = d.n_sel;

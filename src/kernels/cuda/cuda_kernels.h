@@ -155,6 +155,9 @@ struct DevAttention {
   bool probs_bf16 = false;
   float* out = nullptr;
   int64_t max_comp = 0;  // upper bound of compressed keys per row (host-known)
+  // DSpark's block pass (ratio-0 layers only): every row of an item sees the window before the item's start and
+  // all of the item's own rows, instead of the causal window ending at its own position.
+  bool bidirectional = false;
 };
 // ws: attention_ws_bytes (key-split partials; 0 when one block per row and head group suffices).
 int64_t attention_ws_bytes(const DevAttention& a, int num_sms);

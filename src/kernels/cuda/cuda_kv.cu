@@ -258,7 +258,10 @@ __global__ void __launch_bounds__(256) attention_k(DevAttention a, int64_t chunk
   const int bytes = int(a.view.main.bytes);
   int kps = kAttnTile;
   while (kps > 1 && kps * bytes > kAttnRawBytes) kps /= 2;
-  const int64_t t0 = p - W + 1 > 0 ? p - W + 1 : 0, nw = p - t0 + 1;
+  // Window keys t0 .. t0 + nw - 1: causal, the W positions ending at p; bidirectional (DSpark's block), the W
+  // positions before the item and all its rows (the CPU backend's order: ring first, then the step's rows).
+  const int64_t first = a.bidirectional ? int64_t(it.start) - W : p - W + 1;
+  const int64_t t0 = first > 0 ? first : 0, nw = (a.bidirectional ? int64_t(it.start) + it.len - 1 : p) - t0 + 1;
   int64_t nc = 0;
   if (a.view.ratio == 128) nc = (p + 1) / 128;
   if (a.view.ratio == 4) nc = a.n_sel;
@@ -419,7 +422,7 @@ void compress(const Launch& L, const DevCompress& a) {
 namespace {
 // Key splits: enough blocks to cover the machine twice, each split at least one tile.
 int64_t attention_splits(const DevAttention& a, int num_sms, int64_t* chunk) {
-  const int64_t lmax = a.view.window + a.max_comp, blocks = a.meta.M * cdiv(a.H, kAttnHeads);
+  const int64_t lmax = a.view.window + a.max_comp + (a.bidirectional ? a.meta.M : 0), blocks = a.meta.M * cdiv(a.H, kAttnHeads);
   int64_t S = cdiv(2 * num_sms, blocks);
   S = S < 1 ? 1 : S;
   const int64_t tiles = cdiv(lmax, kAttnTile);
