@@ -262,7 +262,9 @@ TEST_P(BackendOps, IndexTopkTilesEqualThePlainPath) {
           return down<int32_t>(ia.out);
         };
         const std::vector<int32_t> plain = run(n_max);
-        if (mode > 0) EXPECT_EQ(plain, ref::index_topk(q, w, b, a, IH, ID, K, bf16)) << "mode " << mode;
+        if (mode > 0) {
+          EXPECT_EQ(plain, ref::index_topk(q, w, b, a, IH, ID, K, bf16)) << "mode " << mode;
+        }
         if (!tiles) continue;
         for (int64_t tile : widths)
           EXPECT_EQ(run(2 * K + tile), plain) << kv_dtype_name(dt) << " mode " << mode << (bf16 ? " bf16" : "")

@@ -173,16 +173,15 @@ constexpr int kMoeMaxRows = 8;  // rows of one expert multiplied per pass over i
 //    issued before the activations are staged, R x NCL loads in flight per lane (16 at decode). A decode expert
 //    row is 2 KB (UP, K = 4096 FP4: one pass of 4 chunks per lane) or 1 KB (DOWN, K = 2048: 2 chunks, so 8 rows
 //    per warp). Measured slower on the H200 (B = 16, 4 layers: 959 us per launch against 685 us streaming).
-//  - stream: 4 rows per warp, passes of up to 4,096 staged columns (one pass over a decode expert's K; 2,048 at
-//    MT > 2 so 8 rows stay within the 99 KB of shared memory a block may use on sm_120/121), each lane walking its
-//    chunks with the next chunk's 4 loads in flight while the current ones multiply (few registers, many warps
-//    per SM).
+//  - stream: 4 rows per warp, passes of kMoeStreamKR staged columns, each lane walking its chunks with the next
+//    chunk's 4 loads in flight while the current ones multiply (few registers, many warps per SM).
+constexpr int64_t kMoeStreamKR = 2048;
 template <bool UP, int MT, bool STREAM>
 constexpr int moe_rows_per_warp() { return STREAM || UP || MT >= 4 ? 4 : 8; }
 template <int FMT, bool UP, int MT>
 constexpr int moe_ncl() { return !UP || (FMT == kFP4 && MT >= 4) ? 2 : 4; }
 template <int FMT, bool UP, int MT, bool STREAM>
-constexpr int64_t moe_kr() { return STREAM ? (MT <= 2 ? 4096 : 2048) : 32 * moe_ncl<FMT, UP, MT>() * Chunk<FMT>::n; }
+constexpr int64_t moe_kr() { return STREAM ? kMoeStreamKR : 32 * moe_ncl<FMT, UP, MT>() * Chunk<FMT>::n; }
 // Output columns per block: UP runs w1 and w3 over the same 16 columns (4 warps each), DOWN 8 warps of w2 rows.
 template <bool UP, int MT, bool STREAM>
 constexpr int moe_cols_per_block() { return UP ? 16 : 8 * moe_rows_per_warp<UP, MT, STREAM>(); }
