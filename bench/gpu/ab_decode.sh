@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# A/B of the CUDA backend's tuning switches on decode (the env switches in src/kernels/cuda/cuda_linear.cu): one
+# A/B of the CUDA backend's tuning switches on decode (DSV4_CUDA_* in src/kernels/cuda/*.cu): one
 # forward_bench per variant in the same call, so the variants share the machine's state; then per-kernel device
 # time (kernel_times.sh) of the variants named in KT_VARIANTS.
 #   bench/gpu/ab_decode.sh OUT_DIR [LAYERS] [BATCHES] [CONTEXT]
-# Variants: "name:VAR=VAL,VAR=VAL" in AB_VARIANTS (default: the defaults, M <= 2 GEMV at 8 rows per warp, no
-# decode tensor-core GEMV, the deep MoE decode GEMV).
+# Variants: "name:VAR=VAL,VAR=VAL" in AB_VARIANTS (default: the defaults, and no decode tensor-core GEMV).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 OUT=${1:?out dir}
@@ -15,7 +14,7 @@ if [ -d gpu-pkg/lib ]; then
   NCCL_DIR=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
   export LD_LIBRARY_PATH=$PWD/gpu-pkg/lib${NCCL_DIR:+:$NCCL_DIR}:${LD_LIBRARY_PATH:-}
 fi
-VARIANTS=${AB_VARIANTS-"default: wide:DSV4_CUDA_GEMV_WIDE=1 nomma:DSV4_CUDA_GEMV_DECODE_MMA=0 deep:DSV4_CUDA_MOE_STREAM=0"}
+VARIANTS=${AB_VARIANTS-"default: nomma:DSV4_CUDA_GEMV_DECODE_MMA=0"}
 for v in $VARIANTS; do
   name=${v%%:*} envs=${v#*:}
   (

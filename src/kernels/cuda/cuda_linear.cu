@@ -16,24 +16,17 @@ namespace {
 
 constexpr int kGemvWarps = 8;
 // Rows per warp: 4 where the accumulators fit; 2 at MT = 16 (64 accumulators + 4 rows in flight twice would leave
-// one block per SM). WIDE (8 at MT <= 2, 16 weight loads in flight per lane) measured slower on the H200: decode
-// B = 1 46.0 -> 42.2 tok/s (docs/perf-notes.md, v5).
-constexpr int gemv_rows_per_warp(int mt, bool wide = false) { return mt <= 2 && wide ? 8 : mt >= 16 ? 2 : 4; }
+// one block per SM). 8 at MT <= 2 (16 weight loads in flight per lane) measured slower on the H200: decode B = 1
+// 46.0 -> 42.2 tok/s (docs/perf-notes.md, v5).
+constexpr int gemv_rows_per_warp(int mt) { return mt >= 16 ? 2 : 4; }
 
-// A/B switches for device runs (bench/gpu/ab_decode.sh), read once; the defaults are the measured choice:
-//   DSV4_CUDA_GEMV_WIDE=1        M <= 2 GEMV with 8 rows per warp instead of 4
-//   DSV4_CUDA_GEMV_DECODE_MMA=0  no tensor-core GEMV at 2 <= M <= 16 (the SIMT GEMV takes those rows; B = 16
-//                                168.4 vs 187.0 tok/s with it)
-bool env_switch(const char* name, bool dflt) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::strcmp(v, "0") != 0 : dflt;
-}
-bool gemv_wide() {
-  static const bool on = env_switch("DSV4_CUDA_GEMV_WIDE", false);
-  return on;
-}
+// An A/B switch for device runs (bench/gpu/ab_decode.sh), read once: DSV4_CUDA_GEMV_DECODE_MMA=0 turns the
+// tensor-core GEMV at 2 <= M <= 16 off (the SIMT GEMV takes those rows; B = 16 168.4 vs 187.0 tok/s with it).
 bool gemv_decode_mma() {
-  static const bool on = env_switch("DSV4_CUDA_GEMV_DECODE_MMA", true);
+  static const bool on = [] {
+    const char* v = std::getenv("DSV4_CUDA_GEMV_DECODE_MMA");
+    return !v || !*v || std::strcmp(v, "0") != 0;
+  }();
   return on;
 }
 constexpr int kGemvSmemFloats = 16384;  // 64 KB of staged activations per block
@@ -67,14 +60,14 @@ __device__ __forceinline__ void splitk_finish(const float* part, unsigned* arriv
 // range of <= KR columns, a multiple of 128; MT >= M rows) in shared memory once (stage_x), then streams row tiles
 // of output rows (R per warp), the next (tile, chunk) step's weights always in flight. QUANT: the staging
 // quantizes each 128-column block (the reference's FP8 activation round trip) on the way in.
-template <int FMT, int MT, bool QUANT, bool WIDE>
+template <int FMT, int MT, bool QUANT>
 __global__ void __launch_bounds__(256) gemv_k(const float* __restrict__ x, int64_t M, int64_t ldx, DevWeight w,
                                               int64_t npg, int64_t KR, float* __restrict__ y, int64_t ldy,
                                               float* __restrict__ part, unsigned* __restrict__ arrivals,
                                               int out_bf16) {
   extern __shared__ float xs[];  // [MT][KR], permuted
   __shared__ bool last_split;
-  constexpr int CH = Chunk<FMT>::n, R = gemv_rows_per_warp(MT, WIDE), TR = kGemvWarps * R;  // TR rows per tile
+  constexpr int CH = Chunk<FMT>::n, R = gemv_rows_per_warp(MT), TR = kGemvWarps * R;  // TR rows per tile
   const int64_t K = w.in, N = w.out, g = blockIdx.z;
   const int64_t k0 = int64_t(blockIdx.y) * KR, kl = min(K, k0 + KR) - k0, NC = KR / CH;
   const float* xg = x + g * K + k0;
@@ -466,8 +459,8 @@ Plan plan(const LinearCall& c, int num_sms) {
   const int ch = w.fmt == kF32 ? 4 : w.fmt == kBF16 ? 8 : w.fmt == kFP8 ? 16 : 32;
   const bool aligned = reinterpret_cast<uintptr_t>(w.data) % 16 == 0 && w.in % ch == 0 &&
                        (w.fmt != kFP8 || w.block % 16 == 0);
-  if (gemv_decode_mma() && c.M >= 2 && c.M <= 16 && aligned && c.act_fp8 && w.fmt == kFP8 && w.block == kMmaBK && w.in % kMmaBK == 0 &&
-      p.npg % 8 == 0 && w.row0 % 8 == 0) {
+  if (gemv_decode_mma() && c.M >= 2 && c.M <= 16 && aligned && c.act_fp8 && w.fmt == kFP8 && w.block == kMmaBK &&
+      w.in % kMmaBK == 0 && p.npg % 8 == 0 && w.row0 % 8 == 0) {
     p.kind = 4;
     const int64_t blocks = cdiv(p.npg, kGemvMmaRows) * c.groups;
     int64_t splits = cdiv(w.in, kGemvMmaMaxKR);
@@ -481,7 +474,7 @@ Plan plan(const LinearCall& c, int num_sms) {
     p.mt = c.M <= 1 ? 1 : c.M <= 2 ? 2 : c.M <= 4 ? 4 : c.M <= 8 ? 8 : 16;
     const int64_t cap = kGemvSmemFloats / p.mt;  // columns of x that fit the staging buffer (a multiple of 128)
     int64_t splits = cdiv(w.in, cap);
-    const int64_t blocks = cdiv(p.npg, kGemvWarps * gemv_rows_per_warp(p.mt, gemv_wide())) * c.groups;
+    const int64_t blocks = cdiv(p.npg, kGemvWarps * gemv_rows_per_warp(p.mt)) * c.groups;
     // Narrow outputs: more K splits until the grid covers the machine twice (each split >= 256 columns).
     while (blocks * splits < 2 * num_sms && w.in / (splits * 2) >= 256) splits *= 2;
     p.KR = cdiv(cdiv(w.in, splits), 128) * 128;
@@ -501,22 +494,22 @@ Plan plan(const LinearCall& c, int num_sms) {
   return p;
 }
 
-template <int FMT, int MT, bool Q, bool WIDE>
+template <int FMT, int MT, bool Q>
 void launch_gemv(const Launch& L, const LinearCall& c, const Plan& p, float* part, unsigned* arrivals) {
   const size_t sm = size_t(MT) * size_t(p.KR) * 4;
   static unsigned long long attr_set = 0;  // per instantiation and device
   if (first_on_device(attr_set)) {
-    DSV4_CUDA_CHECK(cudaFuncSetAttribute(gemv_k<FMT, MT, Q, WIDE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    DSV4_CUDA_CHECK(cudaFuncSetAttribute(gemv_k<FMT, MT, Q>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          kGemvSmemFloats * 4));
   }
   static int per_sm = 0;  // resident blocks per SM for this instantiation
   if (!per_sm) {
-    DSV4_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_k<FMT, MT, Q, WIDE>, 256, sm));
+    DSV4_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_k<FMT, MT, Q>, 256, sm));
     if (per_sm < 1) per_sm = 1;
   }
-  const int64_t tiles = cdiv(p.npg, kGemvWarps * gemv_rows_per_warp(MT, WIDE)), want = int64_t(per_sm) * L.num_sms / (int64_t(p.splits) * c.groups);
+  const int64_t tiles = cdiv(p.npg, kGemvWarps * gemv_rows_per_warp(MT)), want = int64_t(per_sm) * L.num_sms / (int64_t(p.splits) * c.groups);
   dim3 grid(unsigned(std::max<int64_t>(1, std::min(tiles, want))), unsigned(p.splits), unsigned(c.groups));
-  gemv_k<FMT, MT, Q, WIDE><<<grid, 256, sm, L.stream>>>(c.x, c.M, c.ldx, c.w, p.npg, p.KR, c.y, c.ldy,
+  gemv_k<FMT, MT, Q><<<grid, 256, sm, L.stream>>>(c.x, c.M, c.ldx, c.w, p.npg, p.KR, c.y, c.ldy,
                                                     p.splits > 1 ? part : nullptr, arrivals, c.out_bf16);
   DSV4_CUDA_LAUNCHED();
 }
@@ -524,21 +517,11 @@ void launch_gemv(const Launch& L, const LinearCall& c, const Plan& p, float* par
 template <int FMT, bool Q>
 void gemv_mt(const Launch& L, const LinearCall& c, const Plan& p, float* part, unsigned* arrivals) {
   switch (p.mt) {
-    case 1:
-      if (gemv_wide())
-        launch_gemv<FMT, 1, Q, true>(L, c, p, part, arrivals);
-      else
-        launch_gemv<FMT, 1, Q, false>(L, c, p, part, arrivals);
-      break;
-    case 2:
-      if (gemv_wide())
-        launch_gemv<FMT, 2, Q, true>(L, c, p, part, arrivals);
-      else
-        launch_gemv<FMT, 2, Q, false>(L, c, p, part, arrivals);
-      break;
-    case 4: launch_gemv<FMT, 4, Q, true>(L, c, p, part, arrivals); break;
-    case 8: launch_gemv<FMT, 8, Q, true>(L, c, p, part, arrivals); break;
-    default: launch_gemv<FMT, 16, Q, true>(L, c, p, part, arrivals); break;
+    case 1: launch_gemv<FMT, 1, Q>(L, c, p, part, arrivals); break;
+    case 2: launch_gemv<FMT, 2, Q>(L, c, p, part, arrivals); break;
+    case 4: launch_gemv<FMT, 4, Q>(L, c, p, part, arrivals); break;
+    case 8: launch_gemv<FMT, 8, Q>(L, c, p, part, arrivals); break;
+    default: launch_gemv<FMT, 16, Q>(L, c, p, part, arrivals); break;
   }
 }
 
@@ -616,7 +599,7 @@ void linear(const Launch& L, const LinearCall& c, void* ws) {
   if (p.kind == 1) {
     float* part = p.splits > 1 ? reinterpret_cast<float*>(take(int64_t(p.splits) * c.M * w.out * 4)) : nullptr;
     // Split K reduces in the GEMV's last-arriving block where the tiles have counters, else in a second kernel.
-    const int64_t tiles = cdiv(p.npg, int64_t(kGemvWarps) * gemv_rows_per_warp(p.mt, gemv_wide())) * c.groups;
+    const int64_t tiles = cdiv(p.npg, int64_t(kGemvWarps) * gemv_rows_per_warp(p.mt)) * c.groups;
     unsigned* arrivals = p.splits > 1 && L.arrivals && tiles <= L.n_arrivals ? L.arrivals : nullptr;
     switch (w.fmt) {
       case kF32: gemv_mt<kF32, false>(L, c, p, part, arrivals); break;

@@ -3,8 +3,6 @@
 // rows: up = w1 and w3 with the SwiGLU (clamp, routing weight) in the epilogue, down = w2 into one output row
 // per (token, choice); a combine sums the choices in expert-id order (the host's order) plus the shared expert.
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "kernels/cuda/cuda_weights.cuh"
 
@@ -168,42 +166,33 @@ __global__ void __launch_bounds__(1024) moe_sort_k(const int32_t* experts, int64
 
 constexpr int kMoeMaxRows = 8;  // rows of one expert multiplied per pass over its weights
 
-// Two ways through K (DSV4_CUDA_MOE_STREAM picks, bench/gpu/ab_decode.sh compares them):
-//  - deep: weight rows per warp and 16-byte chunks per lane per pass chosen so all of a pass's weight loads are
-//    issued before the activations are staged, R x NCL loads in flight per lane (16 at decode). A decode expert
-//    row is 2 KB (UP, K = 4096 FP4: one pass of 4 chunks per lane) or 1 KB (DOWN, K = 2048: 2 chunks, so 8 rows
-//    per warp). Measured slower on the H200 (B = 16, 4 layers: 959 us per launch against 685 us streaming).
-//  - stream: 4 rows per warp, passes of kMoeStreamKR staged columns, each lane walking its chunks with the next
-//    chunk's 4 loads in flight while the current ones multiply (few registers, many warps per SM).
-constexpr int64_t kMoeStreamKR = 2048;
-template <bool UP, int MT, bool STREAM>
-constexpr int moe_rows_per_warp() { return STREAM || UP || MT >= 4 ? 4 : 8; }
-template <int FMT, bool UP, int MT>
-constexpr int moe_ncl() { return !UP || (FMT == kFP4 && MT >= 4) ? 2 : 4; }
-template <int FMT, bool UP, int MT, bool STREAM>
-constexpr int64_t moe_kr() { return STREAM ? kMoeStreamKR : 32 * moe_ncl<FMT, UP, MT>() * Chunk<FMT>::n; }
+// Rows per warp and staged columns per pass: 4 rows per warp, passes of kMoeKR staged columns, each lane walking
+// its chunks with the next chunk's 4 loads in flight while the current ones multiply (few registers, many warps
+// per SM). Measured on the H200 against issuing all of a pass's 16 loads per lane before staging: B = 16, 4
+// layers, 685 against 959 us per launch (docs/perf-notes.md, v5).
+constexpr int kMoeRowsPerWarp = 4;
+constexpr int64_t kMoeKR = 2048;
 // Output columns per block: UP runs w1 and w3 over the same 16 columns (4 warps each), DOWN 8 warps of w2 rows.
-template <bool UP, int MT, bool STREAM>
-constexpr int moe_cols_per_block() { return UP ? 16 : 8 * moe_rows_per_warp<UP, MT, STREAM>(); }
+template <bool UP>
+constexpr int moe_cols_per_block() { return UP ? 16 : 8 * kMoeRowsPerWarp; }
 
 // UP: block = 16 intermediate columns of one active expert; warps 0-3 run w1, warps 4-7 w3 on the same
 // columns, and the epilogue applies the SwiGLU. DOWN: block = 8 x R output columns of w2. MT rows of the expert
 // (a template: the accumulators and reductions of rows that do not exist cost nothing); QUANT: the staging
 // applies the FP8 activation round trip (x for UP, the hidden for DOWN), so no separate quantization kernel.
-template <int FMT, bool UP, int MT, bool QUANT, bool STREAM>
+template <int FMT, bool UP, int MT, bool QUANT>
 __global__ void __launch_bounds__(256) moe_gemv_k(DevMoe a, MoeWs w) {
   extern __shared__ float xs[];  // [MT][KR], permuted as stage_x writes it
   __shared__ float gs[16][MT], us[16][MT];
-  constexpr int CH = Chunk<FMT>::n, NCL = moe_ncl<FMT, UP, MT>();
-  constexpr int64_t KR = moe_kr<FMT, UP, MT, STREAM>(), NC = KR / CH;
-  constexpr int R = moe_rows_per_warp<UP, MT, STREAM>();
+  constexpr int CH = Chunk<FMT>::n, R = kMoeRowsPerWarp;
+  constexpr int64_t KR = kMoeKR, NC = KR / CH;
   if (int(blockIdx.y) >= *w.n_active) return;
   const int e = w.active[blockIdx.y];
   const int r0 = w.offsets[e], r1 = w.offsets[e + 1];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const DevWeight wt = a.table[int64_t(e) * 3 + (UP ? (warp < 4 ? 0 : 2) : 1)];
   const int64_t K = UP ? a.D : a.inter, N = UP ? a.inter : a.D;
-  const int64_t nblk = int64_t(blockIdx.x) * moe_cols_per_block<UP, MT, STREAM>();
+  const int64_t nblk = int64_t(blockIdx.x) * moe_cols_per_block<UP>();
   const int64_t n0 = nblk + (UP ? (warp & 3) : warp) * R;
   const float* src = UP ? a.x : w.h;
   for (int rb = r0; rb < r1; rb += MT) {
@@ -255,49 +244,19 @@ __global__ void __launch_bounds__(256) moe_gemv_k(DevMoe a, MoeWs w) {
     };
     for (int64_t k0 = 0; k0 < K; k0 += KR) {
       const int64_t kl = min(K, k0 + KR) - k0, nch = kl / CH;
-      if constexpr (STREAM) {
-        uint4 cur[R];
-        float csc[R];
-        fetch(k0, lane, nch, cur, csc);  // in flight while x is staged
-        stage(k0, kl);
-        for (int64_t c = lane; c < nch; c += 32) {
-          uint4 nxt[R];
-          float nsc[R];
-          fetch(k0, c + 32, nch, nxt, nsc);
-          multiply(cur, csc, c, nv);
+      uint4 cur[R];
+      float csc[R];
+      fetch(k0, lane, nch, cur, csc);  // in flight while x is staged
+      stage(k0, kl);
+      for (int64_t c = lane; c < nch; c += 32) {
+        uint4 nxt[R];
+        float nsc[R];
+        fetch(k0, c + 32, nch, nxt, nsc);
+        multiply(cur, csc, c, nv);
 #pragma unroll
-          for (int r = 0; r < R; ++r) {
-            cur[r] = nxt[r];
-            csc[r] = nsc[r];
-          }
-        }
-      } else {
-        uint4 raw[R][NCL];
-        float sc[R][NCL];
-#pragma unroll
-        for (int j = 0; j < NCL; ++j) {
-          uint4 rj[R];
-          float sj[R];
-          fetch(k0, lane + 32 * j, nch, rj, sj);
-#pragma unroll
-          for (int r = 0; r < R; ++r) {
-            raw[r][j] = rj[r];
-            sc[r][j] = sj[r];
-          }
-        }
-        stage(k0, kl);
-#pragma unroll
-        for (int j = 0; j < NCL; ++j) {
-          const int c = lane + 32 * j;
-          if (c >= nch) break;
-          uint4 rj[R];
-          float sj[R];
-#pragma unroll
-          for (int r = 0; r < R; ++r) {
-            rj[r] = raw[r][j];
-            sj[r] = sc[r][j];
-          }
-          multiply(rj, sj, c, nv);
+        for (int r = 0; r < R; ++r) {
+          cur[r] = nxt[r];
+          csc[r] = nsc[r];
         }
       }
     }
@@ -536,33 +495,17 @@ __global__ void moe_combine_k(DevMoe a, MoeWs w, bool has_shared) {
   }
 }
 
-bool moe_stream() {  // DSV4_CUDA_MOE_STREAM=0/1 (see moe_gemv_k), read once
-  static const bool on = [] {
-    const char* v = std::getenv("DSV4_CUDA_MOE_STREAM");
-    return v && *v ? std::strcmp(v, "0") != 0 : true;
-  }();
-  return on;
-}
-
-template <int FMT, bool UP, int MT, bool Q, bool STREAM>
-void launch_moe_gemv_as(const Launch& L, const DevMoe& a, const MoeWs& w, unsigned max_active) {
-  constexpr size_t sm = size_t(MT) * size_t(moe_kr<FMT, UP, MT, STREAM>()) * 4;
-  static unsigned long long attr = 0;
-  if (first_on_device(attr)) {
-    const int limit = allow_max_dynamic_smem(reinterpret_cast<const void*>(moe_gemv_k<FMT, UP, MT, Q, STREAM>));
-    DSV4_CUDA_REQUIRE(size_t(limit) >= sm, "moe on CUDA: the device's shared memory per block is too small");
-  }
-  const unsigned tiles = unsigned(cdiv(UP ? a.inter : a.D, moe_cols_per_block<UP, MT, STREAM>()));
-  moe_gemv_k<FMT, UP, MT, Q, STREAM><<<dim3(tiles, max_active), 256, sm, L.stream>>>(a, w);
-  DSV4_CUDA_LAUNCHED();
-}
-
 template <int FMT, bool UP, int MT, bool Q>
 void launch_moe_gemv(const Launch& L, const DevMoe& a, const MoeWs& w, unsigned max_active) {
-  if (moe_stream())
-    launch_moe_gemv_as<FMT, UP, MT, Q, true>(L, a, w, max_active);
-  else
-    launch_moe_gemv_as<FMT, UP, MT, Q, false>(L, a, w, max_active);
+  constexpr size_t sm = size_t(MT) * size_t(kMoeKR) * 4;
+  static unsigned long long attr = 0;
+  if (first_on_device(attr)) {
+    const int limit = allow_max_dynamic_smem(reinterpret_cast<const void*>(moe_gemv_k<FMT, UP, MT, Q>));
+    DSV4_CUDA_REQUIRE(size_t(limit) >= sm, "moe on CUDA: the device's shared memory per block is too small");
+  }
+  const unsigned tiles = unsigned(cdiv(UP ? a.inter : a.D, moe_cols_per_block<UP>()));
+  moe_gemv_k<FMT, UP, MT, Q><<<dim3(tiles, max_active), 256, sm, L.stream>>>(a, w);
+  DSV4_CUDA_LAUNCHED();
 }
 
 template <int FMT, bool UP, bool Q>
