@@ -10,10 +10,7 @@ OUT=${1:?out dir}
 LAYERS=${2:-30} BATCHES=${3:-1,16} C=${4:-1024}
 BIN=${BIN:-gpu-pkg/bin}
 mkdir -p "$OUT"
-if [ -d gpu-pkg/lib ]; then
-  NCCL_DIR=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
-  export LD_LIBRARY_PATH=$PWD/gpu-pkg/lib${NCCL_DIR:+:$NCCL_DIR}:${LD_LIBRARY_PATH:-}
-fi
+. bench/gpu/env.sh
 VARIANTS=${AB_VARIANTS-"default: nomma:DSV4_CUDA_GEMV_DECODE_MMA=0"}
 for v in $VARIANTS; do
   name=${v%%:*} envs=${v#*:}

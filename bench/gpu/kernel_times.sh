@@ -9,10 +9,7 @@ cd "$(dirname "$0")/../.." || exit 1
 OUT=${1:?out dir}
 LAYERS=${2:-4} B=${3:-1} C=${4:-1024}
 BIN=${BIN:-gpu-pkg/bin}
-if [ -d gpu-pkg/lib ]; then  # the carried package's libraries, and the device image's NCCL (as run.sh)
-  NCCL_DIR=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
-  export LD_LIBRARY_PATH=$PWD/gpu-pkg/lib${NCCL_DIR:+:$NCCL_DIR}:${LD_LIBRARY_PATH:-}
-fi
+. bench/gpu/env.sh
 NCU=$(command -v ncu || find /opt/nvidia/nsight-compute -maxdepth 2 -name ncu -type f 2>/dev/null | head -1)
 [ -n "$NCU" ] || { echo "kernel_times: ncu not found"; exit 1; }
 csv=$OUT/kernels_L${LAYERS}_B${B}_C${C}.csv

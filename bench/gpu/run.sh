@@ -7,15 +7,11 @@ set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 WHAT=${1:-all}
 OUT=${OUT:-$PWD/gpu-out}
-PKG=${PKG:-$PWD/gpu-pkg}
 mkdir -p "$OUT"
-export NCCL_NVLS_ENABLE=0
+. bench/gpu/env.sh
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
 if [ -d "$PKG/bin" ]; then
   BIN=$PKG/bin
-  # NCCL is not in the package (too large to carry): take the device image's (CUDA toolkit or the wheel).
-  NCCL_DIR=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
-  export LD_LIBRARY_PATH=$PKG/lib${NCCL_DIR:+:$NCCL_DIR}:${LD_LIBRARY_PATH:-}
   # Tests find ../shared by the absolute path they were built with; point it at the carried fixtures.
   SHARED_AT=$(cat "$PKG/shared_path")
   if [ ! -e "$SHARED_AT" ]; then mkdir -p "$(dirname "$SHARED_AT")" && ln -s "$PKG/shared" "$SHARED_AT"; fi

@@ -220,7 +220,9 @@ TEST_P(BackendOps, IndexTopkTiesAndFewEligible) {
 TEST_P(BackendOps, IndexTopkTilesEqualThePlainPath) {
   const int64_t IH = 4, ID = 16, K = 5;
   const bool tiles = be->index_scratch_cols(1 << 20, K) < (1 << 20);
-  if (GetParam() == "cpu") EXPECT_TRUE(tiles) << "the CPU backend scores in tiles";
+  if (GetParam() == "cpu") {
+    EXPECT_TRUE(tiles) << "the CPU backend scores in tiles";
+  }
   // Guard mode protects every buffer per op (slow): one dtype there, with the tiles that cross the most borders.
   const bool guard = GetParam() == "cpu_guard";
   const std::vector<int64_t> widths = guard ? std::vector<int64_t>{1, 7} : std::vector<int64_t>{1, 3, 7, 16, 60};
@@ -362,7 +364,8 @@ TEST_P(BackendOps, RouteScoreFuncsHashAndBias) {
 // Shapes and row counts that reach each CUDA path: M = 1 (one row per expert), M <= 16 (two rows per pass,
 // experts with more rows take several passes), M > 16 (eight rows); K above one staged pass in UP (D) and in
 // DOWN (I); M > 16 with 128-aligned widths and FP8 activations (tensor cores; several 64-row tiles per expert),
-// with FP4 and with FP8 experts.
+// with FP4 and with FP8 experts; M <= 16 with 128-aligned widths and FP4 experts (the decode tensor-core kernel:
+// one and two halves of its 16-row A tile).
 struct MoeShape {
   int64_t M, D, I;
   WeightFormat fmt = WeightFormat::FP4Group32;
@@ -422,6 +425,7 @@ TEST_P(BackendOps, MoeWithActFp8AndRounding) {
   for (const MoeShape& shape : {MoeShape{5, 64, 32}, MoeShape{1, 64, 32}, MoeShape{20, 64, 32}, MoeShape{1, 4224, 64},
                                 MoeShape{1, 64, 2176},
                                 MoeShape{20, 64, 2176}, MoeShape{40, 256, 128}, MoeShape{200, 384, 256},
-                                MoeShape{200, 256, 128, WeightFormat::FP8Block}})
+                                MoeShape{200, 256, 128, WeightFormat::FP8Block}, MoeShape{1, 256, 128},
+                                MoeShape{5, 384, 256}, MoeShape{16, 256, 384}})
     run_case(shape.M, shape.D, shape.I, shape.fmt);
 }

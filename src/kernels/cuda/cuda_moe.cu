@@ -1,8 +1,11 @@
 // MoE routing and the routed MoE layer as one op. Rows are sorted by expert on the device (counts, offsets, a
 // compact list of the experts hit); grouped GEMV kernels then read each hit expert's weights once per 8 of its
-// rows: up = w1 and w3 with the SwiGLU (clamp, routing weight) in the epilogue, down = w2 into one output row
-// per (token, choice); a combine sums the choices in expert-id order (the host's order) plus the shared expert.
+// rows (decode FP4 experts: moe_dmma_k, on tensor cores): up = w1 and w3 with the SwiGLU (clamp, routing weight)
+// in the epilogue, down = w2 into one output row per (token, choice); a combine sums the choices in expert-id
+// order (the host's order) plus the shared expert.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/cuda/cuda_weights.cuh"
 
@@ -302,16 +305,11 @@ __global__ void __launch_bounds__(256) moe_gemv_k(DevMoe a, MoeWs w) {
 // activation's per-128 scale times the weight's scale (per 32 for FP4, per 128 x 128 for FP8), as the reference
 // de-quantizes.
 __device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4(uint32_t nibbles16) {
-  // e2m1 magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 as e4m3 codes; the sign moves from bit 3 to bit 7.
-  constexpr uint64_t kLut = 0x4C4844403C383000ull;
-  uint32_t out = 0;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const uint32_t n = (nibbles16 >> (4 * j)) & 15u;
-    const uint32_t code = uint32_t((kLut >> (8 * (n & 7))) & 0xffu) | ((n & 8u) << 4);
-    out |= code << (8 * j);
-  }
-  return out;
+  // e2m1 magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 as e4m3 codes, picked by byte permutes (a table lookup per byte);
+  // the sign (nibble bit 3) becomes byte bit 7 by selecting 0x00 or 0x80.
+  const uint32_t mag = __byte_perm(0x3C383000u, 0x4C484440u, nibbles16 & 0x7777u);
+  const uint32_t sgn = __byte_perm(0u, 0x80808080u, (nibbles16 >> 1) & 0x4444u);
+  return mag | sgn;
 }
 
 template <int FMT, bool UP>
@@ -459,6 +457,155 @@ __global__ void __launch_bounds__(256) moe_mma_k(DevMoe a, MoeWs w) {
     }
 }
 
+// ---- Decode (M <= 16 rows, FP8 activations, FP4 experts): FP8 tensor cores with no weight staging. The
+// expert's rows of activation codes (quantize_fp8_codes) are the A tile in shared memory; each warp streams two
+// 8-row weight fragments (UP: the same 8 columns of w1 and w3, so the SwiGLU stays in registers; DOWN: 16
+// columns of w2) straight from global memory into B fragments. The mma's k32 step must stay inside one 32-column
+// FP4 scale group, so the 4 lanes of a row read 4 bytes each of that group (8 values; widened to e4m3 in
+// registers), and the A fragment takes the same 8 columns (an 8-byte read). Products are promoted per 32
+// columns with the weight's scale and per 128 with the activation's, as the reference de-quantizes. Steps of 128
+// columns, kDmmaSteps of them in flight per warp (the SIMT GEMV's x staging, syncs and fp32 decode cost more
+// issue slots than the FP4 stream leaves at ~34 values per clock per SM).
+constexpr int kDmmaWarps = 4, kDmmaSteps = 3;
+template <bool UP>
+constexpr int dmma_cols_per_block() { return kDmmaWarps * (UP ? 8 : 16); }
+
+// E8M0 byte j of four as a float: 2^(b - 127) for b in 1..254 (checkpoint scales; 0 reads as 0, not 2^-127).
+__device__ __forceinline__ float e8m0_byte(uint32_t four, int j) {
+  return __uint_as_float(((four >> (8 * j)) & 0xffu) << 23);
+}
+
+template <bool UP>
+__global__ void __launch_bounds__(kDmmaWarps * 32) moe_dmma_k(DevMoe a, MoeWs w, int rt) {
+  extern __shared__ __align__(16) uint8_t dsm[];
+  if (int(blockIdx.y) >= *w.n_active) return;
+  const int e = w.active[blockIdx.y];
+  const int r0 = w.offsets[e], r1 = w.offsets[e + 1];
+  const int64_t K = UP ? a.D : a.inter, N = UP ? a.inter : a.D, nsteps = K / 128;
+  const int64_t ld = K + 32;  // +32 B per row: a half warp's 8-byte A reads land on 32 distinct banks
+  uint8_t* xs = dsm;                                        // [rt][ld] activation codes
+  float* sa = reinterpret_cast<float*>(dsm + int64_t(rt) * ld);  // [rt][nsteps] their scales
+  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31), gid = lane >> 2, tig = lane & 3;
+  const DevWeight* tw = a.table + int64_t(e) * 3;
+  const int64_t nw = int64_t(blockIdx.x) * dmma_cols_per_block<UP>() + warp * (UP ? 8 : 16);
+  // Fragment f: 8 weight rows from nf[f]; this lane loads row nf + gid, and its C columns are rows nf + 2 tig, + 1
+  // (their scales). Row pointers once: a step's loads are then constant offsets.
+  const uint32_t* wrow[2];
+  const uint32_t* srow[2][2];
+  int64_t nf[2];
+  const int64_t scols = K / 32;
+#pragma unroll
+  for (int f = 0; f < 2; ++f) {
+    const DevWeight& wt = tw[UP ? (f ? 2 : 0) : 1];
+    nf[f] = UP ? nw : nw + 8 * f;
+    const int64_t n = nf[f] + gid, c0 = nf[f] + 2 * tig;
+    wrow[f] = n < N ? reinterpret_cast<const uint32_t*>(wt.data + n * (K / 2) + tig * 4) : nullptr;
+#pragma unroll
+    for (int q = 0; q < 2; ++q)
+      srow[f][q] = c0 + q < N ? reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(wt.scale) + (c0 + q) * scols) : nullptr;
+  }
+  auto load = [&](int64_t s, uint32_t (&wr)[2][4], uint32_t (&sc)[2][2]) {
+    const bool live = s < nsteps;
+#pragma unroll
+    for (int f = 0; f < 2; ++f) {
+#pragma unroll
+      for (int b = 0; b < 4; ++b) wr[f][b] = live && wrow[f] ? __ldg(wrow[f] + s * 16 + b * 4) : 0u;
+#pragma unroll
+      for (int q = 0; q < 2; ++q) sc[f][q] = live && srow[f][q] ? __ldg(srow[f][q] + s) : 0u;
+    }
+  };
+  for (int rb = r0; rb < r1; rb += rt) {
+    const int nv = min(rt, r1 - rb);
+    const bool two = nv > 8;  // rows 8-15 of the A tile exist
+    uint32_t wr[kDmmaSteps][2][4], sc[kDmmaSteps][2][2];
+#pragma unroll
+    for (int u = 0; u < kDmmaSteps; ++u) load(u, wr[u], sc[u]);  // in flight while the activations are staged
+    __syncthreads();  // the previous pass's readers are done with xs
+    const int c16 = int(K / 16);
+    for (int i = int(threadIdx.x); i < nv * c16; i += int(blockDim.x)) {
+      const int m = i / c16, c = i - m * c16;
+      const int64_t src = UP ? int64_t(w.perm[rb + m]) / a.K : int64_t(rb + m);
+      *reinterpret_cast<uint4*>(xs + m * ld + c * 16) = *reinterpret_cast<const uint4*>(w.codes + src * K + c * 16);
+    }
+    for (int i = int(threadIdx.x); i < nv * int(nsteps); i += int(blockDim.x)) {
+      const int m = i / int(nsteps), b = i - m * int(nsteps);
+      const int64_t src = UP ? int64_t(w.perm[rb + m]) / a.K : int64_t(rb + m);
+      sa[i] = w.cscale[src * nsteps + b];
+    }
+    __syncthreads();
+    float acc[2][4] = {};
+    const bool lo_ok = gid < nv, hi_ok = gid + 8 < nv;
+    auto step = [&](int64_t s, const uint32_t (&wr)[2][4], const uint32_t (&sc)[2][2]) {
+      float t[2][4] = {};
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const int64_t kx = s * 128 + b * 32 + tig * 8;
+        const uint2 xa = lo_ok ? *reinterpret_cast<const uint2*>(xs + gid * ld + kx) : make_uint2(0, 0);
+        const uint2 xb = hi_ok ? *reinterpret_cast<const uint2*>(xs + (gid + 8) * ld + kx) : make_uint2(0, 0);
+        const uint32_t af[4] = {xa.x, xb.x, xa.y, xb.y};
+#pragma unroll
+        for (int f = 0; f < 2; ++f) {
+          const uint32_t bf[2] = {e2m1x4_to_e4m3x4(wr[f][b] & 0xffffu), e2m1x4_to_e4m3x4(wr[f][b] >> 16)};
+          float blk[4] = {0.f, 0.f, 0.f, 0.f};
+          mma_e4m3(blk, af, bf);
+          const float w0 = e8m0_byte(sc[f][0], b), w1 = e8m0_byte(sc[f][1], b);
+          t[f][0] += blk[0] * w0;
+          t[f][1] += blk[1] * w1;
+          if (two) {
+            t[f][2] += blk[2] * w0;
+            t[f][3] += blk[3] * w1;
+          }
+        }
+      }
+      const float s0 = lo_ok ? sa[gid * nsteps + s] : 0.f, s1 = hi_ok ? sa[(gid + 8) * nsteps + s] : 0.f;
+#pragma unroll
+      for (int f = 0; f < 2; ++f) {
+        acc[f][0] += t[f][0] * s0;
+        acc[f][1] += t[f][1] * s0;
+        acc[f][2] += t[f][2] * s1;
+        acc[f][3] += t[f][3] * s1;
+      }
+    };
+    for (int64_t s0 = 0; s0 < nsteps; s0 += kDmmaSteps) {
+#pragma unroll
+      for (int u = 0; u < kDmmaSteps; ++u) {
+        if (s0 + u < nsteps) step(s0 + u, wr[u], sc[u]);  // warp-uniform
+        load(s0 + u + kDmmaSteps, wr[u], sc[u]);  // this slot's next step, the others' still in flight
+      }
+    }
+    // C fragment: rows (tokens) gid and gid + 8, columns (weight rows) nf + 2 tig and + 1.
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int m = gid + (q >> 1) * 8;
+      if (m >= nv) continue;
+      if constexpr (UP) {
+        const int64_t n = nw + 2 * tig + (q & 1);
+        if (n >= N) continue;
+        float g = acc[0][q], u = acc[1][q];
+        if (a.out_bf16) {
+          g = rbf16(g);
+          u = rbf16(u);
+        }
+        if (a.swiglu_limit > 0) {
+          u = clampf(u, -a.swiglu_limit, a.swiglu_limit);
+          g = fminf(g, a.swiglu_limit);
+        }
+        float hv = g / (1.f + expf(-g)) * u * a.weights[w.perm[rb + m]];
+        if (a.round_hidden) hv = rbf16(hv);
+        w.h[int64_t(rb + m) * a.inter + n] = hv;
+      } else {
+#pragma unroll
+        for (int f = 0; f < 2; ++f) {
+          const int64_t n = nf[f] + 2 * tig + (q & 1);
+          if (n >= N) continue;
+          const float v = acc[f][q];
+          w.y[int64_t(w.perm[rb + m]) * a.D + n] = a.out_bf16 ? rbf16(v) : v;
+        }
+      }
+    }
+  }
+}
+
 __global__ void swiglu_k(const float* g, const float* u, int64_t n, float limit, bool round, float* h) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     float gv = g[i], uv = u[i];
@@ -537,8 +684,52 @@ void launch_grouped_mma(const Launch& L, const DevMoe& a, const MoeWs& w) {
   DSV4_CUDA_LAUNCHED();
 }
 
+// An A/B switch for device runs, read once: DSV4_CUDA_MOE_DECODE_MMA=0 sends decode (M <= 16) FP4 experts to the
+// SIMT GEMV (moe_gemv_k) instead of moe_dmma_k.
+bool moe_decode_mma() {
+  static const bool on = [] {
+    const char* v = std::getenv("DSV4_CUDA_MOE_DECODE_MMA");
+    return !v || !*v || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
+bool moe_dmma_fits(const DevMoe& a) {
+  auto aligned4 = [](const DevWeight& w) { return reinterpret_cast<uintptr_t>(w.scale) % 4 == 0 && reinterpret_cast<uintptr_t>(w.data) % 4 == 0; };
+  return moe_decode_mma() && a.act_fp8 && a.M <= 16 && a.w1.fmt == kFP4 && a.D % 128 == 0 && a.inter % 128 == 0 &&
+         aligned4(a.w1) && aligned4(a.w2) && aligned4(a.w3);
+}
+
+template <bool UP>
+void launch_dmma_half(const Launch& L, const DevMoe& a, const MoeWs& w, unsigned max_active, int rt) {
+  const int64_t K = UP ? a.D : a.inter;
+  const size_t sm = size_t(rt) * size_t(K + 32) + size_t(rt) * size_t(K / 128) * 4;
+  static unsigned long long attr = 0;
+  static int limit = 0;
+  if (first_on_device(attr)) limit = allow_max_dynamic_smem(reinterpret_cast<const void*>(moe_dmma_k<UP>));
+  DSV4_CUDA_REQUIRE(sm <= size_t(limit), "moe on CUDA: the decode tensor-core staging does not fit shared memory");
+  const unsigned tiles = unsigned(cdiv(UP ? a.inter : a.D, dmma_cols_per_block<UP>()));
+  moe_dmma_k<UP><<<dim3(tiles, max_active), kDmmaWarps * 32, sm, L.stream>>>(a, w, rt);
+  DSV4_CUDA_LAUNCHED();
+}
+
+void launch_dmma(const Launch& L, const DevMoe& a, const MoeWs& w, unsigned max_active) {
+  // Rows of one expert per pass: every row at decode (distinct experts per token: at most M rows).
+  const int rt = int(std::min<int64_t>(a.M, 16));
+  quantize_fp8_codes(L, a.x, a.M, a.D, a.D, w.codes, w.cscale);
+  launch_dmma_half<true>(L, a, w, max_active, rt);
+  quantize_fp8_codes(L, w.h, a.M * a.K, a.inter, a.inter, w.codes, w.cscale);
+  launch_dmma_half<false>(L, a, w, max_active, rt);
+}
+
 template <int FMT>
 void launch_grouped(const Launch& L, const DevMoe& a, const MoeWs& w, unsigned max_active) {
+  if constexpr (FMT == kFP4) {
+    if (moe_dmma_fits(a)) {
+      launch_dmma(L, a, w, max_active);
+      return;
+    }
+  }
   if constexpr (FMT == kFP4 || FMT == kFP8) {
     if (moe_mma_fits(a)) {
       launch_grouped_mma<FMT>(L, a, w);
