@@ -364,8 +364,8 @@ TEST_P(BackendOps, RouteScoreFuncsHashAndBias) {
 // Shapes and row counts that reach each CUDA path: M = 1 (one row per expert), M <= 16 (two rows per pass,
 // experts with more rows take several passes), M > 16 (eight rows); K above one staged pass in UP (D) and in
 // DOWN (I); M > 16 with 128-aligned widths and FP8 activations (tensor cores; several 64-row tiles per expert),
-// with FP4 and with FP8 experts; M <= 16 with 128-aligned widths and FP4 experts (the decode tensor-core kernel:
-// one and two halves of its 16-row A tile).
+// with FP4 and with FP8 experts; M <= 64 with 128-aligned widths and FP4 experts (the decode tensor-core kernel:
+// one and two halves of its 16-row A tile, and at M = 40 experts with more rows than one pass takes).
 struct MoeShape {
   int64_t M, D, I;
   WeightFormat fmt = WeightFormat::FP4Group32;

@@ -457,15 +457,16 @@ __global__ void __launch_bounds__(256) moe_mma_k(DevMoe a, MoeWs w) {
     }
 }
 
-// ---- Decode (M <= 16 rows, FP8 activations, FP4 experts): FP8 tensor cores with no weight staging. The
+// ---- Decode (M <= 64 rows, FP8 activations, FP4 experts): FP8 tensor cores with no weight staging. The
 // expert's rows of activation codes (quantize_fp8_codes) are the A tile in shared memory; each warp streams two
 // 8-row weight fragments (UP: the same 8 columns of w1 and w3, so the SwiGLU stays in registers; DOWN: 16
 // columns of w2) straight from global memory into B fragments. The mma's k32 step must stay inside one 32-column
 // FP4 scale group, so the 4 lanes of a row read 4 bytes each of that group (8 values; widened to e4m3 in
 // registers), and the A fragment takes the same 8 columns (an 8-byte read). Products are promoted per 32
 // columns with the weight's scale and per 128 with the activation's, as the reference de-quantizes. Steps of 128
-// columns, kDmmaSteps of them in flight per warp (the SIMT GEMV's x staging, syncs and fp32 decode cost more
-// issue slots than the FP4 stream leaves at ~34 values per clock per SM).
+// columns, S of them in flight per warp (the SIMT GEMV's x staging, syncs and fp32 decode cost more issue slots
+// than the FP4 stream leaves at ~34 values per clock per SM). 3 steps keep 4 blocks per SM (127 registers); 6 at
+// M <= 4 (fewer warps than the SMs hold) measured no faster on the H200 (B = 1 UP 45.6 -> 47.3 us).
 constexpr int kDmmaWarps = 4, kDmmaSteps = 3;
 template <bool UP>
 constexpr int dmma_cols_per_block() { return kDmmaWarps * (UP ? 8 : 16); }
@@ -477,6 +478,7 @@ __device__ __forceinline__ float e8m0_byte(uint32_t four, int j) {
 
 template <bool UP>
 __global__ void __launch_bounds__(kDmmaWarps * 32) moe_dmma_k(DevMoe a, MoeWs w, int rt) {
+  constexpr int S = kDmmaSteps;
   extern __shared__ __align__(16) uint8_t dsm[];
   if (int(blockIdx.y) >= *w.n_active) return;
   const int e = w.active[blockIdx.y];
@@ -517,9 +519,9 @@ __global__ void __launch_bounds__(kDmmaWarps * 32) moe_dmma_k(DevMoe a, MoeWs w,
   for (int rb = r0; rb < r1; rb += rt) {
     const int nv = min(rt, r1 - rb);
     const bool two = nv > 8;  // rows 8-15 of the A tile exist
-    uint32_t wr[kDmmaSteps][2][4], sc[kDmmaSteps][2][2];
+    uint32_t wr[S][2][4], sc[S][2][2];
 #pragma unroll
-    for (int u = 0; u < kDmmaSteps; ++u) load(u, wr[u], sc[u]);  // in flight while the activations are staged
+    for (int u = 0; u < S; ++u) load(u, wr[u], sc[u]);  // in flight while the activations are staged
     __syncthreads();  // the previous pass's readers are done with xs
     const int c16 = int(K / 16);
     for (int i = int(threadIdx.x); i < nv * c16; i += int(blockDim.x)) {
@@ -566,11 +568,11 @@ __global__ void __launch_bounds__(kDmmaWarps * 32) moe_dmma_k(DevMoe a, MoeWs w,
         acc[f][3] += t[f][3] * s1;
       }
     };
-    for (int64_t s0 = 0; s0 < nsteps; s0 += kDmmaSteps) {
+    for (int64_t s0 = 0; s0 < nsteps; s0 += S) {
 #pragma unroll
-      for (int u = 0; u < kDmmaSteps; ++u) {
+      for (int u = 0; u < S; ++u) {
         if (s0 + u < nsteps) step(s0 + u, wr[u], sc[u]);  // warp-uniform
-        load(s0 + u + kDmmaSteps, wr[u], sc[u]);  // this slot's next step, the others' still in flight
+        load(s0 + u + S, wr[u], sc[u]);  // this slot's next step, the others' still in flight
       }
     }
     // C fragment: rows (tokens) gid and gid + 8, columns (weight rows) nf + 2 tig and + 1.
@@ -684,19 +686,22 @@ void launch_grouped_mma(const Launch& L, const DevMoe& a, const MoeWs& w) {
   DSV4_CUDA_LAUNCHED();
 }
 
-// An A/B switch for device runs, read once: DSV4_CUDA_MOE_DECODE_MMA=0 sends decode (M <= 16) FP4 experts to the
-// SIMT GEMV (moe_gemv_k) instead of moe_dmma_k.
-bool moe_decode_mma() {
-  static const bool on = [] {
+// Rows up to which the decode kernel (moe_dmma_k) takes FP4 experts; an A/B switch for device runs, read once:
+// DSV4_CUDA_MOE_DECODE_MMA=N sets it (0: the SIMT GEMV at M <= 16 and the grouped GEMM above, as before it).
+// Up to 64 rows a hit expert mostly has 1-4 of them, which the grouped GEMM's 64-row tiles would mostly waste.
+int64_t moe_decode_mma_rows() {
+  static const int64_t rows = [] {
     const char* v = std::getenv("DSV4_CUDA_MOE_DECODE_MMA");
-    return !v || !*v || std::strcmp(v, "0") != 0;
+    return v && *v ? std::strtoll(v, nullptr, 10) : int64_t(64);
   }();
-  return on;
+  return rows;
 }
 
 bool moe_dmma_fits(const DevMoe& a) {
-  auto aligned4 = [](const DevWeight& w) { return reinterpret_cast<uintptr_t>(w.scale) % 4 == 0 && reinterpret_cast<uintptr_t>(w.data) % 4 == 0; };
-  return moe_decode_mma() && a.act_fp8 && a.M <= 16 && a.w1.fmt == kFP4 && a.D % 128 == 0 && a.inter % 128 == 0 &&
+  auto aligned4 = [](const DevWeight& w) {
+    return reinterpret_cast<uintptr_t>(w.scale) % 4 == 0 && reinterpret_cast<uintptr_t>(w.data) % 4 == 0;
+  };
+  return a.act_fp8 && a.M <= moe_decode_mma_rows() && a.w1.fmt == kFP4 && a.D % 128 == 0 && a.inter % 128 == 0 &&
          aligned4(a.w1) && aligned4(a.w2) && aligned4(a.w3);
 }
 
@@ -714,7 +719,7 @@ void launch_dmma_half(const Launch& L, const DevMoe& a, const MoeWs& w, unsigned
 }
 
 void launch_dmma(const Launch& L, const DevMoe& a, const MoeWs& w, unsigned max_active) {
-  // Rows of one expert per pass: every row at decode (distinct experts per token: at most M rows).
+  // Rows of one expert per pass: the A tile's 16 (every row at M <= 16: distinct experts per token).
   const int rt = int(std::min<int64_t>(a.M, 16));
   quantize_fp8_codes(L, a.x, a.M, a.D, a.D, w.codes, w.cscale);
   launch_dmma_half<true>(L, a, w, max_active, rt);
