@@ -123,9 +123,11 @@ class GlooPending final : public Communicator::Pending {
     });
   }
   ~GlooPending() override {
-    if (!done_ && buf_) {  // abandoned (an error elsewhere): Gloo must not touch the bytes after they are freed
-      if (send_) buf_->abortWaitSend();
-      else buf_->abortWaitRecv();
+    // Abandoned (the step failed; the group is dead from here on): Gloo may still complete the posted transfer
+    // into these bytes, so they and the buffer are left allocated rather than freed under it.
+    if (!done_ && buf_) {
+      (void)buf_.release();
+      static_cast<void>(new std::vector<uint8_t>(std::move(bytes_)));
     }
   }
   void wait() override {

@@ -185,14 +185,16 @@ std::vector<StepBatch> split_micro_batches(const StepBatch& batch, int n) {
   n = int(std::min<int64_t>(n, std::max<int64_t>(items, 1)));
   std::vector<StepBatch> out(static_cast<size_t>(n));
   for (auto& b : out) b.mtp = batch.mtp, b.dspark = batch.dspark, b.keep_hidden = batch.keep_hidden;
-  // Group k closes once the tokens so far reach (k + 1) / n of the total, leaving an item for every later group.
+  // Group k closes before item i when stopping short of its share (k + 1) / n of the tokens lands nearer the
+  // share than taking i would, or when each later group needs one of the items left.
   int64_t done = 0;
   size_t k = 0;
   for (int64_t i = 0; i < items; ++i) {
+    const int64_t t = int64_t(batch.items[size_t(i)].tokens.size()), share = total * int64_t(k + 1);
+    const int64_t later = n - int64_t(k) - 1;
+    if (later > 0 && !out[k].items.empty() && (items - i == later || (done + t) * n - share > share - done * n)) ++k;
     out[k].items.push_back(batch.items[size_t(i)]);
-    done += int64_t(batch.items[size_t(i)].tokens.size());
-    const int64_t left_items = items - i - 1, left_groups = n - int64_t(k) - 1;
-    if (left_groups > 0 && (left_items == left_groups || done * n >= total * int64_t(k + 1))) ++k;
+    done += t;
   }
   return out;
 }
