@@ -23,6 +23,17 @@ std::vector<uint64_t> layer_weight_bytes(const ModelConfig& c) {
   return b;
 }
 
+uint64_t head_weight_bytes(const ModelConfig& c) {
+  uint64_t b = 0;
+  for (const TensorSpec& t : expected_tensors(c, c.expert_format)) {
+    if (t.name != "head.weight" && t.name != "norm.weight" && t.name.rfind("hc_head", 0) != 0) continue;
+    uint64_t n = dtype_size(t.dtypes.at(0));
+    for (int64_t d : t.shape) n *= uint64_t(d);
+    b += n;
+  }
+  return b;
+}
+
 namespace {
 
 int parse_layer(const std::string& s, const std::string& spec) {
@@ -33,8 +44,9 @@ int parse_layer(const std::string& s, const std::string& spec) {
   return v;
 }
 
-// Contiguous split of `bytes` into `k` parts minimising the largest part (the lowest boundaries on ties).
-std::vector<StageLayers> balanced(const std::vector<uint64_t>& bytes, int k) {
+// Contiguous split of `bytes` into `k` parts minimising the largest part, the last part also carrying `tail`
+// (the lowest boundaries on ties).
+std::vector<StageLayers> balanced(const std::vector<uint64_t>& bytes, int k, uint64_t tail) {
   const int n = int(bytes.size());
   std::vector<uint64_t> pre(size_t(n + 1), 0);
   for (int i = 0; i < n; ++i) pre[size_t(i + 1)] = pre[size_t(i)] + bytes[size_t(i)];
@@ -47,7 +59,8 @@ std::vector<StageLayers> balanced(const std::vector<uint64_t>& bytes, int k) {
     for (int i = j; i <= n; ++i)
       for (int s = j - 1; s < i; ++s) {
         if (best[size_t(j - 1)][size_t(s)] == inf) continue;
-        const uint64_t v = std::max(best[size_t(j - 1)][size_t(s)], pre[size_t(i)] - pre[size_t(s)]);
+        const uint64_t part = pre[size_t(i)] - pre[size_t(s)] + (j == k && i == n ? tail : 0);
+        const uint64_t v = std::max(best[size_t(j - 1)][size_t(s)], part);
         if (v < best[size_t(j)][size_t(i)]) best[size_t(j)][size_t(i)] = v, cut[size_t(j)][size_t(i)] = s;
       }
   std::vector<StageLayers> out(static_cast<size_t>(k));
@@ -64,7 +77,7 @@ std::vector<StageLayers> pipeline_stages(const ModelConfig& c, int stages, const
   if (stages < 1) fail("--pipeline-parallel-size must be >= 1");
   if (stages > c.n_layers)
     fail("--pipeline-parallel-size {} exceeds the model's {} layers (each stage needs one)", stages, c.n_layers);
-  if (spec.empty()) return balanced(layer_weight_bytes(c), stages);
+  if (spec.empty()) return balanced(layer_weight_bytes(c), stages, head_weight_bytes(c));
   std::vector<StageLayers> out;
   size_t at = 0;
   while (at <= spec.size()) {

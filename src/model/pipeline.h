@@ -16,12 +16,15 @@ struct StageLayers {
   int begin = 0, end = 0;  // layers [begin, end)
 };
 
-// Bytes of each main layer's weights in the checkpoint formats (from the weight schema): what the split balances.
+// Bytes of each main layer's weights in the checkpoint formats (from the weight schema), and of the last stage's
+// head, final norm and hc_head: the weights each token reads, which the split balances (the embedding is a
+// row gather, not counted).
 std::vector<uint64_t> layer_weight_bytes(const ModelConfig& c);
+uint64_t head_weight_bytes(const ModelConfig& c);
 
 // `stages` contiguous ranges covering [0, n_layers), each at least one layer: from `spec` when given
-// ("0-3,4-7": first-last layer of each stage, inclusive, in order), else the split whose largest stage holds the
-// fewest bytes. Errors name what is wrong with the spec.
+// ("0-3,4-7": first-last layer of each stage, inclusive, in order), else the split whose largest stage (the
+// last with the head's bytes) holds the fewest bytes. Errors name what is wrong with the spec.
 std::vector<StageLayers> pipeline_stages(const ModelConfig& c, int stages, const std::string& spec);
 std::string format_stages(const std::vector<StageLayers>& s);  // the spec syntax
 

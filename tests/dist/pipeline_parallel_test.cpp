@@ -188,9 +188,14 @@ TEST(PipelineParallel, MicroBatchesInFlightEqualOneStageExactly) {
 }
 
 TEST(PipelineParallel, EvenSplitBalancesLayerBytes) {
-  // Layers of a made config with unequal widths: the split minimises the largest stage.
+  // tiny-a's layers differ (ratio 4 and 128 layers carry compressors, the first two are hash-routed): the split
+  // minimises the largest stage, the last one counting the head's bytes too.
   const auto cfg = dsv4::ModelConfig::load(kTiny + "/config.json");
   const auto bytes = dsv4::layer_weight_bytes(cfg);
+  const uint64_t head = dsv4::head_weight_bytes(cfg);
+  EXPECT_EQ(head, (uint64_t(cfg.vocab_size) + 1) * cfg.dim * 2 +
+                      (uint64_t(cfg.hc_mult) * cfg.hc_mult * cfg.dim + cfg.hc_mult + 1) * 4)
+      << "head and norm (bf16), hc_head (f32)";
   ASSERT_EQ(bytes.size(), size_t(cfg.n_layers));
   for (int P = 1; P <= cfg.n_layers; ++P) {
     const auto st = dsv4::pipeline_stages(cfg, P, "");
@@ -205,7 +210,7 @@ TEST(PipelineParallel, EvenSplitBalancesLayerBytes) {
       }
       uint64_t b = 0;
       for (int l = st[k].begin; l < st[k].end; ++l) b += bytes[size_t(l)];
-      worst = std::max(worst, b);
+      worst = std::max(worst, b + (k + 1 == st.size() ? head : 0));
     }
     // No contiguous split does better: brute force over every cut set (5 layers: at most 16).
     uint64_t best = UINT64_MAX;
@@ -214,6 +219,7 @@ TEST(PipelineParallel, EvenSplitBalancesLayerBytes) {
       uint64_t cur = 0, w = 0;
       for (int l = 0; l < cfg.n_layers; ++l) {
         cur += bytes[size_t(l)];
+        if (l == cfg.n_layers - 1) cur += head;
         if (l == cfg.n_layers - 1 || (m >> l) & 1u) w = std::max(w, cur), cur = 0;
       }
       best = std::min(best, w);
