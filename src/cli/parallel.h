@@ -1,6 +1,7 @@
 // Multi-rank launch, as vLLM does it: `--tensor-parallel-size T` (and `--pipeline-parallel-size P`) on one
-// host starts one rank per GPU, T * P in all (this process is rank 0, the others are child processes of it); across nodes every node runs the same command
-// with its `--node-rank`, `--master-addr`/`--master-port` naming node 0, and `--headless` on the workers.
+// host starts one rank per GPU, T * P in all (this process is rank 0, the others are child processes of it);
+// across nodes every node runs the same command with its `--node-rank`, `--master-addr`/`--master-port` naming
+// node 0, and `--headless` on the workers.
 #pragma once
 #include <CLI/CLI.hpp>
 #include <string>

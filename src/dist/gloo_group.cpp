@@ -115,7 +115,8 @@ class GlooPending final : public Communicator::Pending {
       : g_(g), be_(be), t_(t), peer_(peer), send_(send), bytes_(size_t(t.nbytes())) {
     DSV4_CHECK(peer >= 0 && peer < g.size() && peer != g.rank(), "{}: peer {} is not another rank of {}",
                send ? "send" : "recv", peer, g.size());
-    if (send) cpu_backend_with_access(be_, [&] { std::memcpy(bytes_.data(), t.buf->base() + t.offset, bytes_.size()); });
+    if (send)
+      cpu_backend_with_access(be_, [&] { std::memcpy(bytes_.data(), t.buf->base() + t.offset, bytes_.size()); });
     g_.guarded(send ? "a pipeline send" : "a pipeline recv", [&] {
       buf_ = g_.ctx()->createUnboundBuffer(bytes_.data(), bytes_.size());
       if (send) buf_->send(peer, kP2pSlot);
@@ -137,7 +138,8 @@ class GlooPending final : public Communicator::Pending {
       if (!ok) throw PeerError(fmt::format("pipeline {} with rank {} was aborted", send_ ? "send" : "recv", peer_));
     });
     done_ = true;
-    if (!send_) cpu_backend_with_access(be_, [&] { std::memcpy(t_.buf->base() + t_.offset, bytes_.data(), bytes_.size()); });
+    if (!send_)
+      cpu_backend_with_access(be_, [&] { std::memcpy(t_.buf->base() + t_.offset, bytes_.data(), bytes_.size()); });
   }
 
  private:

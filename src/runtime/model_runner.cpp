@@ -24,7 +24,8 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   if (pp < 1 || world % pp)
     fail("--pipeline-parallel-size {} does not divide the {} ranks", pp, world);
   tp_size_ = world / pp;
-  if (world == 1 || opts_.dist.rank == 0) pipeline_stages(cfg_, pp, opts_.pipeline.layers);  // refused before the group forms
+  // A bad layout is refused before the group forms (the other ranks get rank 0's spec at the rendezvous).
+  if (world == 1 || opts_.dist.rank == 0) pipeline_stages(cfg_, pp, opts_.pipeline.layers);
   if (opts_.dist.active()) {
     opts_.dist.group_size = tp_size_;
     // Before anything slow: every rank must agree on dsv4, the model and (from rank 0) the options.
@@ -177,12 +178,13 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
     // tensors: this stage's weight tensors (placed: with the imported checkpoint mappings, which are shared).
     spdlog::info("pipeline stage {} of {} (rank {}, layers {}-{}{}{}): tensors {} B, weights placed {} B, KV {} B "
                  "({} B/block, {} B/slot)",
-                 stage_.index, pp, rank, stage_.layers.begin, stage_.layers.end - 1, stage_.first() ? ", embedding" : "",
-                 stage_.last() ? ", head" : "", weights_->tensor_bytes, mem_.weights, mem_.kv, layout.block_bytes(),
-                 layout.slot_bytes());
+                 stage_.index, pp, rank, stage_.layers.begin, stage_.layers.end - 1,
+                 stage_.first() ? ", embedding" : "", stage_.last() ? ", head" : "", weights_->tensor_bytes,
+                 mem_.weights, mem_.kv, layout.block_bytes(), layout.slot_bytes());
     // Rank 0 receives the last stage's logits of a whole step here ([tp, rows, vocab / tp] per micro-batch).
     if (rank == 0)
-      pipe_logits_buf_ = be_->alloc(size_t(std::max<int64_t>(lim.max_logit_rows, 1) * cfg_.vocab_size * 4), BufferUsage::Io);
+      pipe_logits_buf_ =
+          be_->alloc(size_t(std::max<int64_t>(lim.max_logit_rows, 1) * cfg_.vocab_size * 4), BufferUsage::Io);
   }
   spdlog::info("memory plan: KV {:.1f} B/token, {:.3f} GB per {}-token sequence; workspace for {} tokens per step, of "
                "it indexer scores {:.1f} MB ({}); per-call host scratch {:.1f} MB; total {:.3f} GB",

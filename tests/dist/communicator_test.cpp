@@ -176,7 +176,8 @@ TEST(GlooCommunicator, SendRecvAlongAPipelineOfTensorParallelGroups) {
     auto world = make_communicator(*g, *be);
     auto tp = make_communicator(*g->tensor_group(), *be);
     auto buf = be->alloc(size_t(3 * n) * 4, BufferUsage::Workspace);
-    Tensor x(buf.get(), 0, DType::F32, {n}), y(buf.get(), n * 4, DType::F32, {n}), z(buf.get(), 2 * n * 4, DType::F32, {n});
+    Tensor x(buf.get(), 0, DType::F32, {n}), y(buf.get(), n * 4, DType::F32, {n});
+    Tensor z(buf.get(), 2 * n * 4, DType::F32, {n});
     std::vector<float> v(n);
     for (int i = 0; i < n; ++i) v[size_t(i)] = float(r + 1) * float(i);
     be->upload(x, v.data(), v.size() * 4);
