@@ -2,7 +2,7 @@
 # Pipeline parallelism across two hosts: stage 0 (the head, HTTP) and stage 1 (a headless worker) in separate
 # network namespaces joined by a veth pair, launched with the same flags as tensor parallelism. The pair serves a
 # chat request through the head with the same greedy reply as one process, also two at once (two micro-batches);
-# stopping the head stops the worker.
+# stopping the head stops the worker; a partition between the stages is reported within the timeout.
 set -euo pipefail
 BIN=${DSV4_BIN:?}
 [ "$(id -u)" = 0 ] || { echo "FAIL: needs root for ip netns (CI runs as root)"; exit 1; }
@@ -97,5 +97,32 @@ PIDS=()
 [ "$hrc" = 0 ] || fail "the head exited $hrc on SIGTERM"
 [ "$wrc" = 0 ] || fail "the worker exited $wrc after the head stopped"
 grep -q "stopped by rank 0" "$T/worker.log" || fail "the worker did not stop on the head's word"
-echo "reply: $(content "$T/out.json")"
+
+# A partition: the link between the stages goes down while a stream runs; the head reports it in the stream
+# within the timeout (a stage-to-stage receive times out) and both exit non-zero.
+ip netns exec "$H" "$BIN" serve --device cpu --host "${NET}1" --port 0 --pipeline-parallel-size 2 --nnodes 2 \
+  --node-rank 0 --master-addr "${NET}1" --master-port 29611 --distributed-timeout 4 >"$T/head2.log" 2>&1 &
+HEAD=$!
+PIDS+=("$HEAD")
+ip netns exec "$W" "$BIN" serve --device cpu --pipeline-parallel-size 2 --nnodes 2 --node-rank 1 --headless \
+  --master-addr "${NET}1" --master-port 29611 --distributed-timeout 4 >"$T/worker2.log" 2>&1 &
+WORKER=$!
+PIDS+=("$WORKER")
+port=$(wait_port "$T/head2.log" "$HEAD" "$WORKER") || fail "the second pair did not start"
+ip netns exec "$H" curl -sN --max-time 60 -H 'Content-Type: application/json' \
+  -d '{"model":"dsv4-tiny","messages":[{"role":"user","content":"go"}],"max_tokens":4000,"ignore_eos":true,"stream":true}' \
+  "http://${NET}1:$port/v1/chat/completions" >"$T/stream.txt" &
+CURL=$!
+for _ in $(seq 1 200); do grep -q '"content"' "$T/stream.txt" 2>/dev/null && break; sleep 0.05; done
+grep -q '"content"' "$T/stream.txt" || fail "the stream produced no tokens"
+t0=$(date +%s)
+ip -n "$W" link set "$VW" down
+wait "$CURL" || true
+t1=$(date +%s)
+grep -q 'group failed in a pipeline' "$T/stream.txt" || fail "no error event after the partition: $(tail -c 300 "$T/stream.txt")"
+[ $((t1 - t0)) -le 15 ] || fail "the partition took $((t1 - t0)) s to detect (timeout 4 s)"
+set +e; wait "$HEAD"; hrc=$?; wait "$WORKER"; wrc=$?; set -e
+PIDS=()
+if [ "$hrc" -eq 0 ] || [ "$wrc" -eq 0 ]; then fail "after a partition both must exit non-zero (head $hrc, worker $wrc)"; fi
+echo "reply: $(content "$T/out.json"); partition detected in $((t1 - t0)) s"
 echo "PASS pp_netns"
