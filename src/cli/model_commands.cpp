@@ -89,8 +89,9 @@ void add_model_commands(CLI::App& app) {
       auto ids = read_ids(*ids_path, cfg.vocab_size);
       if (*chunk < 0) fail("--chunk must be >= 0");
       par->validate();
+      par->validate_stages(o->model);
       std::unique_ptr<LocalRanks> ranks;
-      if (par->tensor_parallel_size > 1) ranks = std::make_unique<LocalRanks>(*par, o->model, o->device, "auto");
+      if (par->world_size() > 1) ranks = std::make_unique<LocalRanks>(*par, o->model, o->device, "auto");
       const size_t step = *chunk > 0 ? size_t(*chunk) : ids.size();
       SessionOptions so;
       so.model_dir = o->model;
@@ -98,7 +99,8 @@ void add_model_commands(CLI::App& app) {
       so.numerics = pick_numerics(o->numerics);
       so.max_tokens = int64_t(ids.size());
       so.max_step_tokens = int64_t(step);
-      if (par->tensor_parallel_size > 1) so.dist = par->dist_config(0);
+      if (par->world_size() > 1) so.dist = par->dist_config(0);
+      so.pipeline = par->pipeline();
       so.expert_parallel = par->enable_expert_parallel;
       if (load->show) so.expert_load_window = int(ids.size() / step + 1);  // every step of the run
       Session sess(so);

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "model/pipeline.h"
 
 extern char** environ;
 
@@ -20,8 +21,13 @@ namespace dsv4::cli {
 void ParallelOpts::validate() const {
   if (tensor_parallel_size < 1) fail("--tensor-parallel-size must be >= 1");
   if (nnodes < 1) fail("--nnodes must be >= 1");
-  if (tensor_parallel_size % nnodes)
-    fail("--tensor-parallel-size {} does not split evenly over --nnodes {}", tensor_parallel_size, nnodes);
+  if (pipeline_parallel_size < 1) fail("--pipeline-parallel-size must be >= 1");
+  if (micro_batches < 0) fail("--pipeline-micro-batches must be >= 0 (0: one per stage)");
+  if (pipeline_parallel_size == 1 && (!pipeline_layers.empty() || micro_batches))
+    fail("--pipeline-layers and --pipeline-micro-batches need --pipeline-parallel-size > 1");
+  if (world_size() % nnodes)
+    fail("{} ranks (--tensor-parallel-size {} x --pipeline-parallel-size {}) do not split evenly over --nnodes {}",
+         world_size(), tensor_parallel_size, pipeline_parallel_size, nnodes);
   if (node_rank < 0 || node_rank >= nnodes) fail("--node-rank {} must be in [0, {})", node_rank, nnodes);
   if (node_rank > 0 && !headless) fail("--node-rank {} is a worker node: add --headless (only node 0 serves HTTP)", node_rank);
   if (node_rank == 0 && headless) fail("--headless is for worker nodes (--node-rank >= 1); node 0 serves HTTP");
@@ -44,7 +50,8 @@ void ParallelOpts::validate() const {
 
 dist::DistConfig ParallelOpts::dist_config(int rank) const {
   dist::DistConfig d;
-  d.world_size = tensor_parallel_size;
+  d.world_size = world_size();
+  d.group_size = tensor_parallel_size;
   d.rank = rank;
   d.master_addr = master_addr;
   d.master_port = master_port;
@@ -53,10 +60,30 @@ dist::DistConfig ParallelOpts::dist_config(int rank) const {
   return d;
 }
 
+void ParallelOpts::validate_stages(const std::string& model_dir) const {
+  if (pipeline_parallel_size > 1 && !headless)
+    pipeline_stages(ModelConfig::load((std::filesystem::path(model_dir) / "config.json").string()),
+                    pipeline_parallel_size, pipeline_layers);
+}
+
+PipelineOptions ParallelOpts::pipeline() const { return {pipeline_parallel_size, pipeline_layers, micro_batches}; }
+
 void add_parallel_options(CLI::App& cmd, ParallelOpts& o, bool multi_node) {
   const char* g = "Parallelism";
   cmd.add_option("--tensor-parallel-size,--tp", o.tensor_parallel_size,
                  "ranks sharing each layer (one per GPU; across --nnodes nodes)")
+      ->capture_default_str()
+      ->group(g);
+  cmd.add_option("--pipeline-parallel-size,--pp", o.pipeline_parallel_size,
+                 "pipeline stages, each a contiguous run of layers on its own --tensor-parallel-size ranks")
+      ->capture_default_str()
+      ->group(g);
+  cmd.add_option("--pipeline-layers", o.pipeline_layers,
+                 "each stage's layers, FIRST-LAST per stage in order (e.g. 0-20,21-42); default: an even split "
+                 "by weight bytes")
+      ->group(g);
+  cmd.add_option("--pipeline-micro-batches", o.micro_batches,
+                 "micro-batches a step's sequences are split into so every stage works at once (0: one per stage)")
       ->capture_default_str()
       ->group(g);
   cmd.add_flag("--enable-expert-parallel", o.enable_expert_parallel,
@@ -101,6 +128,7 @@ LocalRanks::LocalRanks(const ParallelOpts& o, const std::string& model_dir, cons
                                      "--rank", std::to_string(o.first_rank() + local),
                                      "--local-rank", std::to_string(local),
                                      "--tensor-parallel-size", std::to_string(o.tensor_parallel_size),
+                                     "--pipeline-parallel-size", std::to_string(o.pipeline_parallel_size),
                                      "--master-addr", o.master_addr,
                                      "--master-port", std::to_string(o.master_port),
                                      "--distributed-timeout", std::to_string(o.distributed_timeout),
@@ -176,6 +204,7 @@ void add_rank_worker_command(CLI::App& app) {
     ro.load_format = o->load_format;
     ro.local_rank = o->local_rank;
     ro.dist = o->par.dist_config(o->rank);
+    ro.pipeline = o->par.pipeline();
     const int rc = run_rank(std::move(ro));
     if (rc) std::exit(rc);
   });

@@ -140,6 +140,7 @@ void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
   }
   if (!fs::exists(fs::path(model_dir) / "config.json")) fail("model directory '{}' has no config.json", model_dir);
   o.parallel.validate();
+  o.parallel.validate_stages(model_dir);
   if (o.parallel.headless) {  // a worker node: its ranks, no HTTP
     LocalRanks others(o.parallel, model_dir, o.device, o.load_format);
     RunnerOptions ro;
@@ -147,9 +148,10 @@ void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
     ro.device = o.device;
     ro.load_format = o.load_format;
     ro.dist = o.parallel.dist_config(o.parallel.first_rank());
+    ro.pipeline = o.parallel.pipeline();
     spdlog::info("headless node {}: ranks {}..{} of {}, rank 0 at {}:{}", o.parallel.node_rank,
                  o.parallel.first_rank(), o.parallel.first_rank() + o.parallel.ranks_per_node() - 1,
-                 o.parallel.tensor_parallel_size, o.parallel.master_addr, o.parallel.master_port);
+                 o.parallel.world_size(), o.parallel.master_addr, o.parallel.master_port);
     if (run_rank(std::move(ro)) != 0) fail("this node's rank failed (see above)");
     return;
   }
@@ -243,7 +245,14 @@ void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
   ec.device = o.device;
   ec.load_format = o.load_format;
   std::unique_ptr<LocalRanks> local_ranks;  // outlives the engine, which tells them to stop
-  if (o.parallel.tensor_parallel_size > 1) {
+  if (o.parallel.pipeline_parallel_size > 1) {
+    // Each stage's KV arena has its own layout; the scheduler's prefix-cache copies address rank 0's only.
+    if (!o.kv_offload_dir.empty()) fail("--kv-offload-dir with pipeline parallelism is not supported yet");
+    if (ec.enable_prefix_caching) spdlog::warn("prefix caching is off with pipeline parallelism (not supported yet)");
+    ec.enable_prefix_caching = false;
+  }
+  ec.pipeline = o.parallel.pipeline();
+  if (o.parallel.world_size() > 1) {
     ec.dist = o.parallel.dist_config(0);
     ec.enable_expert_parallel = o.parallel.enable_expert_parallel;
     if (!make) local_ranks = std::make_unique<LocalRanks>(o.parallel, model_dir, o.device, o.load_format);

@@ -1,4 +1,5 @@
-// Ranks of one tensor-parallel group and how they talk (src/dist sits above kernels, below model).
+// Ranks of one deployment and how they talk (src/dist sits above kernels, below model). The ranks form
+// pipeline stages of tensor-parallel groups (vLLM's layout: rank = stage * tp + tp rank).
 //   ControlGroup: host bytes over Gloo/TCP — step plans from rank 0, heartbeats, start-up agreement. Every
 //                 deployment has one, whatever the compute backend (vLLM's "CPU group").
 //   Communicator: the data plane inside the forward pass, on backend tensors: Gloo on the CPU backend (the
@@ -31,6 +32,9 @@ struct DistConfig {
   std::chrono::milliseconds timeout{30000};        // collectives and heartbeats (--distributed-timeout)
   std::chrono::milliseconds join_timeout{180000};  // every rank must arrive within this
   std::chrono::milliseconds load_timeout{1800000}; // every rank must have placed its weights within this
+  // Ranks per tensor-parallel group: consecutive ranks [k * group_size, (k + 1) * group_size) are group k (a
+  // pipeline stage). 0: one group of every rank.
+  int group_size = 0;
   bool active() const { return world_size > 1; }
 };
 
@@ -48,6 +52,9 @@ class ControlGroup {
   virtual void broadcast(std::string& bytes, int root, std::chrono::milliseconds timeout) = 0;
   virtual int64_t all_reduce_min(int64_t v) = 0;
   virtual void barrier(std::chrono::milliseconds timeout) = 0;
+  // This rank's tensor-parallel group (DistConfig::group_size): this group when it holds every rank, its own
+  // mesh of group_size ranks otherwise, null when that is this rank alone.
+  virtual ControlGroup* tensor_group() { return this; }
   std::chrono::milliseconds timeout() const { return timeout_; }
 
  protected:
@@ -64,6 +71,19 @@ class Communicator {
   virtual void all_reduce_sum(const Tensor& x) = 0;
   // out (size() * in.numel() elements of in's dtype) = every rank's `in`, concatenated in rank order.
   virtual void all_gather(const Tensor& in, const Tensor& out) = 0;
+  // Point-to-point, between pipeline stages: t's bytes to / from rank `peer` of this communicator. isend and
+  // irecv start the transfer and return a handle whose wait() finishes it (t must stay untouched until then;
+  // a PeerError if the peer is gone or the timeout passes); send and recv wait at once. Messages between two
+  // ranks are matched in the order they were posted, and each recv must be the size of its send.
+  class Pending {
+   public:
+    virtual ~Pending() = default;
+    virtual void wait() = 0;
+  };
+  virtual std::unique_ptr<Pending> isend(const Tensor& t, int peer) = 0;
+  virtual std::unique_ptr<Pending> irecv(const Tensor& t, int peer) = 0;
+  void send(const Tensor& t, int peer) { isend(t, peer)->wait(); }
+  void recv(const Tensor& t, int peer) { irecv(t, peer)->wait(); }
   // Unblocks collectives pending on a failed peer (NCCL: ncclCommAbort); the communicator is dead afterwards.
   // Gloo needs none: its collectives time out by themselves. Safe from another thread.
   virtual void abort() {}

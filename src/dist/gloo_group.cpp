@@ -14,6 +14,7 @@
 #include <gloo/math.h>
 #include <gloo/rendezvous/context.h>
 #include <gloo/rendezvous/prefix_store.h>
+#include <gloo/transport/unbound_buffer.h>
 #include <gloo/transport/tcp/device.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -96,6 +97,59 @@ class GlooControlGroup final : public GlooGroup {
       gloo::barrier(o);
     });
   }
+  ControlGroup* tensor_group() override { return alone_ ? nullptr : sub_ ? sub_.get() : this; }
+
+  std::unique_ptr<GlooControlGroup> sub_;  // this rank's tensor-parallel group, when smaller than this one
+  bool alone_ = false;                     // that group is this rank alone
+};
+
+// Point-to-point messages use one slot of their own, far above the collectives' (Context::nextSlot counts up
+// from 0), so the two never match each other's messages.
+constexpr uint64_t kP2pSlot = uint64_t(1) << 48;
+
+// A transfer through host staging bytes: the tensor is read (send) or written (recv) only inside a backend
+// call scope, never by Gloo's I/O thread, so the CPU backend's guard mode holds.
+class GlooPending final : public Communicator::Pending {
+ public:
+  GlooPending(GlooGroup& g, Backend& be, const Tensor& t, int peer, bool send)
+      : g_(g), be_(be), t_(t), peer_(peer), send_(send), bytes_(size_t(t.nbytes())) {
+    DSV4_CHECK(peer >= 0 && peer < g.size() && peer != g.rank(), "{}: peer {} is not another rank of {}",
+               send ? "send" : "recv", peer, g.size());
+    if (send)
+      cpu_backend_with_access(be_, [&] { std::memcpy(bytes_.data(), t.buf->base() + t.offset, bytes_.size()); });
+    g_.guarded(send ? "a pipeline send" : "a pipeline recv", [&] {
+      buf_ = g_.ctx()->createUnboundBuffer(bytes_.data(), bytes_.size());
+      if (send) buf_->send(peer, kP2pSlot);
+      else buf_->recv(peer, kP2pSlot);
+    });
+  }
+  ~GlooPending() override {
+    // Abandoned (the step failed; the group is dead from here on): Gloo may still complete the posted transfer
+    // into these bytes, so they and the buffer are left allocated rather than freed under it.
+    if (!done_ && buf_) {
+      (void)buf_.release();
+      static_cast<void>(new std::vector<uint8_t>(std::move(bytes_)));
+    }
+  }
+  void wait() override {
+    if (done_) return;
+    g_.guarded(send_ ? "a pipeline send" : "a pipeline recv", [&] {
+      const bool ok = send_ ? buf_->waitSend(g_.timeout()) : buf_->waitRecv(g_.timeout());
+      if (!ok) throw PeerError(fmt::format("pipeline {} with rank {} was aborted", send_ ? "send" : "recv", peer_));
+    });
+    done_ = true;
+    if (!send_)
+      cpu_backend_with_access(be_, [&] { std::memcpy(t_.buf->base() + t_.offset, bytes_.data(), bytes_.size()); });
+  }
+
+ private:
+  GlooGroup& g_;
+  Backend& be_;
+  Tensor t_;
+  int peer_;
+  bool send_, done_ = false;
+  std::vector<uint8_t> bytes_;
+  std::unique_ptr<gloo::transport::UnboundBuffer> buf_;
 };
 
 // The CPU backend's data plane: Gloo on the tensors' host memory (the backend's own call scope, so guard
@@ -131,6 +185,14 @@ class GlooCommunicator final : public Communicator {
         gloo::allgather(o);
       });
     });
+  }
+  std::unique_ptr<Pending> isend(const Tensor& t, int peer) override {
+    ++calls_, bytes_ += uint64_t(t.nbytes());
+    return std::make_unique<GlooPending>(g_, be_, t, peer, true);
+  }
+  std::unique_ptr<Pending> irecv(const Tensor& t, int peer) override {
+    ++calls_;
+    return std::make_unique<GlooPending>(g_, be_, t, peer, false);
   }
 
  private:
@@ -234,9 +296,28 @@ std::unique_ptr<ControlGroup> join(const DistConfig& cfg, const std::vector<Iden
                                 dev->str(), e.what()));
   }
   auto group = std::make_unique<GlooControlGroup>(ctx, cfg.timeout);
+  const int gs = cfg.group_size ? cfg.group_size : cfg.world_size;
+  DSV4_CHECK(gs >= 1 && cfg.world_size % gs == 0, "{} ranks do not split into tensor-parallel groups of {}",
+             cfg.world_size, gs);
+  group->alone_ = gs == 1;
+  if (gs > 1 && gs < cfg.world_size) {
+    // The tensor-parallel group's own mesh (its collectives must not count slots on the ranks outside it).
+    const int k = cfg.rank / gs;
+    auto sub = std::make_shared<gloo::rendezvous::Context>(cfg.rank % gs, gs);
+    sub->setTimeout(cfg.join_timeout);
+    gloo::rendezvous::PrefixStore sub_prefixed(fmt::format("gloo-tp{}", k), *store);
+    try {
+      sub->connectFullMesh(sub_prefixed, dev);
+    } catch (const std::exception& e) {
+      throw PeerError(fmt::format("cannot connect tensor-parallel group {} (rank {} on {}): {}", k, cfg.rank,
+                                  dev->str(), e.what()));
+    }
+    group->sub_ = std::make_unique<GlooControlGroup>(sub, cfg.timeout);
+  }
   // Nobody leaves (and rank 0 closes the store) before every rank is connected.
   group->barrier(cfg.join_timeout);
-  spdlog::info("tensor-parallel group: rank {} of {} connected ({})", cfg.rank, cfg.world_size, dev->str());
+  spdlog::info("parallel group: rank {} of {} connected ({}; tensor-parallel groups of {})", cfg.rank,
+               cfg.world_size, dev->str(), gs);
   return group;
 }
 

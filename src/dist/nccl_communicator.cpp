@@ -60,11 +60,32 @@ class NcclCommunicator final : public Communicator {
                                   ncclUint8, comm_, stream_),
                     "all-gather");
   }
+  // Stream-ordered like the collectives: the transfer runs when the stream reaches it, so wait() has nothing to
+  // do on the host (the op after it on the stream sees the bytes). NCCL pairs a send with the peer's recv in
+  // posting order; a send blocks the stream until the peer's matching recv is posted on its stream.
+  std::unique_ptr<Pending> isend(const Tensor& t, int peer) override {
+    check_peer(peer, "send");
+    ++calls_, bytes_ += uint64_t(t.nbytes());
+    DSV4_NCCL_CHECK(ncclSend(t.buf->base() + t.offset, size_t(t.nbytes()), ncclUint8, peer, comm_, stream_), "send");
+    return std::make_unique<Ordered>();
+  }
+  std::unique_ptr<Pending> irecv(const Tensor& t, int peer) override {
+    check_peer(peer, "recv");
+    ++calls_;
+    DSV4_NCCL_CHECK(ncclRecv(t.buf->base() + t.offset, size_t(t.nbytes()), ncclUint8, peer, comm_, stream_), "recv");
+    return std::make_unique<Ordered>();
+  }
   void abort() override {
     if (comm_ && !aborted_.exchange(true)) ncclCommAbort(comm_);
   }
 
  private:
+  struct Ordered final : Pending {
+    void wait() override {}
+  };
+  void check_peer(int peer, const char* what) const {
+    DSV4_CHECK(peer >= 0 && peer < size_ && peer != rank_, "{}: peer {} is not another rank of {}", what, peer, size_);
+  }
   int rank_, size_;
   cudaStream_t stream_ = nullptr;
   ncclComm_t comm_ = nullptr;

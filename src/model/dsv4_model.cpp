@@ -155,6 +155,7 @@ Dsv4Model::Dsv4Model(const ModelConfig& cfg, const ModelWeights& w, Backend& be,
                      dist::Communicator* comm)
     : cfg_(cfg), w_(w), be_(be), numerics_(numerics), comm_(comm && comm->size() > 1 ? comm : nullptr) {
   tp_ = comm_ ? comm_->size() : 1;
+  pipe_.layers = {0, cfg.n_layers};
   DSV4_CHECK(w.placement.size == tp_ && (!comm_ || w.placement.rank == comm_->rank()),
              "model: weights placed for rank {} of {}, communicator is rank {} of {}", w.placement.rank,
              w.placement.size, comm_ ? comm_->rank() : 0, tp_);
@@ -167,6 +168,22 @@ Dsv4Model::Dsv4Model(const ModelConfig& cfg, const ModelWeights& w, Backend& be,
   if (numerics == Numerics::Reference && tp_ > 1 && (inter % 128 || (cfg.moe_inter_dim / tp_) % 128))
     spdlog::warn("tensor parallelism over {} ranks splits the MoE width {} inside 128-column FP8 activation "
                  "blocks: reference numerics will differ slightly from a single rank", tp_, cfg.moe_inter_dim);
+}
+
+void Dsv4Model::set_pipeline(const PipelineStage& st) {
+  DSV4_CHECK(st.count >= 1 && st.index >= 0 && st.index < st.count && st.layers.begin >= 0 &&
+                 st.layers.begin < st.layers.end && st.layers.end <= cfg_.n_layers,
+             "set_pipeline: stage {} of {} with layers [{}, {})", st.index, st.count, st.layers.begin, st.layers.end);
+  DSV4_CHECK(st.first() == (st.layers.begin == 0) && st.last() == (st.layers.end == cfg_.n_layers),
+             "set_pipeline: the first stage must start at layer 0 and the last end at layer {}", cfg_.n_layers);
+  DSV4_CHECK(st.count == 1 || (st.p2p && (st.first() || st.prev >= 0) && (st.last() || st.next >= 0)),
+             "set_pipeline: a stage of a pipeline needs its point-to-point peers");
+  DSV4_CHECK(w_.placement.first_layer == st.layers.begin &&
+                 (w_.placement.end_layer < 0 ? cfg_.n_layers : w_.placement.end_layer) == st.layers.end,
+             "set_pipeline: the weights are placed for another stage");
+  DSV4_CHECK(st.count == 1 || (!mtp_enabled() && !dspark_enabled() && !count_experts_),
+             "set_pipeline: drafters and expert counting are not supported with pipeline parallelism yet");
+  pipe_ = st;
 }
 
 void Dsv4Model::reduce(const Tensor& x) const {
@@ -323,11 +340,17 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
     dspark_markov(s.tokens, s.ds_e.rows(0, M), s.logits.rows(0, M));
     return s.logits.rows(0, M);
   }
+  const bool piped = pipe_.count > 1;
+  DSV4_CHECK(!piped || (!batch.mtp && !batch.keep_hidden && !dspark_pass),
+             "forward: drafter batches are not supported with pipeline parallelism yet");
   if (batch.mtp) mtp_input(s, batch);
+  else if (!pipe_.first()) pipe_.p2p->recv(s.X.rows(0, M), pipe_.prev);  // the stage before's streams
   else be_.embed(s.tokens, w_.embed, cfg_.hc_mult, s.X);  // a DSpark block too: its ids on every stream
   s.dspark_block = batch.dspark == DSparkPass::Block;
-  const int l0 = batch.mtp || s.dspark_block ? cfg_.n_layers : 0;
-  const int l1 = batch.mtp ? cfg_.n_layers + 1 : s.dspark_block ? cfg_.n_layers + cfg_.n_dspark_stages : cfg_.n_layers;
+  const int l0 = batch.mtp || s.dspark_block ? cfg_.n_layers : pipe_.layers.begin;
+  const int l1 = batch.mtp          ? cfg_.n_layers + 1
+                 : s.dspark_block ? cfg_.n_layers + cfg_.n_dspark_stages
+                                  : pipe_.layers.end;
   for (int l = l0; l < l1; ++l) {
     const uint64_t before = be_.counters().ops;
     if (count_experts_ && l < cfg_.n_layers) s.ex = s.ex_all.rows(int64_t(l) * s.d.M, s.d.M);
@@ -350,6 +373,14 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
     stats->ops_per_layer_min = ops_min;
     stats->ops_per_layer_max = ops_max;
     stats->downloads_in_layers = be_.counters().downloads - dl0;
+  }
+  if (!pipe_.last()) {  // the next stage continues from these streams
+    pipe_.p2p->send(s.X.rows(0, M), pipe_.next);
+    if (stats) {
+      stats->ops_total = be_.counters().ops - ops0;
+      stats->host_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    }
+    return Tensor();
   }
   // Head on the requested rows only (fp32 head, as the reference).
   const float eps = float(cfg_.rms_norm_eps);

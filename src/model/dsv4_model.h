@@ -10,6 +10,7 @@
 #include "kernels/backend.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
+#include "model/pipeline.h"
 #include "model/step_batch.h"
 #include "model/weights.h"
 #include "model/workspace.h"
@@ -39,6 +40,13 @@ class Dsv4Model {
   // after the MoE, plus one all-gather of the vocab-split logits (docs/perf-notes.md has the byte counts).
   Dsv4Model(const ModelConfig& cfg, const ModelWeights& w, Backend& be, Numerics numerics,
             dist::Communicator* comm = nullptr);
+
+  // Pipeline parallelism (before workspace_bytes): this rank runs stage.layers only. forward() then takes the
+  // residual streams from the stage before (the first stage embeds) and sends its own to the stage after; only
+  // the last stage applies the head and returns logits (the others return an invalid tensor). The weights and KV
+  // must be placed for the stage.
+  void set_pipeline(const PipelineStage& stage);
+  const PipelineStage& pipeline() const { return pipe_; }
 
   const ModelConfig& config() const { return cfg_; }
   Numerics numerics() const { return numerics_; }
@@ -99,6 +107,7 @@ class Dsv4Model {
   Numerics numerics_;
   dist::Communicator* comm_ = nullptr;
   int tp_ = 1;  // ranks sharing each layer
+  PipelineStage pipe_;  // the whole model by default
   // MTP: hidden store [max_rows + max_logit_rows, hc * D], and the constants that add the embedding term to
   // every stream through hc_post (post = 1, comb = identity).
   std::unique_ptr<Buffer> hidden_buf_;

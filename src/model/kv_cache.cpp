@@ -6,7 +6,14 @@
 
 namespace dsv4 {
 
-KvLayout KvLayout::make(const ModelConfig& c, int block_tokens, KvDtype dtype, bool with_tail, KvSpecOptions spec) {
+KvLayout KvLayout::make(const ModelConfig& c, int block_tokens, KvDtype dtype, bool with_tail, KvSpecOptions spec,
+                        int first_layer, int end_layer) {
+  if (end_layer < 0) end_layer = c.n_layers;
+  if (first_layer < 0 || first_layer >= end_layer || end_layer > c.n_layers)
+    fail("KV layout: invalid pipeline stage, layers [{}, {}) of {}", first_layer, end_layer, c.n_layers);
+  const bool stage = first_layer > 0 || end_layer < c.n_layers;
+  if (stage && (spec.mtp || spec.dspark_stages || spec.draft_tokens))
+    fail("speculative decoding with pipeline parallelism is not supported yet");
   if (block_tokens <= 0 || block_tokens % 128)
     fail("block size {} must be a positive multiple of 128 (every compression window ends inside a block)",
          block_tokens);
@@ -36,6 +43,10 @@ KvLayout KvLayout::make(const ModelConfig& c, int block_tokens, KvDtype dtype, b
   for (int l = 0; l < n_kv_layers; ++l) {
     KvLayerOffsets ly;
     ly.ratio = c.ratio(l);
+    if (l < c.n_layers && (l < first_layer || l >= end_layer)) {  // another stage's layer
+      L.layers.push_back(ly);
+      continue;
+    }
     ly.ring_off = soff;
     soff += int64_t(c.window) * S.main.bytes();
     align(soff);

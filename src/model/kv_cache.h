@@ -34,8 +34,10 @@ struct KvLayout {
 
   // block_tokens: a multiple of 128 (every compression window ends inside one block). with_tail: blocks also
   // carry what resuming at their end needs (prefix caching).
+  // A pipeline stage holds layers [first_layer, end_layer) only (end_layer -1: through the last); the other
+  // layers keep their ratio but no bytes (offsets -1).
   static KvLayout make(const ModelConfig& c, int block_tokens, KvDtype dtype, bool with_tail,
-                       KvSpecOptions spec = {});
+                       KvSpecOptions spec = {}, int first_layer = 0, int end_layer = -1);
   // Bytes positions [first, first + n) of layers [l0, l1) can write: at most one block end among them.
   int64_t write_bound(int l0, int l1, int n) const;
   int block_tokens() const { return shape.block_tokens; }

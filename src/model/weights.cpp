@@ -424,11 +424,19 @@ void place_all(const ModelConfig& c, const TensorSource& src, Backend* be, Model
   const int64_t D = c.dim, V = c.vocab_size, H = c.n_heads, hd = c.head_dim;
   // Column-parallel (SplitOut) and row-parallel (SplitIn) cuts of the official convert.py (spec §4.4). The
   // embedding stays whole on every rank here: a rank needs every token's row.
-  L.embed(&mw->embed, V, D);
-  L.linear(&mw->head, "head", V, D, ShardKind::SplitOut);
-  L.vec(&mw->norm, "norm.weight", {D});
+  const int first = placement.first_layer, end = placement.end_layer < 0 ? c.n_layers : placement.end_layer;
+  if (first < 0 || first >= end || end > c.n_layers)
+    fail("invalid pipeline stage: layers [{}, {}) of {}", first, end, c.n_layers);
+  if (!placement.whole_model(c.n_layers) && drafter != Drafter::None)
+    fail("speculative decoding with pipeline parallelism is not supported yet (the drafter needs the embedding "
+         "of the first stage and the head of the last)");
   const int64_t flat = int64_t(c.hc_mult) * D;
-  L.hc(&mw->hc_head, "hc_head", c.hc_mult, flat, 1);
+  if (first == 0) L.embed(&mw->embed, V, D);
+  if (end == c.n_layers) {
+    L.linear(&mw->head, "head", V, D, ShardKind::SplitOut);
+    L.vec(&mw->norm, "norm.weight", {D});
+    L.hc(&mw->hc_head, "hc_head", c.hc_mult, flat, 1);
+  }
   if (drafter == Drafter::Mtp) {
     if (c.n_dspark_stages) fail("this checkpoint has a DSpark drafter, not an MTP layer: use the dspark method");
     if (c.n_mtp_layers < 1)
@@ -449,6 +457,7 @@ void place_all(const ModelConfig& c, const TensorSource& src, Backend* be, Model
   mw->drafter = drafter;
   for (int l = 0; l < int(mw->layers.size()); ++l) {
     const bool mtp = l >= c.n_layers;
+    if (!mtp && (l < first || l >= end)) continue;  // another pipeline stage's layer: left empty
     const std::string p = mtp ? fmt::format("mtp.{}.", l - c.n_layers) : fmt::format("layers.{}.", l);
     LayerWeights& lw = mw->layers[size_t(l)];
     lw.ratio = c.ratio(l);

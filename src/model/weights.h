@@ -20,6 +20,10 @@ enum class ShardKind : uint8_t { Replicated, SplitOut, SplitIn };
 struct Placement {
   int rank = 0, size = 1;
   bool expert_parallel = false;  // routed experts whole, split by expert id (else by width like the rest)
+  // Pipeline stage: only layers [first_layer, end_layer) are placed (end_layer -1: through the last), the
+  // embedding only when the stage starts at layer 0, the final hc_head, norm and head only when it ends at the last.
+  int first_layer = 0, end_layer = -1;
+  bool whole_model(int n_layers) const { return first_layer == 0 && (end_layer < 0 || end_layer == n_layers); }
 };
 // The slice [begin, begin + count) of `n` that rank r of `size` holds (n must divide evenly).
 struct ShardRange {

@@ -399,6 +399,7 @@ RunnerOptions runner_options(const EngineConfig& c) {
   ro.max_model_len = c.max_model_len;
   ro.dist = c.dist;
   ro.expert_parallel = c.enable_expert_parallel;
+  ro.pipeline = c.pipeline;
   ro.local_rank = c.local_rank;
   SpeculativeConfig sc = parse_speculative_config(c.speculative_config);
   if (sc.dspark()) sc = resolve_speculative_config(sc, ModelConfig::load(c.model_dir + "/config.json"));

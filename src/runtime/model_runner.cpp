@@ -20,21 +20,61 @@ constexpr char kPlan = 'P', kHeartbeat = 'H', kStop = 'Q';
 
 ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   cfg_ = ModelConfig::load((std::filesystem::path(opts_.model_dir) / "config.json").string());
+  const int pp = opts_.pipeline.size, world = opts_.dist.active() ? opts_.dist.world_size : 1;
+  if (pp < 1 || world % pp)
+    fail("--pipeline-parallel-size {} does not divide the {} ranks", pp, world);
+  tp_size_ = world / pp;
+  // A bad layout is refused before the group forms (the other ranks get rank 0's spec at the rendezvous).
+  if (world == 1 || opts_.dist.rank == 0) pipeline_stages(cfg_, pp, opts_.pipeline.layers);
   if (opts_.dist.active()) {
+    opts_.dist.group_size = tp_size_;
     // Before anything slow: every rank must agree on dsv4, the model and (from rank 0) the options.
     std::string payload = opts_.dist.rank == 0 ? options_json(opts_) : std::string();
-    control_ = dist::join(opts_.dist, rank_identity(opts_.model_dir, opts_.load_format), payload);
+    auto identity = rank_identity(opts_.model_dir, opts_.load_format);
+    identity.push_back({"pipeline-parallel size", std::to_string(pp)});
+    control_ = dist::join(opts_.dist, identity, payload);
     if (opts_.dist.rank != 0) apply_options_json(payload, opts_);
   }
   if (opts_.n_slots < 1) fail("the runner needs at least one sequence slot");
+  if (pp > 1) {
+    // Rank 0 schedules with its own stage's KV layout; what addresses bytes of the others' layers is not here yet.
+    if (opts_.prefix_tails)
+      fail("prefix caching with pipeline parallelism is not supported yet (each stage's KV arena has its own "
+           "layout): add --no-enable-prefix-caching");
+    if (opts_.drafter != Drafter::None) fail("speculative decoding with pipeline parallelism is not supported yet");
+    if (opts_.expert_load_window > 0) {
+      spdlog::warn("expert load statistics are not collected with pipeline parallelism yet (each stage routes its "
+                   "own layers)");
+      opts_.expert_load_window = 0;
+    }
+  }
+  const std::vector<StageLayers> stages = pipeline_stages(cfg_, pp, opts_.pipeline.layers);
+  const int rank = control_ ? control_->rank() : 0;
+  stage_.index = rank / tp_size_;
+  stage_.count = pp;
+  stage_.layers = stages[size_t(stage_.index)];
+  micro_batches_ = opts_.pipeline.micro_batches > 0 ? opts_.pipeline.micro_batches : pp;
   be_ = opts_.backend_factory ? opts_.backend_factory() : make_backend(opts_.device, opts_.local_rank);
   if (opts_.profile_ops) be_ = std::make_unique<TimingBackend>(std::move(be_));
   Placement placement;
+  placement.first_layer = stage_.layers.begin;
+  placement.end_layer = stage_.layers.end;
   if (control_) {
-    comm_ = dist::make_communicator(*control_, *be_);
-    placement = {control_->rank(), control_->size(), opts_.expert_parallel};
-    // Device collectives have no timeout of their own.
-    if (comm_->name() == "nccl") watchdog_ = std::make_unique<dist::Watchdog>(*comm_, opts_.dist.timeout);
+    if (dist::ControlGroup* tg = control_->tensor_group()) {
+      comm_ = dist::make_communicator(*tg, *be_);
+      placement.rank = tg->rank(), placement.size = tg->size(), placement.expert_parallel = opts_.expert_parallel;
+      // Device collectives have no timeout of their own.
+      if (comm_->name() == "nccl") watchdog_ = std::make_unique<dist::Watchdog>(*comm_, opts_.dist.timeout);
+    }
+    if (pp > 1) {
+      p2p_ = dist::make_communicator(*control_, *be_);
+      if (p2p_->name() == "nccl" && micro_batches_ > 1)
+        fail("pipeline parallelism on CUDA runs one micro-batch per step for now (--pipeline-micro-batches 1): "
+             "rank 0's stream-ordered receive of the logits would wait behind its own stage's later micro-batches");
+      stage_.p2p = p2p_.get();
+      if (!stage_.first()) stage_.prev = rank - tp_size_;
+      if (!stage_.last()) stage_.next = rank + tp_size_;
+    }
   }
   const auto t_load = std::chrono::steady_clock::now();
   const bool mtp = opts_.drafter == Drafter::Mtp, dspark = opts_.drafter == Drafter::DSpark;
@@ -45,6 +85,7 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
     weights_ = ModelWeights::load(cfg_, opts_.model_dir, *be_, placement, opts_.progress, opts_.drafter);
   else fail("unknown --load-format '{}' (auto or dummy)", opts_.load_format);
   model_ = std::make_unique<Dsv4Model>(cfg_, *weights_, *be_, opts_.numerics, comm_.get());
+  model_->set_pipeline(stage_);
   if (opts_.expert_load_window > 0 && (!control_ || control_->rank() == 0)) {
     model_->set_count_experts(true);  // before the workspace is sized: it keeps every layer's router output
     expert_load_ = std::make_unique<ExpertLoad>(cfg_.n_layers, cfg_.n_routed_experts, opts_.expert_load_window);
@@ -55,7 +96,8 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
 
   const KvLayout layout =
       KvLayout::make(cfg_, opts_.block_tokens, opts_.kv_dtype, opts_.prefix_tails,
-                     {mtp, dspark ? cfg_.n_dspark_stages : 0, opts_.draft_tokens});
+                     {mtp, dspark ? cfg_.n_dspark_stages : 0, opts_.draft_tokens}, stage_.layers.begin,
+                     stage_.layers.end);
   const uint64_t slots = uint64_t(layout.slot_bytes()) * uint64_t(opts_.n_slots);
   const int64_t bt = layout.block_tokens();
   if (opts_.max_model_len > cfg_.max_position_embeddings)
@@ -132,6 +174,18 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
                be_->name(), double(mem_.weights) / 1e9, double(mem_.workspace) / 1e9, double(mem_.kv) / 1e9, blocks,
                bt, layout.block_bytes(), kv_dtype_name(opts_.kv_dtype), opts_.prefix_tails ? ", prefix caching" : "",
                opts_.n_slots, layout.slot_bytes(), mem_.max_model_len);
+  if (pp > 1) {
+    // tensors: this stage's weight tensors (placed: with the imported checkpoint mappings, which are shared).
+    spdlog::info("pipeline stage {} of {} (rank {}, layers {}-{}{}{}): tensors {} B, weights placed {} B, KV {} B "
+                 "({} B/block, {} B/slot)",
+                 stage_.index, pp, rank, stage_.layers.begin, stage_.layers.end - 1,
+                 stage_.first() ? ", embedding" : "", stage_.last() ? ", head" : "", weights_->tensor_bytes,
+                 mem_.weights, mem_.kv, layout.block_bytes(), layout.slot_bytes());
+    // Rank 0 receives the last stage's logits of a whole step here ([tp, rows, vocab / tp] per micro-batch).
+    if (rank == 0)
+      pipe_logits_buf_ =
+          be_->alloc(size_t(std::max<int64_t>(lim.max_logit_rows, 1) * cfg_.vocab_size * 4), BufferUsage::Io);
+  }
   spdlog::info("memory plan: KV {:.1f} B/token, {:.3f} GB per {}-token sequence; workspace for {} tokens per step, of "
                "it indexer scores {:.1f} MB ({}); per-call host scratch {:.1f} MB; total {:.3f} GB",
                double(layout.block_bytes()) / double(bt), double(mem_.kv_per_seq) / 1e9, mem_.max_model_len,
@@ -144,6 +198,9 @@ ModelRunner::~ModelRunner() {
   if (comm_ && steps_)
     spdlog::info("tensor-parallel rank {}: {} collectives, {} bytes over {} forward passes ({} and {} bytes per pass)",
                  comm_->rank(), comm_->calls(), comm_->bytes(), steps_, comm_->calls() / steps_, comm_->bytes() / steps_);
+  if (p2p_ && steps_)
+    spdlog::info("pipeline stage {}: {} point-to-point transfers, {} bytes sent over {} steps", stage_.index,
+                 p2p_->calls(), p2p_->bytes(), steps_);
   if (control_ && control_->rank() == 0 && !failed_) {
     try {
       send(kStop, {});
@@ -221,12 +278,20 @@ StepResult ModelRunner::execute_local(const StepPlan& plan) {
     be_->arena_copy(kv_->arena(), copy_list_, int64_t(plan.copies.size()));
   }
   if (plan.batch.items.empty()) return r;
+  DSV4_CHECK(!p2p_ || plan.copies.empty(), "step plan: arena copies under pipeline parallelism");
   const StepLimits& lim = opts_.limits;
   DSV4_CHECK(plan.batch.rows() <= lim.max_rows && plan.batch.logit_rows() <= lim.max_logit_rows &&
                  int64_t(plan.batch.items.size()) <= lim.max_items,
              "step plan: {} tokens / {} logit rows / {} sequences exceed the step limits ({} / {} / {})",
              plan.batch.rows(), plan.batch.logit_rows(), plan.batch.items.size(), lim.max_rows, lim.max_logit_rows,
              lim.max_items);
+  if (p2p_) {
+    auto run = [&] { execute_pipeline(plan, r); };
+    if (watchdog_) watchdog_->run("a pipelined forward pass", run);
+    else run();
+    ++steps_;
+    return r;
+  }
   Tensor logits;
   auto forward = [&] {
     logits = model_->forward(plan.batch, *kv_, *ws_, &r.stats);
@@ -239,22 +304,64 @@ StepResult ModelRunner::execute_local(const StepPlan& plan) {
     expert_load_->add(model_->expert_counts());  // drafter passes: not the model's routing
   if (control_ && control_->rank() != 0) return r;
   if (!logits.valid()) return r;
-  if (!comm_) {
-    r.rows = logits.rows();
-    r.logits.resize(size_t(r.rows * r.vocab));
-    be_->download(r.logits.data(), logits, r.logits.size() * 4);
-    return r;
+  append_logits(logits, r);
+  return r;
+}
+
+void ModelRunner::append_logits(const Tensor& logits, StepResult& r) {
+  if (logits.ndim == 2) {
+    const int64_t R = logits.rows();
+    r.logits.resize(size_t((r.rows + R) * r.vocab));
+    be_->download(r.logits.data() + r.rows * r.vocab, logits, size_t(R * r.vocab) * 4);
+    r.rows += R;
+    return;
   }
   // [ranks, rows, vocab / ranks] -> [rows, vocab]: rank k's columns are the k-th vocabulary slice.
   const int64_t N = logits.dim(0), R = logits.dim(1), Vl = logits.dim(2);
   std::vector<float> parts(size_t(N * R * Vl));
   be_->download(parts.data(), logits, parts.size() * 4);
-  r.rows = R;
-  r.logits.resize(size_t(R * r.vocab));
+  float* out = (r.logits.resize(size_t((r.rows + R) * r.vocab)), r.logits.data() + r.rows * r.vocab);
   for (int64_t k = 0; k < N; ++k)
     for (int64_t row = 0; row < R; ++row)
-      std::copy_n(parts.data() + (k * R + row) * Vl, Vl, r.logits.data() + row * r.vocab + k * Vl);
-  return r;
+      std::copy_n(parts.data() + (k * R + row) * Vl, Vl, out + row * r.vocab + k * Vl);
+  r.rows += R;
+}
+
+void ModelRunner::execute_pipeline(const StepPlan& plan, StepResult& r) {
+  // Every stage runs the micro-batches in order: stage k works on micro-batch j while stage k + 1 works on
+  // j - 1 (each forward receives its streams from the stage before and sends its own on). The last stage's
+  // tensor-parallel rank 0 sends each micro-batch's logits to rank 0, which posts every receive before its own
+  // stage starts, so the last stage never waits for rank 0 to finish its part of the step.
+  const std::vector<StepBatch> micro = split_micro_batches(plan.batch, micro_batches_);
+  const int rank = control_->rank(), source = (stage_.count - 1) * tp_size_;
+  const int64_t Vl = cfg_.vocab_size / tp_size_;
+  std::vector<Tensor> landing(micro.size());
+  std::vector<std::unique_ptr<dist::Communicator::Pending>> pending(micro.size());
+  if (rank == 0) {
+    int64_t off = 0;
+    for (size_t j = 0; j < micro.size(); ++j) {
+      const int64_t R = micro[j].logit_rows();
+      if (!R) continue;
+      landing[j] = tp_size_ > 1 ? Tensor(pipe_logits_buf_.get(), size_t(off), DType::F32, {tp_size_, R, Vl})
+                                : Tensor(pipe_logits_buf_.get(), size_t(off), DType::F32, {R, cfg_.vocab_size});
+      off += R * cfg_.vocab_size * 4;
+      pending[j] = p2p_->irecv(landing[j], source);
+    }
+  }
+  for (size_t j = 0; j < micro.size(); ++j) {
+    ForwardStats st;
+    const Tensor logits = model_->forward(micro[j], *kv_, *ws_, &st);
+    be_->synchronize();  // errors (and a lost peer) surface in this step, not the next
+    r.stats.ops_total += st.ops_total;
+    r.stats.host_seconds += st.host_seconds;
+    if (rank == source && rank != 0 && logits.valid()) p2p_->send(logits, 0);
+  }
+  if (rank != 0) return;
+  for (size_t j = 0; j < micro.size(); ++j)
+    if (pending[j]) {
+      pending[j]->wait();
+      append_logits(landing[j], r);
+    }
 }
 
 }  // namespace dsv4

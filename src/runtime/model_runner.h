@@ -16,6 +16,15 @@
 
 namespace dsv4 {
 
+// Pipeline parallelism: dist.world_size ranks as `size` stages of tensor-parallel groups (rank = stage * tp +
+// tp rank). Stage layers from `layers` ("0-3,4-7"), or split evenly by weight bytes; each step's sequences run
+// as up to micro_batches micro-batches so the stages work at once (0: one per stage).
+struct PipelineOptions {
+  int size = 1;
+  std::string layers;
+  int micro_batches = 0;
+};
+
 struct RunnerOptions {
   std::string model_dir;
   std::string device = "auto";  // cpu | cuda | auto
@@ -38,6 +47,7 @@ struct RunnerOptions {
   // Tensor parallelism: this process is rank dist.rank of dist.world_size. Rank 0's options (everything above
   // but model_dir, device and the factory) are sent to every rank at the rendezvous, so ranks cannot disagree.
   dist::DistConfig dist;
+  PipelineOptions pipeline;
   bool expert_parallel = false;  // routed experts split by expert id instead of by width
   // Speculative decoding with the checkpoint's drafter (MTP layer or DSpark stages): its weights, its KV and the
   // verify save areas for draft_tokens drafts per step.
@@ -80,6 +90,8 @@ class ModelRunner {
   void heartbeat();
   bool distributed() const { return control_ != nullptr; }
   const dist::Communicator* communicator() const { return comm_.get(); }
+  // This rank's pipeline stage (the whole model when there is one stage).
+  const PipelineStage& stage() const { return stage_; }
 
   const ModelConfig& config() const { return cfg_; }
   const KvLayout& kv_layout() const { return kv_->layout(); }
@@ -94,6 +106,10 @@ class ModelRunner {
 
  private:
   StepResult execute_local(const StepPlan& plan);
+  // A step over the pipeline: this stage's part of every micro-batch; rank 0 collects the last stage's logits.
+  void execute_pipeline(const StepPlan& plan, StepResult& r);
+  // [ranks, rows, vocab / ranks] (tensor-parallel vocabulary blocks) or [rows, vocab] -> rows of r.logits.
+  void append_logits(const Tensor& logits, StepResult& r);
   void send(char kind, const std::string& body);
   void guard_group(const std::function<void()>& fn);  // a PeerError marks the group failed
   bool failed_ = false;
@@ -102,7 +118,11 @@ class ModelRunner {
   ModelConfig cfg_;
   std::unique_ptr<dist::ControlGroup> control_;
   std::unique_ptr<Backend> be_;
-  std::unique_ptr<dist::Communicator> comm_;
+  std::unique_ptr<dist::Communicator> comm_;  // the tensor-parallel group's data plane
+  std::unique_ptr<dist::Communicator> p2p_;   // every rank, for the pipeline's point-to-point
+  PipelineStage stage_;
+  int tp_size_ = 1, micro_batches_ = 1;
+  std::unique_ptr<Buffer> pipe_logits_buf_;  // rank 0: the last stage's logits of one step
   std::unique_ptr<dist::Watchdog> watchdog_;  // NCCL only
   std::unique_ptr<ModelWeights> weights_;
   std::unique_ptr<Dsv4Model> model_;

@@ -1,5 +1,6 @@
 #include "runtime/step_plan.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
@@ -176,6 +177,26 @@ void append_spec_saves(std::span<const SpecSave> saves, std::vector<ArenaCopy>& 
 void append_spec_restores(std::span<const SpecSave> saves, int64_t from, std::vector<ArenaCopy>& out) {
   for (const SpecSave& s : saves)
     if (s.pos >= from) out.push_back({s.save.dst, s.save.src, s.save.bytes});
+}
+
+std::vector<StepBatch> split_micro_batches(const StepBatch& batch, int n) {
+  DSV4_CHECK(n >= 1, "micro-batches: {} requested", n);
+  const int64_t items = int64_t(batch.items.size()), total = batch.rows();
+  n = int(std::min<int64_t>(n, std::max<int64_t>(items, 1)));
+  std::vector<StepBatch> out(static_cast<size_t>(n));
+  for (auto& b : out) b.mtp = batch.mtp, b.dspark = batch.dspark, b.keep_hidden = batch.keep_hidden;
+  // Group k closes before item i when stopping short of its share (k + 1) / n of the tokens lands nearer the
+  // share than taking i would, or when each later group needs one of the items left.
+  int64_t done = 0;
+  size_t k = 0;
+  for (int64_t i = 0; i < items; ++i) {
+    const int64_t t = int64_t(batch.items[size_t(i)].tokens.size()), share = total * int64_t(k + 1);
+    const int64_t later = n - int64_t(k) - 1;
+    if (later > 0 && !out[k].items.empty() && (items - i == later || (done + t) * n - share > share - done * n)) ++k;
+    out[k].items.push_back(batch.items[size_t(i)]);
+    done += t;
+  }
+  return out;
 }
 
 }  // namespace dsv4

@@ -25,6 +25,10 @@ struct StepPlan {
   static StepPlan deserialize(const std::string& bytes);  // throws dsv4::Error on malformed input
 };
 
+// Pipeline parallelism's micro-batches: at most n contiguous runs of `batch`'s items (each non-empty, their
+// tokens as even as whole items allow), in item order, so their logits concatenated are the batch's.
+std::vector<StepBatch> split_micro_batches(const StepBatch& batch, int n);
+
 // Copies that resume sequence slot `slot` at the end of `block` (position `end`, a block end): the window ring
 // from the block's tail and the ratio-4 compressors' last tokens from its snapshots (layout.with_tail()).
 void append_resume_copies(const KvLayout& layout, int32_t slot, int32_t block, int64_t end,

@@ -157,6 +157,61 @@ TEST(GlooCommunicator, AllReduceAndAllGatherOnCpuTensors) {
   }
 }
 
+TEST(GlooCommunicator, SendRecvAlongAPipelineOfTensorParallelGroups) {
+  // 4 ranks as 2 stages x 2 tensor-parallel ranks: each group all-reduces on its own mesh, then tp rank t of
+  // stage 0 sends to tp rank t of stage 1 (two messages in flight, matched in order), which answers rank 0.
+  const int port = free_port();
+  constexpr int N = 4, n = 257;
+  std::vector<std::vector<float>> got(N);
+  std::vector<float> back;
+  auto err = on_ranks(N, [&](int r) {
+    std::string payload;
+    DistConfig c = cfg(r, N, port);
+    c.group_size = 2;
+    auto g = join(c, id("x"), payload);
+    ASSERT_NE(g->tensor_group(), nullptr);
+    EXPECT_EQ(g->tensor_group()->size(), 2);
+    EXPECT_EQ(g->tensor_group()->rank(), r % 2);
+    auto be = make_cpu_backend();
+    auto world = make_communicator(*g, *be);
+    auto tp = make_communicator(*g->tensor_group(), *be);
+    auto buf = be->alloc(size_t(3 * n) * 4, BufferUsage::Workspace);
+    Tensor x(buf.get(), 0, DType::F32, {n}), y(buf.get(), n * 4, DType::F32, {n});
+    Tensor z(buf.get(), 2 * n * 4, DType::F32, {n});
+    std::vector<float> v(n);
+    for (int i = 0; i < n; ++i) v[size_t(i)] = float(r + 1) * float(i);
+    be->upload(x, v.data(), v.size() * 4);
+    tp->all_reduce_sum(x);  // stage 0: (1 + 2) i, stage 1: (3 + 4) i
+    if (r < 2) {
+      auto a = world->isend(x, r + 2);
+      auto b = world->isend(x, r + 2);  // a second message before the first is received
+      a->wait(), b->wait();
+      if (r == 0) {
+        world->recv(z, 2);
+        back.resize(n);
+        be->download(back.data(), z, size_t(n) * 4);
+      }
+    } else {
+      world->recv(y, r - 2);
+      world->recv(z, r - 2);
+      std::vector<float> a(n), b(n);
+      be->download(a.data(), y, size_t(n) * 4);
+      be->download(b.data(), z, size_t(n) * 4);
+      for (int i = 0; i < n; ++i) a[size_t(i)] += b[size_t(i)];
+      be->upload(y, a.data(), a.size() * 4);
+      if (r == 2) world->send(y, 0);
+      got[size_t(r)] = a;
+    }
+    EXPECT_THROW(world->send(x, r), Error);  // not another rank
+    g->barrier(5000ms);
+  });
+  for (int r = 0; r < N; ++r) ASSERT_EQ(err[size_t(r)], "") << r;
+  for (int r = 2; r < N; ++r)
+    for (int i = 0; i < n; ++i) EXPECT_EQ(got[size_t(r)][size_t(i)], 2 * 3.f * float(i)) << r;
+  ASSERT_EQ(back.size(), size_t(n));
+  for (int i = 0; i < n; ++i) EXPECT_EQ(back[size_t(i)], 6.f * float(i));
+}
+
 TEST(ControlGroup, BroadcastMinAndAPeerThatLeavesIsAPeerError) {
   const int port = free_port();
   std::atomic<bool> rank1_gone{false};
@@ -199,6 +254,8 @@ class StuckCommunicator final : public Communicator {
     throw Error("collective ended by abort");
   }
   void all_gather(const Tensor&, const Tensor&) override {}
+  std::unique_ptr<Pending> isend(const Tensor&, int) override { throw Error("no point-to-point"); }
+  std::unique_ptr<Pending> irecv(const Tensor&, int) override { throw Error("no point-to-point"); }
   void abort() override {
     std::lock_guard l(mu_);
     aborted_ = true;

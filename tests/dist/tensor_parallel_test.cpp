@@ -3,72 +3,14 @@
 // summed in another order, so to float rounding).
 #include <gtest/gtest.h>
 
-#include "free_port.h"
+#include "score_run.h"
 
 #include <nlohmann/json.hpp>
-
-#include <cmath>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
-#include <random>
 
 #include "model/tiny_checkpoint.h"
 
 namespace fs = std::filesystem;
-
-namespace {
-
-const std::string kTiny = std::string(DSV4_SHARED_DIR) + "/fixtures/tiny-a";
-const std::string kBin = std::string(DSV4_BINARY_DIR) + "/dsv4";
-
-fs::path temp_dir() {
-  static const fs::path d = [] {
-    fs::path p = fs::temp_directory_path() / ("dsv4-tp-" + std::to_string(::getpid()));
-    fs::create_directories(p);
-    return p;
-  }();
-  return d;
-}
-
-std::string write_ids(int n, int vocab, unsigned seed) {
-  const fs::path p = temp_dir() / ("ids-" + std::to_string(n) + "-" + std::to_string(seed));
-  std::ofstream f(p);
-  std::mt19937 g(seed);
-  for (int i = 0; i < n; ++i) f << (g() % unsigned(vocab)) << ' ';
-  return p.string();
-}
-
-std::vector<float> score(const std::string& model, const std::string& ids, const std::string& extra) {
-  static int n = 0;
-  const fs::path out = temp_dir() / ("logits-" + std::to_string(n++));
-  const std::string cmd = kBin + " score --device cpu --numerics exact --model " + model + " --ids " + ids +
-                          " --out " + out.string() + " --master-port " + std::to_string(free_port()) + " " + extra +
-                          " > " + out.string() + ".log 2>&1";
-  const int rc = std::system(cmd.c_str());
-  if (rc != 0) {
-    std::ifstream log(out.string() + ".log");
-    ADD_FAILURE() << cmd << " exited " << rc << ":\n" << std::string(std::istreambuf_iterator<char>(log), {});
-    return {};
-  }
-  std::ifstream f(out, std::ios::binary);
-  std::vector<float> v(fs::file_size(out) / 4);
-  f.read(reinterpret_cast<char*>(v.data()), std::streamsize(v.size() * 4));
-  return v;
-}
-
-double rel(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  if (a.size() != b.size() || a.empty()) return 1e9;
-  double d = 0, m = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    d = std::max(d, std::fabs(double(a[i]) - double(b[i])));
-    m = std::max(m, std::fabs(double(a[i])));
-  }
-  return d / m;
-}
-
-}  // namespace
+using namespace score_run;
 
 TEST(TensorParallel, TinyATp2AndEp2EqualOneRank) {
   if (!fs::exists(kTiny + "/model.safetensors")) FAIL() << "fixture " << kTiny << " missing";

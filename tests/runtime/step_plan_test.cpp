@@ -55,3 +55,38 @@ TEST(StepPlan, MalformedBytesAreRefused) {
   EXPECT_THROW(StepPlan::deserialize(bad), Error);
   for (size_t cut = 0; cut < s.size(); ++cut) EXPECT_THROW(StepPlan::deserialize(s.substr(0, cut)), Error) << cut;
 }
+
+TEST(StepPlan, MicroBatchesAreContiguousNonEmptyAndEvenByTokens) {
+  StepBatch b;
+  for (int n : {5, 1, 1, 9, 3, 1}) {
+    StepItem it;
+    it.slot = int32_t(b.items.size());
+    it.tokens.assign(size_t(n), 7);
+    b.items.push_back(it);
+  }
+  for (int m = 1; m <= 8; ++m) {
+    const auto mb = split_micro_batches(b, m);
+    ASSERT_EQ(mb.size(), size_t(std::min(m, 6))) << m;
+    int32_t next = 0;
+    for (auto& g : mb) {
+      ASSERT_FALSE(g.items.empty()) << m;
+      for (auto& it : g.items) EXPECT_EQ(it.slot, next++) << m;  // every item once, in order
+    }
+    EXPECT_EQ(next, 6);
+  }
+  // Two micro-batches of 20 tokens: [5, 1, 1] + [9, 3, 1], 7 and 13 (taking the 9 would overshoot 10 by more).
+  const auto two = split_micro_batches(b, 2);
+  EXPECT_EQ(two[0].rows(), 7);
+  EXPECT_EQ(two[1].rows(), 13);
+  // Equal decode rows split equally.
+  StepBatch d;
+  for (int i = 0; i < 8; ++i) {
+    StepItem it;
+    it.slot = i;
+    it.tokens = {1};
+    d.items.push_back(it);
+  }
+  for (int m : {2, 4, 8})
+    for (auto& g : split_micro_batches(d, m)) EXPECT_EQ(g.rows(), 8 / m) << m;
+  EXPECT_THROW(split_micro_batches(b, 0), Error);
+}
