@@ -284,17 +284,25 @@ __global__ void __launch_bounds__(256) hc_mix_k(const float* X, DevHc p, int spl
   const int hc = p.hc;
   const int64_t flat = int64_t(hc) * p.D, m = blockIdx.x;
   const float* xf = X + m * flat;
-  if (threadIdx.x <= kHcMaxRows) {
+  // The split partials of the kHcMaxRows + 1 sums: warp w takes sums w, w + 8, ...; lanes stride the splits with
+  // every load in flight, then a fixed-order warp reduction (was: one thread per sum walking all the splits).
+  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31);
+  constexpr int kPerWarp = (kHcMaxRows + 1 + 7) / 8;
+#pragma unroll
+  for (int j = 0; j < kPerWarp; ++j) {
+    const int r = warp + 8 * j;
     float s = 0.f;
-    for (int k = 0; k < splits; ++k) s += part[(m * splits + k) * (kHcMaxRows + 1) + threadIdx.x];
-    mix[threadIdx.x] = s;
+    if (r <= kHcMaxRows)
+      for (int k = lane; k < splits; k += 32) s += part[(m * splits + k) * (kHcMaxRows + 1) + r];
+    s = warp_sum(s);
+    if (lane == 0 && r <= kHcMaxRows) mix[r] = s;
   }
   __syncthreads();
-  if (threadIdx.x < 32) {
-    // The tiny scalar part in warp 0, every sum in the host's order.
-    const int lane = threadIdx.x;
-    const float rs = 1.f / sqrtf(mix[kHcMaxRows] / float(flat) + p.norm_eps);
-    if (lane < hc) pre[lane] = sigm(mix[lane] * rs * p.scale[0] + p.base[lane]) + p.hc_eps;
+  const float rs = 1.f / sqrtf(mix[kHcMaxRows] / float(flat) + p.norm_eps);
+  if (threadIdx.x < hc) pre[threadIdx.x] = sigm(mix[threadIdx.x] * rs * p.scale[0] + p.base[threadIdx.x]) + p.hc_eps;
+  __syncthreads();
+  if (warp == 0) {
+    // The tiny scalar part in warp 0 (every sum in the host's order) while the other warps form y.
     if (!kHead) {
       if (lane < hc) post[m * hc + lane] = 2.f * sigm(mix[hc + lane] * rs * p.scale[1] + p.base[hc + lane]);
       if (hc == 4)
@@ -302,9 +310,9 @@ __global__ void __launch_bounds__(256) hc_mix_k(const float* X, DevHc p, int spl
       else if (lane == 0)
         hc_sinkhorn(mix, rs, p, hc, comb + m * hc * hc);
     }
+    return;
   }
-  __syncthreads();
-  for (int64_t d = threadIdx.x; d < p.D; d += blockDim.x) {
+  for (int64_t d = threadIdx.x - 32; d < p.D; d += blockDim.x - 32) {
     float a = 0;
     for (int h = 0; h < hc; ++h) a += pre[h] * xf[h * p.D + d];
     y[m * p.D + d] = a;
