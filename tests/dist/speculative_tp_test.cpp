@@ -3,7 +3,8 @@
 // rank a `dsv4 rank-worker` child that runs every plan it is sent. Greedy output at TP=2 with drafts must equal
 // one rank's output without them, for a batch of three sequences (one prefilled in two chunks) whose random
 // drafters' drafts are rejected (measured: 0 of 99 MTP and 0 of 225 DSpark drafts accepted), so every verify
-// step is rolled back on both ranks. Partial acceptance is not reached with random weights.
+// step is rolled back on both ranks; sampled at temperature 1 (seeded) some drafts are accepted and the rest rolled
+// back, and TP=2 must give one rank's speculative tokens. Checked to fail when the worker skips the plans' copies.
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
@@ -65,15 +66,15 @@ std::vector<int32_t> prompt_of(int len, int seed) {
   return p;
 }
 
-struct Run {
+struct RunResult {
   std::vector<std::vector<int32_t>> out;
   dsv4::EngineStats st;
 };
 
 // Three greedy requests of different lengths, stepped together, on `tp` ranks (rank 1: a child process), or on
 // two pipeline stages of one rank each when `pp` is 2. `error`: rank 0's error, expected when given.
-Run run(const std::string& model, int tp, const std::string& spec, int pp = 1, std::string* error = nullptr,
-        std::string* worker_log = nullptr) {
+RunResult run(const std::string& model, int tp, const std::string& spec, int pp = 1, std::string* error = nullptr,
+        std::string* worker_log = nullptr, float temperature = 0) {
   pid_t worker = -1;
   const int port = free_port();
   const std::string log = (temp_dir() / fmt::format("worker-{}.log", port)).string();
@@ -98,7 +99,7 @@ Run run(const std::string& model, int tp, const std::string& spec, int pp = 1, s
     EXPECT_EQ(posix_spawn(&worker, kBin.c_str(), &fa, nullptr, argv.data(), envp.data()), 0);
     posix_spawn_file_actions_destroy(&fa);
   }
-  Run r;
+  RunResult r;
 #ifdef _OPENMP
   const int threads = omp_get_max_threads();
   omp_set_num_threads(1);  // this rank too (and the one-rank run: the CI machine is shared)
@@ -122,7 +123,8 @@ Run run(const std::string& model, int tp, const std::string& spec, int pp = 1, s
     const int lens[] = {5, 140, 33};
     for (int i = 0; i < 3; ++i) {
       dsv4::SamplingParams p;
-      p.temperature = 0;
+      p.temperature = temperature;
+      if (temperature > 0) p.seed = uint64_t(100 + i);
       p.max_tokens = 16 + 3 * i;
       p.ignore_eos = true;
       ids.push_back(e.add_request(prompt_of(lens[i], i), p));
@@ -153,10 +155,10 @@ Run run(const std::string& model, int tp, const std::string& spec, int pp = 1, s
 
 void expect_same_greedy_with_rollback(const std::string& model, const std::string& spec, uint64_t drafts_per_step) {
   ASSERT_FALSE(model.empty()) << "fixture " << kTiny << " missing";
-  const Run want = run(model, 1, "");
+  const RunResult want = run(model, 1, "");
   ASSERT_EQ(want.out.size(), 3u);
   for (size_t i = 0; i < 3; ++i) ASSERT_EQ(want.out[i].size(), 16 + 3 * i);
-  const Run got = run(model, 2, spec);
+  const RunResult got = run(model, 2, spec);
   EXPECT_EQ(got.out, want.out) << spec;
   // Drafts were made and verified, and some were rejected: the rollback copies ran on both ranks.
   EXPECT_GT(got.st.spec_num_drafts, 0u);
@@ -175,6 +177,26 @@ TEST(SpeculativeTensorParallel, MtpGreedyAtTp2EqualsOneRankWithoutDrafts) {
 
 TEST(SpeculativeTensorParallel, DSparkGreedyAtTp2EqualsOneRankWithoutDrafts) {
   expect_same_greedy_with_rollback(made_model("dspark"), R"({"method": "dspark"})", 5);
+}
+
+// Sampled (temperature 1, seeded): the random model's flat distributions accept many drafts, so verify steps
+// also keep some drafts and roll back only the rest. TP=2 must give one rank's speculative tokens (the same
+// seeds on logits equal to float rounding).
+TEST(SpeculativeTensorParallel, MtpSampledAtTp2EqualsOneRankWithPartlyAcceptedDrafts) {
+  const std::string model = made_model("mtp");
+  ASSERT_FALSE(model.empty()) << "fixture " << kTiny << " missing";
+  const std::string spec = R"({"method": "mtp", "num_speculative_tokens": 2})";
+  const RunResult want = run(model, 1, spec, 1, nullptr, nullptr, 1.0f);
+  const RunResult got = run(model, 2, spec, 1, nullptr, nullptr, 1.0f);
+  ASSERT_EQ(want.out.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(want.out[i].size(), 16 + 3 * i);
+  EXPECT_EQ(got.out, want.out);
+  EXPECT_EQ(got.st.spec_num_accepted_tokens, want.st.spec_num_accepted_tokens);
+  EXPECT_GT(got.st.spec_num_accepted_tokens, 0u) << "no draft was accepted";
+  EXPECT_LT(got.st.spec_num_accepted_tokens, got.st.spec_num_draft_tokens) << "no draft was rejected";
+  std::printf("sampled MTP at TP=2: %llu verify steps, %llu drafts, %llu accepted\n",
+              (unsigned long long)got.st.spec_num_drafts, (unsigned long long)got.st.spec_num_draft_tokens,
+              (unsigned long long)got.st.spec_num_accepted_tokens);
 }
 
 // Pipelines cannot draft yet: both ranks refuse at start (the worker has rank 0's drafter from the rendezvous).
