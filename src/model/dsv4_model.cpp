@@ -337,8 +337,15 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
   const uint64_t ops0 = be_.counters().ops, dl0 = be_.counters().downloads;
   uint64_t ops_min = UINT64_MAX, ops_max = 0;
   if (batch.dspark == DSparkPass::Markov) {  // DSpark: the Markov head's term only
-    dspark_markov(s.tokens, s.ds_e.rows(0, M), s.logits.rows(0, M));
-    return s.logits.rows(0, M);
+    // markov_w2 is split by vocabulary rows like the head: each rank's slice, gathered as the head's logits are.
+    Tensor logits = s.logits.rows(0, M);
+    dspark_markov(s.tokens, s.ds_e.rows(0, M), logits);
+    if (comm_) {
+      Tensor all = s.logits_all.rows(0, int64_t(tp_) * M);
+      comm_->all_gather(logits, all);
+      logits = all.view({int64_t(tp_), M, cfg_.vocab_size / tp_});
+    }
+    return logits;
   }
   const bool piped = pipe_.count > 1;
   DSV4_CHECK(!piped || (!batch.mtp && !batch.keep_hidden && !dspark_pass),

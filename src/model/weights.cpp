@@ -512,7 +512,7 @@ void place_all(const ModelConfig& c, const TensorSource& src, Backend* be, Model
     L.vec(&d.norm, last + "norm.weight", {D});
     L.hc(&d.hc_head, last + "hc_head", c.hc_mult, flat, 1);
     L.linear(&d.markov_w1, last + "markov_head.markov_w1", V, c.dspark_markov_rank);
-    L.linear(&d.markov_w2, last + "markov_head.markov_w2", V, c.dspark_markov_rank);
+    L.linear(&d.markov_w2, last + "markov_head.markov_w2", V, c.dspark_markov_rank, ShardKind::SplitOut);  // as the head
   }
   if (drafter == Drafter::Mtp) {
     MtpWeights& m = mw->mtp;

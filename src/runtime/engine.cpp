@@ -419,10 +419,10 @@ Engine::Engine(EngineConfig cfg, const Tokenizer* tokenizer) : impl_(std::make_u
   if (I.cfg.max_num_seqs < 1) fail("--max-num-seqs must be >= 1");
   if (I.cfg.max_num_batched_tokens < 1) fail("--max-num-batched-tokens must be >= 1");
   I.spec = parse_speculative_config(I.cfg.speculative_config);
+  // With tensor parallelism the drafter passes, their arena copies and the rollback go to every rank in the step
+  // plans like any other step (the KV layout, drafter layers included, is the same on every rank); pipelines
+  // refuse a drafter in the runner.
   if (I.spec.enabled()) {
-    if (I.cfg.dist.active())
-      fail("speculative decoding with tensor parallelism is not implemented yet (drop --speculative-config or "
-           "--tensor-parallel-size)");
     I.spec = resolve_speculative_config(I.spec, ModelConfig::load(I.cfg.model_dir + "/config.json"));
   }
   I.runner = std::make_unique<ModelRunner>(runner_options(I.cfg));

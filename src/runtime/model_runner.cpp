@@ -41,7 +41,9 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
     if (opts_.prefix_tails)
       fail("prefix caching with pipeline parallelism is not supported yet (each stage's KV arena has its own "
            "layout): add --no-enable-prefix-caching");
-    if (opts_.drafter != Drafter::None) fail("speculative decoding with pipeline parallelism is not supported yet");
+    if (opts_.drafter != Drafter::None)  // every rank refuses: each has rank 0's options by now
+      fail("speculative decoding with pipeline parallelism is not supported yet (the drafter needs the first "
+           "stage's embedding and the last stage's head): drop --speculative-config or --pipeline-parallel-size");
     if (opts_.expert_load_window > 0) {
       spdlog::warn("expert load statistics are not collected with pipeline parallelism yet (each stage routes its "
                    "own layers)");

@@ -71,6 +71,7 @@ std::string options_json(const RunnerOptions& o) {
       {"kv_cache_memory", o.kv_cache_memory}, {"memory_utilization", o.memory_utilization},
       {"max_model_len", o.max_model_len}, {"expert_parallel", o.expert_parallel},
       {"profile_ops", o.profile_ops},
+      {"drafter", int(o.drafter)},        {"draft_tokens", o.draft_tokens},
       {"pipeline_layers", o.pipeline.layers}, {"micro_batches", o.pipeline.micro_batches},
       {"timeout_ms", o.dist.timeout.count()}, {"load_timeout_ms", o.dist.load_timeout.count()}};
   return j.dump();
@@ -94,6 +95,11 @@ void apply_options_json(const std::string& text, RunnerOptions& o) {
     o.max_model_len = j.at("max_model_len").get<int64_t>();
     o.expert_parallel = j.at("expert_parallel").get<bool>();
     o.profile_ops = j.at("profile_ops").get<bool>();
+    const int drafter = j.at("drafter").get<int>();
+    if (drafter < int(Drafter::None) || drafter > int(Drafter::DSpark))
+      fail("tensor-parallel group: rank 0 sent an unknown drafter {}", drafter);
+    o.drafter = Drafter(drafter);  // the drafter's weights and KV layers: every rank's arena is laid out alike
+    o.draft_tokens = j.at("draft_tokens").get<int>();
     o.pipeline.layers = j.at("pipeline_layers").get<std::string>();
     o.pipeline.micro_batches = j.at("micro_batches").get<int>();
     o.dist.timeout = std::chrono::milliseconds(j.at("timeout_ms").get<int64_t>());
