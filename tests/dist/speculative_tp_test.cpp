@@ -25,6 +25,7 @@
 
 #include "model/tiny_checkpoint.h"
 #include "runtime/engine.h"
+#include "../runtime/engine_test_util.h"
 #include "score_run.h"
 
 using namespace score_run;
@@ -55,16 +56,6 @@ struct Cleanup {
     for (const char* m : {"mtp", "dspark"}) fs::remove_all(d / m, ec);
   }
 } cleanup;
-
-std::vector<int32_t> prompt_of(int len, int seed) {
-  std::vector<int32_t> p(static_cast<size_t>(len));
-  uint32_t s = uint32_t(seed) * 2654435761u + 1;
-  for (auto& t : p) {
-    s = s * 1664525u + 1013904223u;
-    t = int32_t((s >> 8) % 2000) + 2;
-  }
-  return p;
-}
 
 struct RunResult {
   std::vector<std::vector<int32_t>> out;
@@ -127,7 +118,7 @@ RunResult run(const std::string& model, int tp, const std::string& spec, int pp 
       if (temperature > 0) p.seed = uint64_t(100 + i);
       p.max_tokens = 16 + 3 * i;
       p.ignore_eos = true;
-      ids.push_back(e.add_request(prompt_of(lens[i], i), p));
+      ids.push_back(e.add_request(dsv4::test::prompt_of(lens[i], i), p));
     }
     std::map<uint64_t, std::vector<int32_t>> got;
     for (int n = 0; e.has_work() && n < 10000; ++n)

@@ -178,6 +178,21 @@ __global__ void __launch_bounds__(kSortThreads) moe_sort_k(const int32_t* expert
   }
 }
 
+// One hidden value from its w1 (g) and w3 (u) outputs, as the reference: each rounded to bf16 where the linears'
+// outputs are, the SwiGLU clamp, SiLU(g) * u times the routing weight, then the hidden's own bf16 rounding.
+__device__ __forceinline__ float moe_hidden(const DevMoe& a, float g, float u, float route_w) {
+  if (a.out_bf16) {
+    g = rbf16(g);
+    u = rbf16(u);
+  }
+  if (a.swiglu_limit > 0) {
+    u = clampf(u, -a.swiglu_limit, a.swiglu_limit);
+    g = fminf(g, a.swiglu_limit);
+  }
+  const float hv = g / (1.f + expf(-g)) * u * route_w;
+  return a.round_hidden ? rbf16(hv) : hv;
+}
+
 constexpr int kMoeMaxRows = 8;  // rows of one expert multiplied per pass over its weights
 
 // Rows per warp and staged columns per pass: 4 rows per warp, passes of kMoeKR staged columns, each lane walking
@@ -295,14 +310,8 @@ __global__ void __launch_bounds__(256) moe_gemv_k(DevMoe a, MoeWs w) {
         const int nn = threadIdx.x / MT, m = threadIdx.x % MT;
         const int64_t n = nblk + nn;
         if (m < nv && n < N) {
-          float g = gs[nn][m], u = us[nn][m];
-          if (a.swiglu_limit > 0) {
-            u = clampf(u, -a.swiglu_limit, a.swiglu_limit);
-            g = fminf(g, a.swiglu_limit);
-          }
-          float hv = g / (1.f + expf(-g)) * u * a.weights[w.perm[rb + m]];
-          if (a.round_hidden) hv = rbf16(hv);
-          w.h[int64_t(rb + m) * a.inter + n] = hv;
+          // gs/us hold the outputs already rounded (rounding again is the identity).
+          w.h[int64_t(rb + m) * a.inter + n] = moe_hidden(a, gs[nn][m], us[nn][m], a.weights[w.perm[rb + m]]);
         }
       }
     }
@@ -443,18 +452,7 @@ __global__ void __launch_bounds__(256) moe_mma_k(DevMoe a, MoeWs w) {
         for (int j = 0; j < 2; ++j) {
           const int64_t n = n0 + wn * 16 + j * 8 + tig * 2 + (q & 1);
           if (n >= N) continue;
-          float g = acc[i][j][q], u = acc[i][j + 2][q];
-          if (a.out_bf16) {
-            g = rbf16(g);
-            u = rbf16(u);
-          }
-          if (a.swiglu_limit > 0) {
-            u = clampf(u, -a.swiglu_limit, a.swiglu_limit);
-            g = fminf(g, a.swiglu_limit);
-          }
-          float hv = g / (1.f + expf(-g)) * u * a.weights[w.perm[row]];
-          if (a.round_hidden) hv = rbf16(hv);
-          w.h[int64_t(row) * a.inter + n] = hv;
+          w.h[int64_t(row) * a.inter + n] = moe_hidden(a, acc[i][j][q], acc[i][j + 2][q], a.weights[w.perm[row]]);
         }
       } else {
 #pragma unroll
@@ -594,18 +592,7 @@ __global__ void __launch_bounds__(kDmmaWarps * 32) moe_dmma_k(DevMoe a, MoeWs w,
       if constexpr (UP) {
         const int64_t n = nw + 2 * tig + (q & 1);
         if (n >= N) continue;
-        float g = acc[0][q], u = acc[1][q];
-        if (a.out_bf16) {
-          g = rbf16(g);
-          u = rbf16(u);
-        }
-        if (a.swiglu_limit > 0) {
-          u = clampf(u, -a.swiglu_limit, a.swiglu_limit);
-          g = fminf(g, a.swiglu_limit);
-        }
-        float hv = g / (1.f + expf(-g)) * u * a.weights[w.perm[rb + m]];
-        if (a.round_hidden) hv = rbf16(hv);
-        w.h[int64_t(rb + m) * a.inter + n] = hv;
+        w.h[int64_t(rb + m) * a.inter + n] = moe_hidden(a, acc[0][q], acc[1][q], a.weights[w.perm[rb + m]]);
       } else {
 #pragma unroll
         for (int f = 0; f < 2; ++f) {
