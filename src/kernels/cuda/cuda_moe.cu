@@ -93,7 +93,6 @@ __global__ void __launch_bounds__(kRouteWarps * 32) route_k(DevRoute a, int* err
 
 // ---- MoE workspace: ints first, then float areas.
 struct MoeWs {
-  int* counts;   // [E]
   int* offsets;  // [E + 1]
   int* active;   // [E]
   int* n_active;  // [1]
@@ -115,7 +114,6 @@ MoeWs carve(void* ws, int64_t M, int64_t K, int64_t D, int64_t I, int64_t E) {
     return r;
   };
   MoeWs w;
-  w.counts = reinterpret_cast<int*>(take(E * 4));
   w.offsets = reinterpret_cast<int*>(take((E + 1) * 4));
   w.active = reinterpret_cast<int*>(take(E * 4));
   w.n_active = reinterpret_cast<int*>(take(4));
@@ -159,7 +157,6 @@ __global__ void __launch_bounds__(kSortThreads) moe_sort_k(const int32_t* expert
   __syncthreads();
   Scan(scan).ExclusiveSum(hit, a);
   if (t < E) {
-    w.counts[t] = c;
     w.offsets[t] = o;
     w.tile_off[t] = to;
     if (hit) w.active[a] = t;
@@ -759,7 +756,8 @@ void route(const Launch& L, const DevRoute& a) {
 
 int64_t moe_ws_bytes(int64_t M, int64_t K, int64_t D, int64_t I, int64_t E, int) {
   auto r = [](int64_t b) { return cdiv(b, 256) * 256; };
-  return r(E * 4) * 4 + r(4) + r(M * K * 4) + r((E + 1) * 4) + r(M * K * std::max(D, I)) +
+  // carve()'s areas in its order: offsets, active, n_active, perm, tile_off, codes, ...
+  return r((E + 1) * 4) + r(E * 4) + r(4) + r(M * K * 4) + r((E + 1) * 4) + r(M * K * std::max(D, I)) +
          r(M * K * cdiv(std::max(D, I), 128) * 4) + r(M * K * I * 4) + r(M * K * D * 4) + r(2 * M * I * 4) +
          r(M * D * 4) + 256;
 }
