@@ -4,6 +4,7 @@
 # and prints per kernel name: launches per step, device us per step, share. The sum is the device-busy time
 # of a step; forward_bench's ms/step minus that sum is launch gaps and host time.
 #   bench/gpu/kernel_times.sh OUT_DIR [LAYERS] [BATCH] [CONTEXT]
+# KT_PREFILL=N: one prefill of N tokens (one chunk) instead of decode; the "step" is that chunk.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 OUT=${1:?out dir}
@@ -12,10 +13,17 @@ BIN=${BIN:-gpu-pkg/bin}
 . bench/gpu/env.sh
 NCU=$(command -v ncu || find /opt/nvidia/nsight-compute -maxdepth 2 -name ncu -type f 2>/dev/null | head -1)
 [ -n "$NCU" ] || { echo "kernel_times: ncu not found"; exit 1; }
-csv=$OUT/kernels_L${LAYERS}_B${B}_C${C}.csv
+P=${KT_PREFILL:-}
+if [ -n "$P" ]; then
+  csv=$OUT/kernels_L${LAYERS}_P${P}.csv
+  RUN=(--batches "" --prefill "$P" --chunk "$P")
+else
+  csv=$OUT/kernels_L${LAYERS}_B${B}_C${C}.csv
+  RUN=(--batches "$B" --contexts "$C" --prefill "")
+fi
 timeout 400 "$NCU" --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
-  --print-units base "$BIN/forward_bench" --device cuda --layers "$LAYERS" --batches "$B" --contexts "$C" \
-  --prefill "" --no-profile >"$csv" 2>"$OUT/ncu_stderr.txt"
+  --print-units base "$BIN/forward_bench" --device cuda --layers "$LAYERS" "${RUN[@]}" \
+  --no-profile >"$csv" 2>"$OUT/ncu_stderr.txt"
 echo "ncu exit $? -> $csv ($(wc -l <"$csv") lines)"
 python3 - "$csv" <<'EOF'
 import csv, sys, collections

@@ -1,0 +1,217 @@
+// Prefill FP8 linears (M > 16 rows, FP8 weights with 128 x 128 scales, FP8 activations with 1 x 128 scales) on
+// FP8 tensor cores, pipelined: 128 x 128 outputs per block, K in 128-column blocks (one scale block each),
+// STAGES of (A tile, B tile, their scales) in flight through cp.async, fragments by ldmatrix. Every target
+// (mma.sync m16n8k32 e4m3 exists from sm_89); STAGES = 3 where a block may take ~114 KB of shared memory
+// (sm_90, sm_100), 2 on sm_120/121 (99 KB). Products are promoted to fp32 per K block with the activation's and
+// the weight's scales, as the reference de-quantizes; only the summation order differs from the CPU.
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/cuda/cuda_gemm.cuh"
+#include "kernels/cuda/cuda_weights.cuh"
+
+namespace dsv4::cuda {
+namespace {
+
+constexpr int kTM = 128, kTN = 128, kTK = 128, kTLd = kTK + 16;  // +16 B a row: ldmatrix rows on distinct banks
+constexpr int kStageBytes = 2 * kTM * kTLd + (kTM + kTN) * 4;   // A, B, sa, sw
+constexpr int kThreads = 512;
+static_assert(kTM == 2 * (kThreads / 8) && kTN == kTM, "two 16-byte chunks of A and of B per thread and K block");
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(pred ? 16 : 0));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+// Four 8 x 16-byte matrices; thread t addresses row t % 8 of matrix t / 8 and gets 4 bytes of each (row t / 4,
+// bytes 4 (t % 4)...): for 8-bit data exactly the mma's A and B fragment registers.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* smem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+#endif
+}
+
+// 16 warps as 4 (m) x 4 (n), each 32 x 32 outputs: 2 x 4 mma tiles (a 64 x 32 warp tile needs 128 accumulators
+// with the per-block partials and spills at 255 registers).
+template <int STAGES>
+__global__ void __launch_bounds__(kThreads, 1) gemm_fp8_tc_k(const uint8_t* __restrict__ ac, const float* __restrict__ as,
+                                                        int64_t M, int groups, DevWeight w, int64_t npg,
+                                                        float* __restrict__ y, int64_t ldy, int out_bf16) {
+  extern __shared__ __align__(16) uint8_t gsm[];
+  const int64_t K = w.in, N = w.out, m0 = int64_t(blockIdx.y) * kTM, n0 = int64_t(blockIdx.x) * kTN;
+  const int64_t g = n0 / npg, lda = int64_t(groups) * K, nkb = K / kTK;
+  const uint8_t* ag = ac + g * K;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wm = warp >> 2, wn = warp & 3;
+  const int gid = lane >> 2, tig = lane & 3;
+  auto stage = [&](int s) { return gsm + size_t(s) * kStageBytes; };
+  // This thread's two 16-byte chunks of A and of B per K block (row tid / 8 + 64 i, bytes 16 (tid % 8)), as
+  // pointers at K block 0; rows past M or N are zero-filled.
+  constexpr int kRowsPer = kThreads / 8;
+  const int q = tid & 7, r0 = tid >> 3;
+  const uint8_t* asrc[2];
+  const uint8_t* bsrc[2];
+  bool aok[2], bok[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = r0 + i * kRowsPer;
+    aok[i] = m0 + r < M;
+    bok[i] = n0 + r < N;
+    asrc[i] = aok[i] ? ag + (m0 + r) * lda + q * 16 : ac;
+    bsrc[i] = bok[i] ? w.data + (n0 + r) * K + q * 16 : w.data;
+  }
+  // Threads [0, 128) load the activation scale of row tid, [128, 256) the weight scale of row tid - 128: an index
+  // at K block 0 (the weight's scale tiles are 128 x 128, so K block kb is scale column kb).
+  bool sok = false;
+  int64_t sidx = 0;
+  if (tid < kTM) {
+    sok = m0 + tid < M;
+    sidx = (m0 + tid) * (groups * nkb) + g * nkb;
+  } else if (tid < kTM + kTN) {
+    sok = n0 + tid - kTM < N;
+    sidx = ((w.row0 + n0 + tid - kTM) >> 7) * w.scale_cols;
+  }
+  // One K block into stage s: the tiles by cp.async, the scales by plain stores (read after the same barrier).
+  auto load = [&](int64_t kb, int s) {
+    uint8_t* As = stage(s);
+    uint8_t* Bs = As + kTM * kTLd;
+    float* sa = reinterpret_cast<float*>(Bs + kTN * kTLd);
+    float* sw = sa + kTM;
+    const int64_t k0 = kb * kTK;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = r0 + i * kRowsPer;
+      cp_async16(As + r * kTLd + q * 16, asrc[i] + (aok[i] ? k0 : 0), aok[i]);
+      cp_async16(Bs + r * kTLd + q * 16, bsrc[i] + (bok[i] ? k0 : 0), bok[i]);
+    }
+    if (tid < kTM) {
+      sa[tid] = sok ? as[sidx + kb] : 0.f;
+    } else if (tid < kTM + kTN) {
+      sw[tid - kTM] = !sok ? 0.f : w.scale_f32 ? static_cast<const float*>(w.scale)[sidx + kb]
+                                              : e8m0_to_f32(static_cast<const uint8_t*>(w.scale)[sidx + kb]);
+    }
+  };
+  float acc[2][4][4] = {};
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < nkb) load(s, s);
+    cp_async_commit();
+  }
+  // ldmatrix addresses: A matrix q = lane / 8 covers rows (q & 1) * 8 and bytes (q >> 1) * 16 of a 16 x 32 tile;
+  // B matrix q covers n rows (q >> 1) * 8 of two 8-row tiles and bytes (q & 1) * 16.
+  const int lq = lane >> 3, lr = lane & 7;
+  const int a_off = (wm * 32 + (lq & 1) * 8 + lr) * kTLd + (lq >> 1) * 16;
+  const int b_off = (wn * 32 + (lq >> 1) * 8 + lr) * kTLd + (lq & 1) * 16;
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // stage kb landed for every thread; stage kb - 1 is free
+    {
+      const int64_t nk = kb + STAGES - 1;
+      if (nk < nkb) load(nk, int(nk % STAGES));
+      cp_async_commit();
+    }
+    const uint8_t* As = stage(int(kb % STAGES));
+    const uint8_t* Bs = As + kTM * kTLd;
+    const float* sa = reinterpret_cast<const float*>(Bs + kTN * kTLd);
+    const float* sw = sa + kTM;
+    float blk[2][4][4] = {};
+#pragma unroll 1  // unrolled, the fragments of all four steps stay live and spill
+    for (int ks = 0; ks < kTK; ks += 32) {
+      uint32_t af[2][4], bf[4][2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) ldmatrix_x4(af[i], As + a_off + i * 16 * kTLd + ks);
+#pragma unroll
+      for (int j = 0; j < 4; j += 2) {
+        uint32_t r[4];
+        ldmatrix_x4(r, Bs + b_off + j * 8 * kTLd + ks);
+        bf[j][0] = r[0];
+        bf[j][1] = r[1];
+        bf[j + 1][0] = r[2];
+        bf[j + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) mma_e4m3(blk[i][j], af[i], bf[j]);
+    }
+    float rs[2][2], cs[4][2];  // this thread's rows' and columns' scales
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) rs[i][h] = sa[wm * 32 + i * 16 + gid + h * 8];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) cs[j][h] = sw[wn * 32 + j * 8 + tig * 2 + h];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[i][j][e] += blk[i][j][e] * (rs[i][e >> 1] * cs[j][e & 1]);
+  }
+  cp_async_wait<0>();
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t m = m0 + wm * 32 + i * 16 + gid + (e >> 1) * 8, n = n0 + wn * 32 + j * 8 + tig * 2 + (e & 1);
+        if (m < M && n < N) y[m * ldy + n] = out_bf16 ? rbf16(acc[i][j][e]) : acc[i][j][e];
+      }
+}
+
+template <int STAGES>
+void launch(const Launch& L, const uint8_t* codes, const float* sc, int64_t M, int groups, const DevWeight& w,
+            int64_t npg, float* y, int64_t ldy, int out_bf16) {
+  static unsigned long long attr = 0;
+  if (first_on_device(attr)) allow_max_dynamic_smem(reinterpret_cast<const void*>(gemm_fp8_tc_k<STAGES>));
+  DSV4_CUDA_REQUIRE(cdiv(M, kTM) < 65536, "linear on CUDA: too many rows for the FP8 GEMM's grid");
+  dim3 grid(unsigned(cdiv(w.out, kTN)), unsigned(cdiv(M, kTM)));
+  gemm_fp8_tc_k<STAGES><<<grid, kThreads, size_t(STAGES) * kStageBytes, L.stream>>>(codes, sc, M, groups, w, npg, y, ldy,
+                                                                              out_bf16);
+  DSV4_CUDA_LAUNCHED();
+}
+
+}  // namespace
+
+bool gemm_fp8_tc_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("DSV4_CUDA_GEMM_TC");
+    return !v || !*v || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
+bool gemm_fp8_tc_fits(int64_t npg, int groups) { return groups == 1 || npg % kTN == 0; }
+
+void gemm_fp8_tc(const Launch& L, const uint8_t* codes, const float* scales, int64_t M, int groups,
+                 const DevWeight& w, int64_t npg, float* y, int64_t ldy, int out_bf16) {
+  static int optin = -1;
+  if (optin < 0) {
+    int d = 0;
+    DSV4_CUDA_CHECK(cudaGetDevice(&d));
+    DSV4_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, d));
+  }
+  if (optin >= 3 * kStageBytes)
+    launch<3>(L, codes, scales, M, groups, w, npg, y, ldy, out_bf16);
+  else
+    launch<2>(L, codes, scales, M, groups, w, npg, y, ldy, out_bf16);
+}
+
+}  // namespace dsv4::cuda

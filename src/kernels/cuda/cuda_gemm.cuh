@@ -1,0 +1,16 @@
+// The prefill FP8 GEMM on tensor cores (cuda_gemm.cu), called by linear() for M > 16.
+#pragma once
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace dsv4::cuda {
+
+// DSV4_CUDA_GEMM_TC=0 (read once) falls back to the unpipelined 64 x 128 kernel, for A/B runs on a device.
+bool gemm_fp8_tc_enabled();
+// Grouped weights need each 128-row output tile inside one group.
+bool gemm_fp8_tc_fits(int64_t npg, int groups);
+// y[M, N] = codes[M, groups x K] x W^T, codes with 1 x 128 scales [M, groups x K / 128], W FP8 with 128 x 128
+// scales; K a multiple of 128.
+void gemm_fp8_tc(const Launch& L, const uint8_t* codes, const float* scales, int64_t M, int groups,
+                 const DevWeight& w, int64_t npg, float* y, int64_t ldy, int out_bf16);
+
+}  // namespace dsv4::cuda
