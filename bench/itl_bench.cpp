@@ -1,7 +1,7 @@
 // Decode pace while a long prompt prefills (issue 17): one short request decodes while a prompt of L tokens
 // prefills in chunks; prints the short request's inter-token latency (p50, p99, max) and the long prompt's time to
 // first token, with --max-inter-token-latency-ms off and at a bound.
-// usage: itl_bench [MODEL_DIR [PROMPT_TOKENS [BOUND_MS]]]   (defaults: tiny-a, 65536, 50)
+// usage: itl_bench [MODEL_DIR [PROMPT_TOKENS [BOUND_MS [DEVICE]]]]   (defaults: tiny-a, 65536, 50, cpu)
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -22,9 +22,9 @@ double pct(std::vector<double> v, double p) {
   return v[std::min(v.size() - 1, size_t(p * double(v.size())))];
 }
 
-void scenario(const std::string& model, int64_t L, double bound_ms) {
+void scenario(const std::string& model, int64_t L, double bound_ms, const std::string& device) {
   EngineConfig c;
-  c.device = "cpu";
+  c.device = device;
   c.model_dir = model;
   c.numerics = Numerics::Exact;
   c.kv_cache_dtype = "auto";
@@ -78,16 +78,17 @@ void scenario(const std::string& model, int64_t L, double bound_ms) {
 
 int main(int argc, char** argv) {
   if (argc > 1 && (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h"))) {
-    fmt::print("usage: itl_bench [MODEL_DIR [PROMPT_TOKENS [BOUND_MS]]]\n");
+    fmt::print("usage: itl_bench [MODEL_DIR [PROMPT_TOKENS [BOUND_MS [cpu|cuda]]]]\n");
     return 0;
   }
   const std::string model = argc > 1 ? argv[1] : std::string(DSV4_SHARED_DIR) + "/fixtures/tiny-a";
   const int64_t L = argc > 2 ? std::stoll(argv[2]) : 65536;
   const double bound = argc > 3 ? std::stod(argv[3]) : 50;
-  fmt::print("itl_bench: {} , prompt {} tokens, one concurrent decode, CPU backend\n", model, L);
+  const std::string device = argc > 4 ? argv[4] : "cpu";
+  fmt::print("itl_bench: {} , prompt {} tokens, one concurrent decode, {} backend\n", model, L, device);
   try {
-    scenario(model, L, 0);
-    scenario(model, L, bound);
+    scenario(model, L, 0, device);
+    scenario(model, L, bound, device);
   } catch (const std::exception& e) {
     fmt::print(stderr, "itl_bench: {}\n", e.what());
     return 1;

@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=${BUILD_DIR:-build-gpu}
 [ -f "$B/CMakeCache.txt" ] || cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a
-ninja -C "$B" test_kernels test_model dsv4 cuda_ops_bench forward_bench
+ninja -C "$B" test_kernels test_model dsv4 cuda_ops_bench forward_bench itl_bench
 rm -rf gpu-pkg && mkdir -p gpu-pkg/bin gpu-pkg/lib gpu-pkg/shared/fixtures
-for b in test_kernels test_model dsv4 cuda_ops_bench forward_bench; do
+for b in test_kernels test_model dsv4 cuda_ops_bench forward_bench itl_bench; do
   strip -o "gpu-pkg/bin/$b" "$B/$b"
 done
 # Libraries outside glibc/libstdc++/the driver, which the device image may lack. NCCL (218 MB, over the
