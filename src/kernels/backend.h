@@ -68,6 +68,10 @@ struct AttentionArgs {
   int64_t H = 0;
   float scale = 1.f;
   bool probs_bf16 = false;  // reference numerics: probabilities rounded to bf16 before P.V
+  // The caller guarantees q and kv hold bf16 values exactly and the cached entries decode to bf16 values
+  // (reference numerics with a bf16 or FP8 cache: q rounded, keys round-tripped through the codec), so a
+  // backend may multiply them on bf16 tensor cores with no rounding of any operand. Results are unchanged.
+  bool bf16_operands = false;
   // DSpark block (ratio 0 only, model/dspark.cpp): every row of an item sees the item's `window` ring
   // positions before its start and ALL of its own rows (bidirectional inside the item), instead of the causal
   // window ending at the row's position.

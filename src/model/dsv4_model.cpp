@@ -604,6 +604,8 @@ void Dsv4Model::attention(int l, Step& s, const Tensor& x, const Tensor& out) {
   aa.H = H;
   aa.scale = float(1.0 / std::sqrt(double(hd)));
   aa.probs_bf16 = ref;
+  // q was rounded to bf16 and the keys went through fp8_roundtrip and the cache codec (window_kv, compressor).
+  aa.bf16_operands = ref && view.shape.main.dtype != KvDtype::F32;
   aa.block_bidirectional = s.dspark_block;
   aa.out = s.o;
   be_.attention(aa);

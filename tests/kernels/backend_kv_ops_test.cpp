@@ -133,6 +133,60 @@ TEST_P(BackendOps, AttentionEveryRatioAndKvDtype) {
       }
 }
 
+// Steps with rows enough for the CUDA backend's tensor-core attention (one block per row and 32 heads, at least
+// one block per SM): bf16-exact queries and keys (as reference numerics makes them), bf16 probabilities, two head
+// groups (the second partial), head_dim 128 and 512; the long item's keys mostly in this step, the short one's
+// partly in the ring.
+TEST_P(BackendOps, AttentionLongStepBf16Operands) {
+  const int64_t H = 40;
+  for (int64_t hd : {128, 512})
+    for (int ratio : {0, 4, 128})
+      for (KvDtype dt : {KvDtype::BF16, KvDtype::FP8}) {
+        Rng r(uint64_t(40 + ratio + hd));
+        const int bt = ratio == 128 ? 128 : 16;
+        ref::Arena a = random_arena(r, ratio, bt, 8, main_codec(dt, int(hd), hd == 512 ? 64 : 16), index_codec(dt, 16),
+                                    false, 16, 3);
+        ref::Batch b;
+        if (ratio == 128)
+          b.items = {item(200, 140, 0, 0, {0, 1, 2}), item(0, 20, 140, 1, {3})};
+        else
+          b.items = {item(0, 150, 0, 0, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}), item(40, 10, 150, 1, {10, 11, 12, 13})};
+        const int64_t M = b.M();
+        auto bf = [](std::vector<float> v) {
+          for (float& x : v) x = bf16_to_f32(f32_to_bf16(x));
+          return v;
+        };
+        auto q = bf(r.vec(size_t(M * H * hd), -1, 1)), kv = bf(r.vec(size_t(M * hd), -1, 1));
+        auto sink = r.vec(size_t(H), -1, 2);
+        const int64_t K = 6;
+        std::vector<int32_t> sel(size_t(M * K), -1);
+        auto pos = b.pos();
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t c = 0; c < K && c < (pos[size_t(m)] + 1) / 4; ++c)
+            sel[size_t(m * K + c)] = int32_t(r.below((pos[size_t(m)] + 1) / 4));
+        KvLayerView v = upload_arena(a);
+        BatchMeta meta = upload_meta(b);
+        AttentionArgs aa;
+        aa.q = up(q, DType::F32, {M, H, hd});
+        aa.kv = up(kv, DType::F32, {M, hd});
+        aa.sink = up(sink, DType::F32, {H});
+        aa.selected = up(sel, DType::I32, {M, K});
+        aa.meta = &meta;
+        aa.view = v;
+        aa.H = H;
+        aa.scale = float(1.0 / std::sqrt(double(hd)));
+        aa.probs_bf16 = true;
+        aa.bf16_operands = true;
+        aa.out = zeros(DType::F32, {M, H, hd});
+        be->attention(aa);
+        auto ref = ref::attention(q, kv, sink, sel, K, b, a, H, aa.scale, true);
+        expect_close(down<float>(aa.out), ref, tol("attention"),
+                     "long-step attention hd " + std::to_string(hd) + " ratio " + std::to_string(ratio) + " " +
+                         kv_dtype_name(dt),
+                     0.01, 1e-2);
+      }
+}
+
 // The DSpark block's attention (ratio 0): every row of an item sees the ring's window before the item and all of
 // the item's rows. Window 8: a block after a full ring, a block at position 3 (a short ring), a block at 0.
 TEST_P(BackendOps, AttentionBidirectionalBlock) {

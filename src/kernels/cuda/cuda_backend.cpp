@@ -329,6 +329,7 @@ class CudaBackend final : public Backend {
     d.view = v;
     d.scale = a.scale;
     d.probs_bf16 = a.probs_bf16;
+    d.bf16_operands = a.bf16_operands;
     d.bidirectional = a.block_bidirectional;
     d.out = p<float>(a.out);
     // Upper bound of compressed keys per row, for the key split (the positions themselves are on the device).

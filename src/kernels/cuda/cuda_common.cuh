@@ -229,6 +229,15 @@ __device__ __forceinline__ float codec_decode(const DevCodec& c, const uint8_t* 
   return bf2f(uint16_t(src[nope + 2 * r] | (uint16_t(src[nope + 2 * r + 1]) << 8)));
 }
 
+// A step item's (start position, first row, rows, KV slot), from the device table.
+struct Item {
+  int start, row0, len, slot;
+};
+__device__ __forceinline__ Item item_of(const DevMeta& m, int i) {
+  const int32_t* p = m.items + int64_t(i) * 4;
+  return {p[0], p[1], p[2], p[3]};
+}
+
 // Address of item i's block for position-derived block index bi (checks the table and the arena).
 __device__ __forceinline__ uint8_t* block_ptr(const DevMeta& m, const DevView& v, int item, int64_t bi, int* err) {
   if (bi < 0 || bi >= m.max_blocks) {

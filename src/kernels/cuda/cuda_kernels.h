@@ -153,6 +153,7 @@ struct DevAttention {
   int64_t H = 0, hd = 0;
   float scale = 1.f;
   bool probs_bf16 = false;
+  bool bf16_operands = false;  // AttentionArgs::bf16_operands
   float* out = nullptr;
   int64_t max_comp = 0;  // upper bound of compressed keys per row (host-known)
   // DSpark's block pass (ratio-0 layers only): every row of an item sees the window before the item's start and
