@@ -119,9 +119,9 @@ struct ModelWeights {
   uint64_t tensor_bytes = 0;        // bytes of this rank's tensors (its shards: what it reads per token)
   std::map<const std::string*, Buffer*> imported;  // checkpoint file -> its zero-copy buffer (in `buffers`)
 
-  // EPLB: places expert e of main layer l where held[l][e] (a checkpoint load only). Touches the held experts'
-  // checkpoint pages first, so a step after the switch does not fault them in. Safe beside running steps on a
-  // backend that imports host memory (nothing but views are made there).
+  // EPLB: places expert e of main layer l where held[l][e] (a checkpoint load only). Has the held experts'
+  // checkpoint pages read ahead, so a step after the switch does not wait on disk for them. Safe beside running
+  // steps on a backend that imports host memory (nothing but views are made there).
   std::unique_ptr<ExpertSet> place_experts(const ModelConfig& c, Backend& be,
                                            const std::vector<std::vector<bool>>& held) const;
 
