@@ -21,7 +21,8 @@ struct EplbPlacement {
   std::vector<LayerPlacement> layers;  // [n_layers], each with experts + redundant physical slots
 
   // The policy on per-layer loads ([n_layers][experts]; all equal: the start placement) over `ranks` ranks
-  // with `redundant` extra slots per layer (global policy: one node, no expert groups).
+  // with `redundant` extra slots per layer. Global policy: V4 routes without expert groups, which the
+  // hierarchical policy would pack onto nodes.
   static EplbPlacement compute(const std::vector<std::vector<double>>& loads, int ranks, int redundant, uint64_t epoch);
   // The start placement: the policy on equal loads, so every rank can make it alone.
   static EplbPlacement initial(const ModelConfig& c, int ranks, int redundant);
