@@ -30,6 +30,13 @@ for i in $(seq 0 $((N - 1))); do
 done
 switches=$(grep -c "switching to placement" "$T/eplb.log" || true)
 [ "$switches" -ge 3 ] || fail "only $switches placement switches while serving"
+curl -sf "$URL/metrics" >"$T/metrics.txt" || fail "/metrics"
+rebalances=$(awk '$1 == "dsv4_eplb_rebalances_total" {print $2}' "$T/metrics.txt")
+[ "${rebalances:-0}" -ge 3 ] || fail "rebalance counter: $(grep eplb "$T/metrics.txt")"
+grep -qE "^dsv4_eplb_rank_load_imbalance [0-9.]+$" "$T/metrics.txt" || fail "rank load gauge: $(grep eplb "$T/metrics.txt")"
+if command -v promtool >/dev/null; then
+  promtool check metrics <"$T/metrics.txt" >"$T/promtool.log" 2>&1 || fail "promtool: $(cat "$T/promtool.log")"
+fi
 curl -sf "$URL/expert_load" >"$T/load.json" || fail "GET /expert_load"
 # The placements served: several, their steps add up to the steps counted, the start one is skewed, and one
 # switched to after the start ran steps of 2 or more sequences (4 layers x 2 experts per row): a switch with
