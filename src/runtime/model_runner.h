@@ -155,7 +155,8 @@ class ModelRunner {
   void eplb_before_step();                     // rank 0: a placement prepared everywhere is switched to
   void eplb_after_step();                      // rank 0: the step's rank loads; every interval a new placement
   void eplb_prepare(EplbPlacement p);          // every rank: its experts of `p`, in the background
-  void eplb_switch(uint64_t epoch);            // every rank: the prepared placement from the next step on
+  void eplb_switch(uint64_t epoch);            // ranks > 0: the prepared placement from the next step on
+  void eplb_install(std::unique_ptr<EplbRankExperts> next, uint64_t epoch);  // the model uses `next` from now
   std::unique_ptr<EplbRankExperts> eplb_cur_;  // in use by the model
   std::future<std::unique_ptr<EplbRankExperts>> eplb_next_;
   uint64_t eplb_steps_ = 0;                    // forward passes since the placement was last computed

@@ -46,7 +46,10 @@ void ModelRunner::eplb_prepare(EplbPlacement p) {
 
 void ModelRunner::eplb_switch(uint64_t epoch) {
   DSV4_CHECK(eplb_next_.valid(), "EPLB: told to switch to placement {} with none prepared", epoch);
-  std::unique_ptr<EplbRankExperts> next = eplb_next_.get();  // waits if this rank is still preparing
+  eplb_install(eplb_next_.get(), epoch);  // waits if this rank is still preparing
+}
+
+void ModelRunner::eplb_install(std::unique_ptr<EplbRankExperts> next, uint64_t epoch) {
   DSV4_CHECK(next->placement.epoch == epoch, "EPLB: told to switch to placement {}, prepared {}", epoch,
              next->placement.epoch);
   model_->set_eplb(next.get());
@@ -63,10 +66,11 @@ void ModelRunner::eplb_switch(uint64_t epoch) {
 
 void ModelRunner::eplb_before_step() {
   if (!eplb_next_.valid() || eplb_next_.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
-  // Rank 0's own preparation is done (an exception in it surfaces here): every rank switches now.
-  const uint64_t epoch = eplb_cur_->placement.epoch + 1;
+  // Rank 0's own preparation is done; a failure in it surfaces here, before any rank is told to switch.
+  std::unique_ptr<EplbRankExperts> next = eplb_next_.get();
+  const uint64_t epoch = next->placement.epoch;
   send(kEplbSwitch, std::to_string(epoch));
-  eplb_switch(epoch);
+  eplb_install(std::move(next), epoch);
 }
 
 void ModelRunner::eplb_after_step() {
