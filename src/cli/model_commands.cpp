@@ -102,7 +102,9 @@ void add_model_commands(CLI::App& app) {
       if (par->world_size() > 1) so.dist = par->dist_config(0);
       so.pipeline = par->pipeline();
       so.expert_parallel = par->enable_expert_parallel;
-      if (load->show) so.expert_load_window = int(ids.size() / step + 1);  // every step of the run
+      so.eplb = par->eplb();
+      // Every step of the run (EPLB rebalances from these counts).
+      if (load->show || so.eplb.enabled) so.expert_load_window = int(ids.size() / step + 1);
       Session sess(so);
       const int seq = sess.new_sequence();
       std::vector<float> logits;
@@ -120,6 +122,7 @@ void add_model_commands(CLI::App& app) {
       std::fprintf(stderr, "scored %zu tokens in %.3f s (%.1f tok/s)\n", ids.size(), s, double(ids.size()) / s);
       if (load->show)
         std::printf("%s", format_expert_load(sess.runner().expert_load()->snapshot(), load->ep_size, load->redundant).c_str());
+      if (so.eplb.enabled) std::printf("%s", format_eplb_epochs(sess.runner().eplb_epochs()).c_str());
     });
   }
   {

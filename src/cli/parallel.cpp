@@ -41,10 +41,8 @@ void ParallelOpts::validate() const {
     if (!enable_expert_parallel) fail("--enable-eplb needs --enable-expert-parallel (it balances expert-parallel ranks)");
     if (num_redundant_experts < 0 || eplb_step_interval < 1)
       fail("--num-redundant-experts must be >= 0 and --eplb-step-interval >= 1");
-    fail("--enable-eplb is not available yet: the placement policy (model/expert_placement.h, shown by `dsv4 "
-         "expert-load --ep-size N --num-redundant-experts R`) and the load statistics exist, but replicated "
-         "expert weights on the ranks, splitting an expert's tokens among its replicas and moving replicas "
-         "between steps do not");
+    if (pipeline_parallel_size > 1)
+      fail("--enable-eplb with --pipeline-parallel-size is not supported yet (each stage routes its own layers)");
   }
 }
 
@@ -65,6 +63,8 @@ void ParallelOpts::validate_stages(const std::string& model_dir) const {
     pipeline_stages(ModelConfig::load((std::filesystem::path(model_dir) / "config.json").string()),
                     pipeline_parallel_size, pipeline_layers);
 }
+
+EplbOptions ParallelOpts::eplb() const { return {enable_eplb, num_redundant_experts, eplb_step_interval}; }
 
 PipelineOptions ParallelOpts::pipeline() const { return {pipeline_parallel_size, pipeline_layers, micro_batches}; }
 
@@ -90,7 +90,8 @@ void add_parallel_options(CLI::App& cmd, ParallelOpts& o, bool multi_node) {
                "split routed experts across the ranks by expert instead of by width (CPU backend for now)")
       ->group(g);
   cmd.add_flag("--enable-eplb", o.enable_eplb,
-               "expert-parallel load balancing: replicas of the hottest experts on the least-loaded ranks")
+               "expert-parallel load balancing: replicas of the hottest experts on the least-loaded ranks, "
+               "rebalanced while serving (CPU backend)")
       ->group(g);
   cmd.add_option("--num-redundant-experts", o.num_redundant_experts, "redundant expert slots (with --enable-eplb)")
       ->capture_default_str()

@@ -33,6 +33,7 @@ struct ParallelOpts {
   // This process's group membership (rank first_rank(), local rank 0).
   dist::DistConfig dist_config(int rank) const;
   PipelineOptions pipeline() const;
+  EplbOptions eplb() const;
   // The stage layout against the model's config, before any rank process starts (rank 0 checks it again).
   void validate_stages(const std::string& model_dir) const;
 };

@@ -255,6 +255,7 @@ void run_serve(const ServeOpts& o, const GeneratorFactory& make) {
   if (o.parallel.world_size() > 1) {
     ec.dist = o.parallel.dist_config(0);
     ec.enable_expert_parallel = o.parallel.enable_expert_parallel;
+    ec.eplb = o.parallel.eplb();
     if (!make) local_ranks = std::make_unique<LocalRanks>(o.parallel, model_dir, o.device, o.load_format);
   }
   std::unique_ptr<server::Generator> generator;

@@ -131,6 +131,15 @@ struct ExpertWeights {
   LinearWeight w1, w2, w3;  // gate [I, D], down [D, I], up [I, D]
 };
 
+// EPLB (model/eplb.h): expert e runs as copies[e] replicas spread over the ranks; the product of row m with e
+// is computed by replica m % copies[e], on this rank when here[offset[e] + that replica]. Every rank sees the
+// same rows, so each (row, expert) product is computed exactly once in the group.
+struct ExpertShare {
+  std::vector<int32_t> copies, offset;  // [E], [E + 1]
+  std::vector<uint8_t> here;            // [offset[E]]
+  bool computes(int32_t e, int64_t m) const { return here[size_t(offset[size_t(e)] + m % copies[size_t(e)])] != 0; }
+};
+
 // A whole MoE layer in one op: every routed expert on the rows routed to it, weighted by the routing weight
 // (applied inside the SwiGLU, as the reference), plus the shared expert on every row.
 // out = sum_j w[m, j] * expert[e[m, j]](x[m]) + shared(x[m]).
@@ -145,6 +154,7 @@ struct MoeArgs {
   // Expert parallelism: only experts [expert_begin, expert_end) are held here; rows routed elsewhere add
   // nothing (another rank adds them). expert_end < 0: every expert.
   int64_t expert_begin = 0, expert_end = -1;
+  const ExpertShare* share = nullptr;  // EPLB: which rows of which experts this rank computes (null: all)
   float swiglu_limit = 0;
   LinearOpts lin;        // every expert linear
   bool round_hidden = false;  // reference numerics: SwiGLU output rounded to bf16

@@ -646,7 +646,13 @@ void Dsv4Model::moe(int l, Step& s, const Tensor& x, const Tensor& out) {
   ma.shared = &L.shared;
   // Expert parallelism: whole experts, this rank's range; otherwise every expert split by width.
   const Placement& pl = w_.placement;
-  if (pl.expert_parallel && tp_ > 1) {
+  if (pl.eplb && l < cfg_.n_layers) {
+    // EPLB: the experts this rank holds under the current placement; each row to one replica of its expert.
+    DSV4_CHECK(eplb_, "moe: weights placed for EPLB but no placement set (Dsv4Model::set_eplb)");
+    ma.routed = &eplb_->experts->layers[size_t(l)];
+    ma.share = &eplb_->shares[size_t(l)];
+    ma.inter = cfg_.moe_inter_dim;
+  } else if (pl.expert_parallel && tp_ > 1) {
     const int64_t per = cfg_.n_routed_experts / tp_;
     ma.expert_begin = pl.rank * per;
     ma.expert_end = ma.expert_begin + per;

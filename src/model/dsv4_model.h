@@ -9,6 +9,7 @@
 #include "dist/communicator.h"
 #include "kernels/backend.h"
 #include "model/config.h"
+#include "model/eplb.h"
 #include "model/kv_cache.h"
 #include "model/pipeline.h"
 #include "model/step_batch.h"
@@ -76,6 +77,11 @@ class Dsv4Model {
   // the last step's tokens per (layer, expert), [n_layers * n_routed_experts].
   void set_count_experts(bool on) { count_experts_ = on; }
   const std::vector<uint32_t>& expert_counts() const { return expert_counts_; }
+  // With expert counting: the last step's top-k ids, [n_layers, rows, k].
+  const std::vector<int32_t>& routes() const { return routes_; }
+  // EPLB (weights placed with Placement::eplb): the main layers' routed experts and each layer's row split
+  // come from `p` from the next forward on (switched between steps; `p` must outlive its use).
+  void set_eplb(const EplbRankExperts* p) { eplb_ = p; }
 
  private:
   struct Step;
@@ -119,6 +125,7 @@ class Dsv4Model {
   Tensor ds_zero_post_, ds_zero_y_, ds_mean_comb_;
   std::vector<int> ds_target_;
   bool count_experts_ = false;
+  const EplbRankExperts* eplb_ = nullptr;
   std::vector<uint32_t> expert_counts_;
   std::vector<int32_t> routes_;  // the last step's top-k ids, [n_layers, M, K] (reused buffer)
 };

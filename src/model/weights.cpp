@@ -1,6 +1,8 @@
 #include "model/weights.h"
 
 #include <fmt/format.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -28,7 +30,12 @@ namespace {
 class Placer {
  public:
   // be == nullptr: measuring only (ModelWeights::measure): tensors are counted, nothing is copied or placed.
-  Placer(Backend* be, ModelWeights& mw) : be_(be), mw_(mw) {}
+  Placer(Backend* be, ModelWeights& mw)
+      : be_(be), ckpt_(mw.ckpt.get()), buffers_(mw.buffers), placed_(mw.placed_bytes), tensors_(mw.tensor_bytes),
+        imported_out_(&mw.imported) {}
+  // EPLB's expert sets: views into the model's imported mappings, else uploads into the set's own buffers.
+  Placer(Backend* be, const ModelWeights& mw, ExpertSet& set)
+      : be_(be), buffers_(set.buffers), placed_(set.placed_bytes), tensors_(set.tensor_bytes), imported_(mw.imported) {}
   bool measuring() const { return be_ == nullptr; }
 
   // A tensor whose bytes are host-made (converted or gathered): staged, uploaded at finish().
@@ -53,7 +60,7 @@ class Placer {
   void finish(const LoadProgress& progress) {
     uint64_t tensors = staged_bytes_;
     for (auto& m : mapped_) tensors += uint64_t(m.t->nbytes());
-    mw_.tensor_bytes = tensors;
+    tensors_ = tensors;
     if (measuring()) return;
     uint64_t total = staging_.size();
     for (auto& m : mapped_) total += uint64_t(m.t->nbytes());
@@ -67,21 +74,22 @@ class Placer {
       auto buf = be.alloc(staging_.size(), BufferUsage::Weights);
       be.upload(Tensor(buf.get(), 0, DType::U8, {int64_t(staging_.size())}), staging_.data(), staging_.size());
       for (Tensor* t : staged_) t->buf = buf.get();
-      mw_.placed_bytes += staging_.size();
+      placed_ += staging_.size();
       report(staging_.size());
-      mw_.buffers.push_back(std::move(buf));
+      buffers_.push_back(std::move(buf));
       std::vector<uint8_t>().swap(staging_);
     }
     // Zero copy where the backend addresses host memory: one buffer per checkpoint file.
-    std::map<const std::string*, Buffer*> imported;
-    if (mw_.ckpt)
-      for (auto& f : mw_.ckpt->files()) {
+    std::map<const std::string*, Buffer*>& imported = imported_;
+    if (ckpt_)
+      for (auto& f : ckpt_->files()) {
         auto buf = be.import_host(f->mapping(), f->file_size(), BufferUsage::Weights);
         if (!buf) break;
         imported[&f->path()] = buf.get();
-        mw_.placed_bytes += f->file_size();
-        mw_.buffers.push_back(std::move(buf));
+        placed_ += f->file_size();
+        buffers_.push_back(std::move(buf));
       }
+    if (imported_out_) *imported_out_ = imported;
     if (!imported.empty()) {
       for (auto& m : mapped_) {
         Buffer* b = imported.at(m.file);
@@ -104,8 +112,18 @@ class Placer {
       off += uint64_t(m.t->nbytes());
       report(uint64_t(m.t->nbytes()));
     }
-    mw_.placed_bytes += bytes;
-    mw_.buffers.push_back(std::move(buf));
+    placed_ += bytes;
+    buffers_.push_back(std::move(buf));
+  }
+
+  // Asks the kernel to read every mapped tensor's checkpoint pages in ahead (MADV_WILLNEED: no access from
+  // here, so it holds under guard mode, where the imported mapping is backend memory).
+  void prefetch_sources() const {
+    const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+    for (auto& m : mapped_) {
+      const uintptr_t lo = uintptr_t(m.src) / page * page, hi = uintptr_t(m.src) + uintptr_t(m.t->nbytes());
+      if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_WILLNEED);  // a hint: failure is harmless
+    }
   }
 
  private:
@@ -115,7 +133,12 @@ class Placer {
     const std::string* file;
   };
   Backend* be_;
-  ModelWeights& mw_;
+  const Checkpoint* ckpt_ = nullptr;  // imported at finish() (a model load)
+  std::vector<std::unique_ptr<Buffer>>& buffers_;
+  uint64_t& placed_;
+  uint64_t& tensors_;
+  std::map<const std::string*, Buffer*> imported_;
+  std::map<const std::string*, Buffer*>* imported_out_ = nullptr;
   uint64_t staged_bytes_ = 0;  // unpadded, as the tensors' own sizes
   std::vector<uint8_t> staging_;
   std::vector<Tensor*> staged_;
@@ -261,6 +284,15 @@ class Loader {
       }
     }
     lw.scale_cols = scale_cols;
+  }
+
+  // A routed expert (`p` = "layers.N.ffn.experts.E."), cut by width unless whole (expert parallelism).
+  void expert(ExpertWeights* ew, const std::string& p, int64_t inter, int64_t D, bool whole) {
+    const ShardKind out_cut = whole ? ShardKind::Replicated : ShardKind::SplitOut;
+    const ShardKind in_cut = whole ? ShardKind::Replicated : ShardKind::SplitIn;
+    linear(&ew->w1, p + "w1", inter, D, out_cut);
+    linear(&ew->w2, p + "w2", D, inter, in_cut);
+    linear(&ew->w3, p + "w3", inter, D, out_cut);
   }
 
   void hc(HcWeights* h, const std::string& p, int64_t rows, int64_t flat, int64_t nscale) {
@@ -488,18 +520,13 @@ void place_all(const ModelConfig& c, const TensorSource& src, Backend* be, Model
     else L.vec(&lw.gate_bias, f + "gate.bias", {c.n_routed_experts});
     lw.experts.resize(size_t(c.n_routed_experts));
     // Expert parallelism: this rank's experts whole (the others stay empty); otherwise each split by width.
-    const ShardRange mine = placement.expert_parallel
+    // EPLB: none of the main layers' (ModelWeights::place_experts places them per placement).
+    const ShardRange mine = placement.eplb && !mtp ? ShardRange{0, 0}
+                            : placement.expert_parallel
                                 ? shard_range(c.n_routed_experts, placement, ShardKind::SplitOut, "routed experts")
                                 : ShardRange{0, c.n_routed_experts};
-    const ShardKind out_cut = placement.expert_parallel ? ShardKind::Replicated : ShardKind::SplitOut;
-    const ShardKind in_cut = placement.expert_parallel ? ShardKind::Replicated : ShardKind::SplitIn;
-    for (int64_t e = mine.begin; e < mine.begin + mine.count; ++e) {
-      const std::string ep = fmt::format("{}experts.{}.", f, e);
-      ExpertWeights& ew = lw.experts[size_t(e)];
-      L.linear(&ew.w1, ep + "w1", c.moe_inter_dim, D, out_cut);
-      L.linear(&ew.w2, ep + "w2", D, c.moe_inter_dim, in_cut);
-      L.linear(&ew.w3, ep + "w3", c.moe_inter_dim, D, out_cut);
-    }
+    for (int64_t e = mine.begin; e < mine.begin + mine.count; ++e)
+      L.expert(&lw.experts[size_t(e)], fmt::format("{}experts.{}.", f, e), c.moe_inter_dim, D, placement.expert_parallel);
     L.linear(&lw.shared.w1, f + "shared_experts.w1", c.moe_inter_dim, D, ShardKind::SplitOut);
     L.linear(&lw.shared.w2, f + "shared_experts.w2", D, c.moe_inter_dim, ShardKind::SplitIn);
     L.linear(&lw.shared.w3, f + "shared_experts.w3", c.moe_inter_dim, D, ShardKind::SplitOut);
@@ -532,5 +559,29 @@ void place_all(const ModelConfig& c, const TensorSource& src, Backend* be, Model
 }
 
 }  // namespace
+
+std::unique_ptr<ExpertSet> ModelWeights::place_experts(const ModelConfig& c, Backend& be,
+                                                       const std::vector<std::vector<bool>>& held) const {
+  if (!ckpt) fail("EPLB places expert replicas from the checkpoint: it needs --load-format auto, not dummy");
+  DSV4_CHECK(int(held.size()) == c.n_layers, "place_experts: {} layers of {}", held.size(), c.n_layers);
+  auto set = std::make_unique<ExpertSet>();
+  Placer P(&be, *this, *set);
+  const Checkpoint& ck = *ckpt;
+  TensorSource src{[&ck](const std::string& n) { return ck.find(n); }};
+  Loader L(src, P, Placement{}, c.weight_block);
+  set->layers.resize(size_t(c.n_layers));
+  for (int l = 0; l < c.n_layers; ++l) {
+    DSV4_CHECK(int(held[size_t(l)].size()) == c.n_routed_experts, "place_experts: layer {} holds {} experts", l,
+               held[size_t(l)].size());
+    set->layers[size_t(l)].resize(size_t(c.n_routed_experts));
+    for (int e = 0; e < c.n_routed_experts; ++e)
+      if (held[size_t(l)][size_t(e)])
+        L.expert(&set->layers[size_t(l)][size_t(e)], fmt::format("layers.{}.ffn.experts.{}.", l, e), c.moe_inter_dim,
+                 c.dim, true);
+  }
+  P.prefetch_sources();
+  P.finish({});
+  return set;
+}
 
 }  // namespace dsv4

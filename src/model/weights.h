@@ -4,6 +4,7 @@
 // only its slice; with one rank every spec is the whole tensor.
 #pragma once
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,6 +21,9 @@ enum class ShardKind : uint8_t { Replicated, SplitOut, SplitIn };
 struct Placement {
   int rank = 0, size = 1;
   bool expert_parallel = false;  // routed experts whole, split by expert id (else by width like the rest)
+  // EPLB: the main layers' routed experts are not placed at load; ModelWeights::place_experts places the ones
+  // each placement gives this rank (the drafter's layers keep the split by id).
+  bool eplb = false;
   // Pipeline stage: only layers [first_layer, end_layer) are placed (end_layer -1: through the last), the
   // embedding only when the stage starts at layer 0, the final hc_head, norm and head only when it ends at the last.
   int first_layer = 0, end_layer = -1;
@@ -85,6 +89,15 @@ struct DSparkWeights {
 // Which drafter's weights (and KV layers) to load besides the model.
 enum class Drafter : uint8_t { None, Mtp, DSpark };
 
+// EPLB: routed experts of the main layers placed after load, the ones a placement gives this rank
+// (model/eplb.h). Same cuts and formats as load(); on a backend that imports host memory each is a view into
+// the model's imported checkpoint mapping (no copy, no backend call), otherwise uploaded into buffers of its own.
+struct ExpertSet {
+  std::vector<std::vector<ExpertWeights>> layers;  // [n_layers][n_routed_experts]; the experts not held stay empty
+  std::vector<std::unique_ptr<Buffer>> buffers;
+  uint64_t placed_bytes = 0, tensor_bytes = 0;
+};
+
 struct LoadProgress {
   std::function<void(uint64_t done, uint64_t total)> on_bytes;  // called while weight bytes are placed
 };
@@ -104,6 +117,13 @@ struct ModelWeights {
   Tensor rope_main, rope_compress;  // f64 per-pair frequencies of the two RoPE regimes
   uint64_t placed_bytes = 0;        // backend memory taken by weights (imported mappings included)
   uint64_t tensor_bytes = 0;        // bytes of this rank's tensors (its shards: what it reads per token)
+  std::map<const std::string*, Buffer*> imported;  // checkpoint file -> its zero-copy buffer (in `buffers`)
+
+  // EPLB: places expert e of main layer l where held[l][e] (a checkpoint load only). Has the held experts'
+  // checkpoint pages read ahead, so a step after the switch does not wait on disk for them. Safe beside running
+  // steps on a backend that imports host memory (nothing but views are made there).
+  std::unique_ptr<ExpertSet> place_experts(const ModelConfig& c, Backend& be,
+                                           const std::vector<std::vector<bool>>& held) const;
 
   // Loads, validates (errors name the file and tensor) and places every tensor the config needs, and the
   // drafter's (`mtp.*`; an error naming what is missing when the checkpoint has none).

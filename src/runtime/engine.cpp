@@ -399,6 +399,7 @@ RunnerOptions runner_options(const EngineConfig& c) {
   ro.max_model_len = c.max_model_len;
   ro.dist = c.dist;
   ro.expert_parallel = c.enable_expert_parallel;
+  ro.eplb = c.eplb;
   ro.pipeline = c.pipeline;
   ro.local_rank = c.local_rank;
   SpeculativeConfig sc = parse_speculative_config(c.speculative_config);
@@ -547,7 +548,10 @@ EngineStats Engine::stats() const {
     s.kv_offload = true;
     s.disk = impl_->offload->store().stats();
   }
-  if (const ExpertLoad* el = impl_->runner->expert_load()) s.expert_load = el->snapshot();
+  if (const ExpertLoad* el = impl_->runner->expert_load()) {
+    s.expert_load = el->snapshot();
+    s.expert_load.eplb = impl_->runner->eplb_epochs();
+  }
   return s;
 }
 

@@ -46,6 +46,7 @@ struct EngineConfig {
   // Tensor parallelism (this process is rank 0 when dist.world_size > 1; the others run a worker).
   dist::DistConfig dist;
   bool enable_expert_parallel = false;
+  EplbOptions eplb;  // RunnerOptions::eplb
   PipelineOptions pipeline;  // stages of dist's ranks (RunnerOptions::pipeline)
   int local_rank = 0;
   // vLLM's --speculative-config JSON ('{"method": "mtp", "num_speculative_tokens": N}'); empty = off.

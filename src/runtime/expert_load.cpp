@@ -18,12 +18,37 @@ std::vector<double> ExpertLoadSnapshot::layer_load(int l) const {
 
 double ExpertLoadSnapshot::imbalance(int l) const { return max_over_mean(layer_load(l)); }
 
+double EplbEpochStats::max_over_mean() const {
+  const size_t R = size_t(std::max(ranks, 1)), layers = rank_tokens.size() / R;
+  if (!layers) return 1;
+  double sum = 0;
+  for (size_t l = 0; l < layers; ++l)
+    sum += dsv4::max_over_mean(std::vector<double>(rank_tokens.begin() + long(l * R), rank_tokens.begin() + long((l + 1) * R)));
+  return sum / double(layers);
+}
+
+std::string format_eplb_epochs(const std::vector<EplbEpochStats>& epochs) {
+  std::string out = "EPLB placements served (rank load: tokens each rank computed, max/mean over ranks, mean over layers)\n";
+  out += fmt::format("{:>9} {:>8} {:>12} {:>15}\n", "placement", "steps", "tokens", "max/mean rank");
+  for (const EplbEpochStats& e : epochs)
+    out += fmt::format("{:>9} {:>8} {:>12} {:>15.3f}\n", e.epoch, e.steps,
+                       std::accumulate(e.rank_tokens.begin(), e.rank_tokens.end(), uint64_t(0)), e.max_over_mean());
+  return out;
+}
+
 nlohmann::json ExpertLoadSnapshot::to_json() const {
   nlohmann::json rows = nlohmann::json::array();
   for (int l = 0; l < layers; ++l) rows.push_back(std::vector<uint64_t>(counts.begin() + int64_t(l) * experts,
                                                                         counts.begin() + int64_t(l + 1) * experts));
-  return {{"layers", layers}, {"experts", experts}, {"window_steps", window}, {"steps", steps},
-          {"total_steps", total_steps}, {"counts", rows}};
+  nlohmann::json j = {{"layers", layers}, {"experts", experts}, {"window_steps", window}, {"steps", steps},
+                      {"total_steps", total_steps}, {"counts", rows}};
+  if (!eplb.empty()) {
+    j["eplb"] = nlohmann::json::array();
+    for (const EplbEpochStats& e : eplb)
+      j["eplb"].push_back({{"placement", e.epoch}, {"steps", e.steps}, {"ranks", e.ranks},
+                           {"rank_tokens", e.rank_tokens}, {"max_over_mean", e.max_over_mean()}});
+  }
+  return j;
 }
 
 ExpertLoadSnapshot ExpertLoadSnapshot::from_json(const nlohmann::json& j) {
@@ -41,6 +66,15 @@ ExpertLoadSnapshot ExpertLoadSnapshot::from_json(const nlohmann::json& j) {
       if (int(r.size()) != s.experts) fail("expert load: a row of {} counts for {} experts", r.size(), s.experts);
       for (const auto& v : r) s.counts.push_back(v.get<uint64_t>());
     }
+    if (j.contains("eplb"))
+      for (const auto& e : j.at("eplb")) {
+        EplbEpochStats st{e.at("placement").get<uint64_t>(), e.at("steps").get<uint64_t>(), e.at("ranks").get<int>(),
+                          e.at("rank_tokens").get<std::vector<uint64_t>>()};
+        if (st.ranks < 1 || st.rank_tokens.size() != size_t(s.layers) * size_t(st.ranks))
+          fail("expert load: EPLB placement {} has {} rank counts for {} layers x {} ranks", st.epoch,
+               st.rank_tokens.size(), s.layers, st.ranks);
+        s.eplb.push_back(std::move(st));
+      }
     return s;
   } catch (const nlohmann::json::exception& e) {
     fail("expert load: malformed document: {}", e.what());
@@ -101,6 +135,7 @@ std::string format_expert_load(const ExpertLoadSnapshot& s, int ep_ranks, int re
     out += "\n";
   }
   if (ranks) out += "rank columns: max/mean tokens per rank, an expert's tokens split evenly over its copies\n";
+  if (!s.eplb.empty()) out += format_eplb_epochs(s.eplb);
   return out;
 }
 

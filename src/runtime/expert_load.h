@@ -14,12 +14,23 @@
 
 namespace dsv4 {
 
+// EPLB: one placement as served (rank 0): its forward passes and the tokens each rank computed per layer,
+// counted from the router's choices and the placement actually used (ModelRunner::eplb_epochs).
+struct EplbEpochStats {
+  uint64_t epoch = 0, steps = 0;
+  int ranks = 1;
+  std::vector<uint64_t> rank_tokens;  // [layers * ranks]
+  // Each layer's busiest rank over the mean rank, averaged over the layers (1: even, or no tokens).
+  double max_over_mean() const;
+};
+
 struct ExpertLoadSnapshot {
   int layers = 0, experts = 0;
   int window = 0;             // configured window, in steps (0: counting off)
   int steps = 0;              // steps now in the window (<= window)
   uint64_t total_steps = 0;   // steps counted since start
   std::vector<uint64_t> counts;  // [layers * experts]: tokens routed over the window (k per token per layer)
+  std::vector<EplbEpochStats> eplb;  // with EPLB: every placement served, the current one last
 
   bool enabled() const { return window > 0; }
   std::vector<double> layer_load(int layer) const;
@@ -43,6 +54,9 @@ class ExpertLoad {
   std::deque<std::vector<uint32_t>> steps_;
   std::vector<uint64_t> sums_;
 };
+
+// With EPLB: one line per placement served (steps, max/mean rank load measured under it).
+std::string format_eplb_epochs(const std::vector<EplbEpochStats>& epochs);
 
 // A text table: per layer the tokens, the hottest expert and its share, max/mean over experts; with
 // ep_ranks > 1 also max/mean rank load with experts split by id (contiguous) and, with redundant > 0, under

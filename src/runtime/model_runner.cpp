@@ -13,11 +13,6 @@
 
 namespace dsv4 {
 
-namespace {
-// Messages from rank 0 to the other ranks, one broadcast each: a kind byte, then the body.
-constexpr char kPlan = 'P', kHeartbeat = 'H', kStop = 'Q';
-}  // namespace
-
 ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   cfg_ = ModelConfig::load((std::filesystem::path(opts_.model_dir) / "config.json").string());
   const int pp = opts_.pipeline.size, world = opts_.dist.active() ? opts_.dist.world_size : 1;
@@ -44,6 +39,8 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
     if (opts_.drafter != Drafter::None)  // every rank refuses: each has rank 0's options by now
       fail("speculative decoding with pipeline parallelism is not supported yet (the drafter needs the first "
            "stage's embedding and the last stage's head): drop --speculative-config or --pipeline-parallel-size");
+    if (opts_.eplb.enabled)
+      fail("--enable-eplb with pipeline parallelism is not supported yet (each stage routes its own layers)");
     if (opts_.expert_load_window > 0) {
       spdlog::warn("expert load statistics are not collected with pipeline parallelism yet (each stage routes its "
                    "own layers)");
@@ -58,6 +55,15 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   micro_batches_ = opts_.pipeline.micro_batches > 0 ? opts_.pipeline.micro_batches : pp;
   be_ = opts_.backend_factory ? opts_.backend_factory() : make_backend(opts_.device, opts_.local_rank);
   if (opts_.profile_ops) be_ = std::make_unique<TimingBackend>(std::move(be_));
+  if (opts_.eplb.enabled) {
+    if (be_->name() != "cpu")  // the CUDA MoE has neither expert parallelism nor replica shares yet
+      fail("--enable-eplb is not implemented on the {} backend yet (CPU only)", be_->name());
+    if (!opts_.expert_parallel || tp_size_ < 2) fail("--enable-eplb needs --enable-expert-parallel over 2 or more ranks");
+    if (opts_.load_format != "auto")
+      fail("--enable-eplb places expert replicas from the checkpoint: it needs --load-format auto");
+    if (rank == 0 && opts_.expert_load_window < 1)
+      fail("--enable-eplb rebalances from the expert load statistics: --expert-load-window must be > 0");
+  }
   Placement placement;
   placement.first_layer = stage_.layers.begin;
   placement.end_layer = stage_.layers.end;
@@ -65,6 +71,7 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
     if (dist::ControlGroup* tg = control_->tensor_group()) {
       comm_ = dist::make_communicator(*tg, *be_);
       placement.rank = tg->rank(), placement.size = tg->size(), placement.expert_parallel = opts_.expert_parallel;
+      placement.eplb = opts_.eplb.enabled;
       // Device collectives have no timeout of their own.
       if (comm_->name() == "nccl") watchdog_ = std::make_unique<dist::Watchdog>(*comm_, opts_.dist.timeout);
     }
@@ -88,6 +95,7 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
   else fail("unknown --load-format '{}' (auto or dummy)", opts_.load_format);
   model_ = std::make_unique<Dsv4Model>(cfg_, *weights_, *be_, opts_.numerics, comm_.get());
   model_->set_pipeline(stage_);
+  if (opts_.eplb.enabled) eplb_start();
   if (opts_.expert_load_window > 0 && (!control_ || control_->rank() == 0)) {
     model_->set_count_experts(true);  // before the workspace is sized: it keeps every layer's router output
     expert_load_ = std::make_unique<ExpertLoad>(cfg_.n_layers, cfg_.n_routed_experts, opts_.expert_load_window);
@@ -197,6 +205,7 @@ ModelRunner::ModelRunner(RunnerOptions o) : opts_(std::move(o)) {
 }
 
 ModelRunner::~ModelRunner() {
+  if (eplb_next_.valid()) eplb_next_.wait();  // a placement being prepared reads the weights
   if (comm_ && steps_)
     spdlog::info("tensor-parallel rank {}: {} collectives, {} bytes over {} forward passes ({} and {} bytes per pass)",
                  comm_->rank(), comm_->calls(), comm_->bytes(), steps_, comm_->calls() / steps_, comm_->bytes() / steps_);
@@ -233,9 +242,12 @@ StepResult ModelRunner::execute(const StepPlan& plan) {
     DSV4_CHECK(control_->rank() == 0, "execute: only rank 0 schedules; the other ranks run serve_worker()");
     if (plan.batch.items.empty() && plan.copies.empty()) return execute_local(plan);  // nothing to send
     if (failed_) throw dist::PeerError("the tensor-parallel group failed earlier; it cannot compute again");
+    if (eplb_cur_) eplb_before_step();
     send(kPlan, plan.serialize());
     StepResult r;
     guard_group([&] { r = execute_local(plan); });
+    if (eplb_cur_ && !plan.batch.items.empty() && !plan.batch.mtp && plan.batch.dspark == DSparkPass::None)
+      eplb_after_step();
     return r;
   }
   return execute_local(plan);
@@ -258,6 +270,14 @@ void ModelRunner::serve_worker() {
     if (msg[0] == kStop) return;
     if (msg[0] == kHeartbeat) {
       control_->barrier(opts_.dist.timeout);
+      continue;
+    }
+    if (msg[0] == kEplbPlacement) {
+      eplb_prepare(EplbPlacement::deserialize(msg.substr(1)));
+      continue;
+    }
+    if (msg[0] == kEplbSwitch) {
+      eplb_switch(std::stoull(msg.substr(1)));
       continue;
     }
     DSV4_CHECK(msg[0] == kPlan, "tensor-parallel group: unknown message kind {} from rank 0", int(msg[0]));

@@ -3,7 +3,9 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -23,6 +25,15 @@ struct PipelineOptions {
   int size = 1;
   std::string layers;
   int micro_batches = 0;
+};
+
+// Expert-parallel load balancing (with expert_parallel; model/eplb.h): `redundant` extra expert slots per layer
+// hold replicas of the hottest experts; every `interval` forward passes rank 0 recomputes the placement from the
+// expert load window, every rank prepares its new experts in the background and all switch between two steps.
+struct EplbOptions {
+  bool enabled = false;
+  int redundant = 0;
+  int interval = 3000;
 };
 
 struct RunnerOptions {
@@ -49,6 +60,7 @@ struct RunnerOptions {
   dist::DistConfig dist;
   PipelineOptions pipeline;
   bool expert_parallel = false;  // routed experts split by expert id instead of by width
+  EplbOptions eplb;
   // Speculative decoding with the checkpoint's drafter (MTP layer or DSpark stages): its weights, its KV and the
   // verify save areas for draft_tokens drafts per step.
   Drafter drafter = Drafter::None;
@@ -103,6 +115,8 @@ class ModelRunner {
   const RunnerOptions& options() const { return opts_; }
   // Null when not counted (expert_load_window 0, or a rank other than 0).
   const ExpertLoad* expert_load() const { return expert_load_.get(); }
+  // EPLB on rank 0: every placement served so far, the current one last (empty without EPLB). Thread-safe.
+  std::vector<EplbEpochStats> eplb_epochs() const;
 
  private:
   StepResult execute_local(const StepPlan& plan);
@@ -110,6 +124,9 @@ class ModelRunner {
   void execute_pipeline(const StepPlan& plan, StepResult& r);
   // [ranks, rows, vocab / ranks] (tensor-parallel vocabulary blocks) or [rows, vocab] -> rows of r.logits.
   void append_logits(const Tensor& logits, StepResult& r);
+  // Messages from rank 0 to the other ranks, one broadcast each: a kind byte, then the body.
+  static constexpr char kPlan = 'P', kHeartbeat = 'H', kStop = 'Q';
+  static constexpr char kEplbPlacement = 'E', kEplbSwitch = 'S';  // a placement to prepare; switch to it now
   void send(char kind, const std::string& body);
   void guard_group(const std::function<void()>& fn);  // a PeerError marks the group failed
   bool failed_ = false;
@@ -133,6 +150,19 @@ class ModelRunner {
   Tensor copy_list_;
   MemoryPlan mem_;
   double load_seconds_ = 0;
+  // EPLB (model_runner_eplb.cpp). Last: destroyed first, before the weights and backend they point into.
+  void eplb_start();                           // every rank: the start placement, made alike everywhere
+  void eplb_before_step();                     // rank 0: a placement prepared everywhere is switched to
+  void eplb_after_step();                      // rank 0: the step's rank loads; every interval a new placement
+  void eplb_prepare(EplbPlacement p);          // every rank: its experts of `p`, in the background
+  void eplb_switch(uint64_t epoch);            // ranks > 0: the prepared placement from the next step on
+  void eplb_install(std::unique_ptr<EplbRankExperts> next, uint64_t epoch);  // the model uses `next` from now
+  std::unique_ptr<EplbRankExperts> eplb_cur_;  // in use by the model
+  std::future<std::unique_ptr<EplbRankExperts>> eplb_next_;
+  uint64_t eplb_steps_ = 0;                    // forward passes since the placement was last computed
+  std::vector<std::vector<int32_t>> eplb_owner_;  // current placement: per layer the rank of each replica
+  mutable std::mutex eplb_mu_;
+  std::vector<EplbEpochStats> eplb_epochs_;
 };
 
 }  // namespace dsv4

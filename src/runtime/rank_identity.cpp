@@ -70,6 +70,7 @@ std::string options_json(const RunnerOptions& o) {
       {"max_logit_rows", o.limits.max_logit_rows}, {"max_context", o.limits.max_context},
       {"kv_cache_memory", o.kv_cache_memory}, {"memory_utilization", o.memory_utilization},
       {"max_model_len", o.max_model_len}, {"expert_parallel", o.expert_parallel},
+      {"eplb", o.eplb.enabled}, {"eplb_redundant", o.eplb.redundant}, {"eplb_interval", o.eplb.interval},
       {"profile_ops", o.profile_ops},
       {"drafter", int(o.drafter)},        {"draft_tokens", o.draft_tokens},
       {"pipeline_layers", o.pipeline.layers}, {"micro_batches", o.pipeline.micro_batches},
@@ -94,6 +95,9 @@ void apply_options_json(const std::string& text, RunnerOptions& o) {
     o.memory_utilization = j.at("memory_utilization").get<double>();
     o.max_model_len = j.at("max_model_len").get<int64_t>();
     o.expert_parallel = j.at("expert_parallel").get<bool>();
+    o.eplb.enabled = j.at("eplb").get<bool>();
+    o.eplb.redundant = j.at("eplb_redundant").get<int>();
+    o.eplb.interval = j.at("eplb_interval").get<int>();
     o.profile_ops = j.at("profile_ops").get<bool>();
     const int drafter = j.at("drafter").get<int>();
     if (drafter < int(Drafter::None) || drafter > int(Drafter::DSpark))

@@ -15,6 +15,7 @@ Session::Session(SessionOptions o) : opts_(std::move(o)) {
   ro.backend_factory = opts_.backend_factory;
   ro.dist = opts_.dist;
   ro.expert_parallel = opts_.expert_parallel;
+  ro.eplb = opts_.eplb;
   ro.pipeline = opts_.pipeline;
   ro.expert_load_window = opts_.expert_load_window;
   ro.numerics = opts_.numerics;

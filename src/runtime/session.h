@@ -26,6 +26,7 @@ struct SessionOptions {
   std::function<std::unique_ptr<Backend>()> backend_factory;  // see RunnerOptions
   dist::DistConfig dist;          // rank 0 of a tensor-parallel group (see RunnerOptions)
   bool expert_parallel = false;
+  EplbOptions eplb;
   PipelineOptions pipeline;
   int expert_load_window = 0;  // see RunnerOptions
 };

@@ -213,6 +213,13 @@ std::string Metrics::render(const EngineStats& e) const {
            "Per MoE layer: tokens routed to its busiest expert over the mean per expert, over the window (1 = even).");
     for (int l = 0; l < el.layers; ++l)
       out += fmt::format("dsv4_expert_load_imbalance{{layer=\"{}\"}} {}\n", l, num(el.imbalance(l)));
+    if (!el.eplb.empty()) {  // EPLB: the placement serving now, and its rank loads as measured so far
+      single(out, "dsv4_eplb_rebalances_total", "counter", "Placement switches since start.",
+             double(el.eplb.back().epoch));
+      single(out, "dsv4_eplb_rank_load_imbalance", "gauge",
+             "Current EPLB placement: tokens its busiest rank computed over the mean rank, averaged over the layers "
+             "(1 = even).", el.eplb.back().max_over_mean());
+    }
   }
   return out;
 }

@@ -58,18 +58,3 @@ TEST(TensorParallel, ShapesThatDoNotSplitAreRefusedWithTheReason) {
   const std::string text(std::istreambuf_iterator<char>(f), {});
   EXPECT_NE(text.find("does not split evenly across 3 ranks"), std::string::npos) << text;
 }
-
-TEST(TensorParallel, EplbIsRefusedNamingWhatIsMissing) {
-  // The placement policy and the load statistics exist; serving with replicas does not yet (docs/parallel.md).
-  const std::string ids = write_ids(10, 2048, 4);
-  const fs::path log = temp_dir() / "eplb.log";
-  const std::string cmd = kBin + " score --device cpu --model " + kTiny + " --ids " + ids + " --out " +
-                          (temp_dir() / "eplb.bin").string() +
-                          " --tensor-parallel-size 2 --enable-expert-parallel --enable-eplb --num-redundant-experts 2"
-                          " --master-port " + std::to_string(free_port()) + " > " + log.string() + " 2>&1";
-  EXPECT_NE(std::system(cmd.c_str()), 0);
-  std::ifstream f(log);
-  const std::string text(std::istreambuf_iterator<char>(f), {});
-  EXPECT_NE(text.find("--enable-eplb is not available yet"), std::string::npos) << text;
-  EXPECT_NE(text.find("replicated expert weights"), std::string::npos) << text;
-}

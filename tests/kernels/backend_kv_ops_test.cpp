@@ -483,3 +483,53 @@ TEST_P(BackendOps, MoeWithActFp8AndRounding) {
                                 MoeShape{5, 384, 256}, MoeShape{16, 256, 384}})
     run_case(shape.M, shape.D, shape.I, shape.fmt);
 }
+
+// EPLB row shares: two ranks' MoE outputs with complementary shares add up to the whole MoE (each routed product
+// once, the shared expert on both), whatever the copies; a computed row whose expert is not placed is an error.
+TEST_P(BackendOps, MoeExpertSharesSplitRowsAmongReplicas) {
+  if (is_cuda()) GTEST_SKIP() << "EPLB shares are CPU-only (the CUDA MoE refuses them)";
+  const int64_t M = 13, D = 64, I = 32, E = 4, K = 2;
+  Rng r(21);
+  std::vector<ExpertWeights> rw;
+  for (int64_t e = 0; e < E; ++e) {
+    const auto w1 = random_weight(r, WeightFormat::FP4Group32, I, D), w2 = random_weight(r, WeightFormat::FP4Group32, D, I),
+               w3 = random_weight(r, WeightFormat::FP4Group32, I, D);
+    rw.push_back({upload_weight(w1), upload_weight(w2), upload_weight(w3)});
+  }
+  const auto s1 = random_weight(r, WeightFormat::FP8Block, I, D), s2 = random_weight(r, WeightFormat::FP8Block, D, I),
+             s3 = random_weight(r, WeightFormat::FP8Block, I, D);
+  ExpertWeights sw{upload_weight(s1), upload_weight(s2), upload_weight(s3)};
+  std::vector<float> x(size_t(M * D)), wts(size_t(M * K));
+  for (auto& v : x) v = float(r.below(33) - 16) / 8.f;
+  for (auto& v : wts) v = float(1 + r.below(15)) / 16.f;
+  std::vector<int32_t> ex(size_t(M * K));
+  for (int64_t m = 0; m < M; ++m) ex[size_t(m * K)] = int32_t(m % E), ex[size_t(m * K + 1)] = int32_t((m + 1 + m / 4) % E);
+  Tensor xt = up(x, DType::F32, {M, D}), et = up(ex, DType::I32, {M, K}), wt = up(wts, DType::F32, {M, K});
+  // Experts 0 and 3 have two copies (one per rank), 1 is on rank 0, 2 on rank 1.
+  ExpertShare sh[2], none;
+  for (int k = 0; k < 2; ++k) sh[k].copies = {2, 1, 1, 2}, sh[k].offset = {0, 2, 3, 4, 6};
+  sh[0].here = {1, 0, 1, 0, 1, 0};
+  sh[1].here = {0, 1, 0, 1, 0, 1};
+  none = sh[0];
+  none.here.assign(6, 0);
+  auto run = [&](const ExpertShare* s) {
+    MoeArgs ma;
+    ma.x = xt, ma.experts = et, ma.weights = wt, ma.routed = &rw, ma.shared = &sw, ma.inter = I, ma.share = s;
+    ma.scratch = zeros(DType::U8, {moe_scratch_bytes(M, K, D, I)});
+    ma.out = zeros(DType::F32, {M, D});
+    be->moe(ma);
+    return down<float>(ma.out);
+  };
+  const auto whole = run(nullptr), a = run(&sh[0]), b = run(&sh[1]), shared_only = run(&none);
+  std::vector<float> sum(whole.size());
+  for (size_t i = 0; i < sum.size(); ++i) sum[i] = a[i] + b[i] - shared_only[i];
+  expect_close(sum, whole, tol("moe"), "rank 0 + rank 1 shares", 1e-3, 1e-4);
+  EXPECT_NE(a, whole);  // each rank computes only part of the rows
+  std::vector<ExpertWeights> missing = rw;
+  missing[1] = {};  // rank 1 does not hold expert 1, but a share that computes it here
+  MoeArgs ma;
+  ma.x = xt, ma.experts = et, ma.weights = wt, ma.routed = &missing, ma.shared = &sw, ma.inter = I, ma.share = &sh[0];
+  ma.scratch = zeros(DType::U8, {moe_scratch_bytes(M, K, D, I)});
+  ma.out = zeros(DType::F32, {M, D});
+  EXPECT_THROW(be->moe(ma), Error);
+}

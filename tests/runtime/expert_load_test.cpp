@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <random>
 
+#include "core/error.h"
 #include "model/tiny_checkpoint.h"
 #include "route_recorder.h"
 #include "runtime/expert_load.h"
@@ -124,4 +125,24 @@ TEST(ExpertLoad, TableShowsRankLoadsByIdAndUnderEplb) {
   EXPECT_NE(t.find("1.900"), std::string::npos) << t;
   EXPECT_NE(t.find("EPLB +2"), std::string::npos) << t;
   EXPECT_NE(t.find("90.0%"), std::string::npos) << t;
+}
+
+TEST(ExpertLoad, EplbPlacementsServedRoundTripAndPrint) {
+  ExpertLoad el(2, 4, 3);
+  el.add({1, 2, 3, 4, 5, 6, 7, 8});
+  ExpertLoadSnapshot s = el.snapshot();
+  s.eplb = {{0, 5, 2, {30, 10, 20, 20}}, {1, 4, 2, {16, 14, 15, 15}}};
+  EXPECT_NEAR(s.eplb[0].max_over_mean(), (1.5 + 1.0) / 2, 1e-12);  // layer 0: 30 of 20 mean; layer 1 even
+  const ExpertLoadSnapshot back = ExpertLoadSnapshot::from_json(s.to_json());
+  ASSERT_EQ(back.eplb.size(), 2u);
+  EXPECT_EQ(back.eplb[1].epoch, 1u);
+  EXPECT_EQ(back.eplb[1].steps, 4u);
+  EXPECT_EQ(back.eplb[1].rank_tokens, s.eplb[1].rank_tokens);
+  const std::string table = format_expert_load(back, 1, 0);
+  EXPECT_NE(table.find("EPLB placements served"), std::string::npos) << table;
+  EXPECT_NE(table.find("1.250"), std::string::npos) << table;
+  nlohmann::json bad = s.to_json();
+  bad["eplb"][0]["rank_tokens"] = {1, 2, 3};  // not layers x ranks
+  EXPECT_THROW(ExpertLoadSnapshot::from_json(bad), Error);
+  EXPECT_FALSE(ExpertLoadSnapshot::from_json(el.snapshot().to_json()).to_json().contains("eplb"));  // none: absent
 }

@@ -146,12 +146,17 @@ void CpuBackend::moe(const MoeArgs& a) {
   const int64_t IS = a.shared_inter ? a.shared_inter : I;
   DSV4_CHECK(0 <= e_begin && e_begin <= e_end && e_end <= E && IS <= I, "moe: expert range [{}, {}) of {}, widths {}/{}",
              e_begin, e_end, E, I, IS);
+  if (a.share)
+    DSV4_CHECK(a.share->copies.size() == size_t(E) && a.share->offset.size() == size_t(E + 1) &&
+                   a.share->here.size() == size_t(a.share->offset.back()),
+               "moe: an expert share for {} experts", a.share->copies.size());
   // Rows of each expert, in row order (the host can read the routing: CPU tensors are host memory).
   std::vector<std::vector<std::pair<int64_t, float>>> by_expert(static_cast<size_t>(E));
   for (int64_t m = 0; m < M; ++m)
     for (int64_t j = 0; j < K; ++j) {
       const int32_t e = ex[m * K + j];
       DSV4_CHECK(e >= 0 && e < E, "moe: expert {} of {}", e, E);
+      if (a.share && !a.share->computes(e, m)) continue;  // EPLB: another replica's row
       by_expert[size_t(e)].push_back({m, wts[m * K + j]});
     }
   std::fill(out, out + M * D, 0.f);
@@ -159,6 +164,7 @@ void CpuBackend::moe(const MoeArgs& a) {
   for (int64_t e = e_begin; e < e_end; ++e) {
     const auto& rows = by_expert[size_t(e)];
     if (rows.empty()) continue;
+    DSV4_CHECK((*a.routed)[size_t(e)].w1.valid(), "moe: expert {} has rows here but its weights are not placed here", e);
     const int64_t m = int64_t(rows.size());
     we.resize(size_t(m));
     for (int64_t r = 0; r < m; ++r) {

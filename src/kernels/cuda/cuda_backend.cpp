@@ -419,6 +419,7 @@ class CudaBackend final : public Backend {
   void moe(const MoeArgs& a) override {
     op();
     DSV4_CHECK(a.routed && !a.routed->empty(), "moe: no routed experts");
+    DSV4_CHECK(!a.share, "not implemented on CUDA: expert-parallel load balancing (--enable-eplb)");
     // Expert parallelism needs the expert sort to skip other ranks' experts: not written for CUDA yet.
     DSV4_CHECK(a.expert_begin == 0 && (a.expert_end < 0 || a.expert_end == int64_t(a.routed->size())) &&
                    (a.shared_inter == 0 || a.shared_inter == a.inter),
