@@ -22,6 +22,9 @@ struct LinearOpts {
   // groups > 1: x [M, groups * in] -> y [M, out]; group g multiplies x's g-th slice of `in` columns by
   // rows [g * out/groups, (g+1) * out/groups) of W (the grouped low-rank output projection).
   int groups = 1;
+  // The caller guarantees x holds bf16 values exactly (reference numerics rounded it): with act_fp8 off, a
+  // backend may multiply x by the de-quantized weights on bf16 tensor cores with no rounding of any operand.
+  bool bf16_input = false;
 };
 
 // Manifold-constrained hyper-connection parameters of one site (spec §2.3).

@@ -617,7 +617,8 @@ void Dsv4Model::attention(int l, Step& s, const Tensor& x, const Tensor& out) {
   // Remove the value's absolute rotation, then the grouped low-rank output projection.
   be_.rope(s.o, H, hd, s.meta.pos, rope, true);
   round(s.o);
-  be_.linear(s.o, L.wo_a, s.z, {false, ref, cfg_.o_groups / tp_});  // bf16 weights in the reference
+  // bf16 weights in the reference; s.o was rounded to bf16 above in reference numerics.
+  be_.linear(s.o, L.wo_a, s.z, {false, ref, cfg_.o_groups / tp_, ref});
   be_.linear(s.z, L.wo_b, out, {ref, ref && !comm_});  // row-parallel: a partial sum per rank
   reduce(out);
 }

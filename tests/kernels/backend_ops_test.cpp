@@ -79,6 +79,38 @@ TEST_P(BackendOps, LinearDecodeSplitK) {
     }
 }
 
+// FP8 weights times activations that are bf16 values (LinearOpts::bf16_input, as wo_a in reference numerics): the
+// GPU's bf16 tensor-core path at prefill sizes, grouped and not, a partial M tile, a row slice inside a scale tile.
+TEST_P(BackendOps, LinearBf16InputOnFp8Weights) {
+  Rng r(23);
+  for (int64_t M : {97, 200})
+    for (int groups : {1, 2}) {
+      const int64_t in = 384, out = 256 * groups;
+      auto w = random_weight(r, WeightFormat::FP8Block, out, in);
+      auto x = r.vec(size_t(M * groups * in), -2, 2);
+      for (float& v : x) v = round_bf16(v);
+      for (bool ob : {false, true}) {
+        LinearOpts o;
+        o.out_bf16 = ob;
+        o.groups = groups;
+        o.bf16_input = true;
+        LinearWeight lw = upload_weight(w);
+        Tensor xt = up(x, DType::F32, {M, groups * in});
+        Tensor yt = zeros(DType::F32, {M, out});
+        be->linear(xt, lw, yt, o);
+        const std::string what = "bf16 input M=" + std::to_string(M) + " groups=" + std::to_string(groups) +
+                                 (ob ? " out_bf16" : "");
+        expect_close(down<float>(yt), ref::linear(x, M, w, o), tol("linear"), what, ob ? 0.01 : 0, 1e-2);
+        if (groups == 1) {
+          Tensor ys = zeros(DType::F32, {M, 136});
+          be->linear(xt, lw.rows(64, 136), ys, o);
+          expect_close(down<float>(ys), ref::linear(x, M, w, o, 64, 136), tol("linear"), what + " rows(64, 136)",
+                       ob ? 0.01 : 0, 1e-2);
+        }
+      }
+    }
+}
+
 // Prefill-sized M: the GPU's tensor-core (FP8 x FP8, act_fp8) and tiled paths, not the decode GEMV.
 TEST_P(BackendOps, LinearPrefillSizedRows) {
   Rng r(21);

@@ -613,6 +613,7 @@ class CudaBackend final : public Backend {
     c.groups = G;
     c.act_fp8 = o.act_fp8 && w.quantized();
     c.out_bf16 = o.out_bf16;
+    c.bf16_input = o.bf16_input;
     c.y = p<float>(y);
     c.ldy = w.out;
     return c;

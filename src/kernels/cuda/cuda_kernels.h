@@ -126,6 +126,7 @@ struct LinearCall {
   DevWeight w;
   int groups = 1;
   bool act_fp8 = false, out_bf16 = false;
+  bool bf16_input = false;  // LinearOpts::bf16_input
   float* y = nullptr;
   int64_t ldy = 0;
 };

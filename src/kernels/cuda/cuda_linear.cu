@@ -457,7 +457,7 @@ __global__ void mma_peak_k(float* sink, int iters) {
 }
 
 struct Plan {
-  int kind = 0;  // 0 naive, 1 gemv, 2 simt, 3 mma, 4 decode mma
+  int kind = 0;  // 0 naive, 1 gemv, 2 simt, 3 mma, 4 decode mma, 5 bf16 mma over FP8 weights
   int mt = 0, splits = 1;
   int64_t KR = 0, npg = 0;
 };
@@ -494,6 +494,10 @@ Plan plan(const LinearCall& c, int num_sms) {
   if (c.act_fp8 && w.fmt == kFP8 && w.block == kMmaBK && w.in % kMmaBK == 0 && c.M > 16 &&
       (c.groups == 1 || p.npg % kMmaBN == 0)) {
     p.kind = 3;
+    return p;
+  }
+  if (!c.act_fp8 && c.bf16_input && c.M > 16 && gemm_w8_bf16_fits(w, p.npg, c.groups)) {
+    p.kind = 5;
     return p;
   }
   if (c.groups == 1 || p.npg % 64 == 0) {
@@ -546,6 +550,7 @@ int64_t linear_ws_bytes(const LinearCall& c, int num_sms) {
   if (q && (p.kind == 3 || p.kind == 4)) b += cdiv(xin, 256) * 256 + c.M * c.groups * cdiv(c.w.in, 128) * 4;  // codes + scales
   if (p.kind == 4 && p.splits > 1) b += 256 + int64_t(p.splits) * c.M * c.w.out * 4;
   if (p.kind == 1 && p.splits > 1) b += int64_t(p.splits) * c.M * c.w.out * 4;
+  if (p.kind == 5) b += gemm_w8_bf16_ws_bytes(c.M, c.groups, c.w);
   return cdiv(b, 256) * 256 + 512;
 }
 
@@ -583,6 +588,11 @@ void linear(const Launch& L, const LinearCall& c, void* ws) {
     dim3 grid(unsigned(cdiv(w.out, kMmaBN)), unsigned(cdiv(c.M, kMmaBM)));
     gemm_fp8_mma_k<<<grid, 256, 0, L.stream>>>(codes, sc, c.M, c.groups, w, p.npg, c.y, c.ldy, c.out_bf16);
     DSV4_CUDA_LAUNCHED();
+    return;
+  }
+  if (p.kind == 5) {
+    gemm_w8_bf16(L, c.x, c.ldx, c.M, c.groups, w, p.npg, c.y, c.ldy, c.out_bf16,
+                 take(gemm_w8_bf16_ws_bytes(c.M, c.groups, w)));
     return;
   }
   if (p.kind == 4) {
