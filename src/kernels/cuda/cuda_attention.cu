@@ -184,25 +184,6 @@ __global__ void __launch_bounds__(256) attention_k(DevAttention a, int64_t chunk
 // passes over the keys as there: the probabilities are final (and rounded) before P.V.
 constexpr int kTcHeads = 32, kTcKeys = 32, kTcPLd = kTcKeys + 8;
 
-__device__ __forceinline__ void ldsm_x4(uint32_t* r, const void* p, bool trans) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  if (trans)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-  else
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-#endif
-}
-__device__ __forceinline__ void mma_bf16(float* c, const uint32_t* a, const uint32_t* b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#endif
-}
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return uint32_t(f2bf(lo)) | (uint32_t(f2bf(hi)) << 16);
 }
@@ -304,9 +285,9 @@ __global__ void __launch_bounds__(256) attention_tc_k(DevAttention a, int* err) 
         const uint16_t* kb = Ks + (snj * 8 + lr) * ld + lq * 8;
         for (int d = 0; d < hd; d += 32) {
           uint32_t a0[4], a1[4], b[4];
-          ldsm_x4(a0, qa + d, false);
-          ldsm_x4(a1, qa + d + 16, false);
-          ldsm_x4(b, kb + d, false);
+          ldmatrix_x4(a0, qa + d);
+          ldmatrix_x4(a1, qa + d + 16);
+          ldmatrix_x4(b, kb + d);
           mma_bf16(c, a0, b);
           mma_bf16(c, a1, b + 2);
         }
@@ -335,13 +316,13 @@ __global__ void __launch_bounds__(256) attention_tc_k(DevAttention a, int* err) 
       for (int ks = 0; ks < kTcKeys; ks += 16) {  // O += P V: this warp's hd / 8 columns
         uint32_t pa[2][4];
 #pragma unroll
-        for (int i = 0; i < 2; ++i) ldsm_x4(pa[i], Ps + (i * 16 + (lq & 1) * 8 + lr) * kTcPLd + ks + (lq >> 1) * 8, false);
+        for (int i = 0; i < 2; ++i) ldmatrix_x4(pa[i], Ps + (i * 16 + (lq & 1) * 8 + lr) * kTcPLd + ks + (lq >> 1) * 8);
         const uint16_t* vb = Ks + (ks + (lq & 1) * 8 + lr) * ld + warp * (hd / 8) + (lq >> 1) * 8;
 #pragma unroll
         for (int j = 0; j < 8; j += 2) {
           if (j >= nt) break;
           uint32_t b[4];
-          ldsm_x4(b, vb + j * 8, true);
+          ldmatrix_x4_trans(b, vb + j * 8);
 #pragma unroll
           for (int i = 0; i < 2; ++i) {
             mma_bf16(o[i][j], pa[i], b);

@@ -17,34 +17,6 @@ constexpr int kTM = 128, kTN = 128, kTK = 128, kTLd = kTK + 16;  // +16 B a row:
 constexpr int kStageBytes = 2 * kTM * kTLd + (kTM + kTN) * 4;   // A, B, sa, sw
 constexpr int kThreadsW = 512;                                   // the bf16-activation GEMM's block
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(pred ? 16 : 0));
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
-// Four 8 x 16-byte matrices; thread t addresses row t % 8 of matrix t / 8 and gets 4 bytes of each (row t / 4,
-// bytes 4 (t % 4)...): for 8-bit data exactly the mma's A and B fragment registers.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* smem) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(s));
-#endif
-}
-
 // Warps as (8 / MI) (m) x 4 (n), each 16 MI x 32 outputs: MI x 4 mma tiles. MI = 2: 16 warps of 128 registers;
 // MI = 4: 8 warps, twice the fragment reuse per shared-memory read, 255 registers.
 template <int MI>
@@ -208,14 +180,6 @@ __global__ void to_bf16_k(const float* __restrict__ x, int64_t M, int64_t K, int
   }
 }
 
-__device__ __forceinline__ void mma_bf16_16816(float* c, const uint32_t* a, const uint32_t* b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#endif
-}
 
 template <int STAGES>
 __global__ void __launch_bounds__(kThreadsW, 1) gemm_w8_bf16_k(const uint16_t* __restrict__ xb, int64_t M, int groups,
@@ -295,7 +259,7 @@ __global__ void __launch_bounds__(kThreadsW, 1) gemm_w8_bf16_k(const uint16_t* _
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) mma_bf16_16816(acc[i][j], af[i], &bfr[j >> 1][(j & 1) * 2]);
+        for (int j = 0; j < 4; ++j) mma_bf16(acc[i][j], af[i], &bfr[j >> 1][(j & 1) * 2]);
     }
   }
   cp_async_wait<0>();
