@@ -206,12 +206,34 @@ TEST(PrefillLatencyBudget, FitsBaseAndPerTokenCostAndCapsToTheBound) {
   EXPECT_NEAR(b.per_token_seconds(), 1e-4, 1e-9);
   EXPECT_EQ(b.prefill_tokens(2048), 400);  // (50 - 10) ms / 0.1 ms
   EXPECT_EQ(b.prefill_tokens(100), 100);   // never above the token budget
-  // The context grows, each token costs more: the cap follows.
+  EXPECT_NEAR(b.headroom(), 1.0, 1e-9);  // exact predictions: no headroom
+  // The context grows, each token costs more: the cap follows, with headroom while the fit was off...
   for (int i = 0; i < 40; ++i) b.observe(200, 0.010 + 200 * 4e-4);
+  EXPECT_GT(b.headroom(), 1.05);
+  EXPECT_LT(b.prefill_tokens(2048), 100);
+  EXPECT_GE(b.prefill_tokens(2048), PrefillLatencyBudget::kMinChunk);
+  // ... which fades once the predictions hold again.
+  for (int i = 0; i < 300; ++i) b.observe(100, 0.010 + 100 * 4e-4);
   EXPECT_NEAR(double(b.prefill_tokens(2048)), 100.0, 1.0);
   // Decodes alone exceed the bound: the prefill still advances by the minimum chunk.
   for (int i = 0; i < 40; ++i) b.observe(0, 0.080);
   EXPECT_EQ(b.prefill_tokens(2048), PrefillLatencyBudget::kMinChunk);
+}
+
+// A noisy machine: step times scatter +-20% around the fit; the plan leaves room for the spread, so a step planned
+// at the cap stays under the bound even when it runs 20% long.
+TEST(PrefillLatencyBudget, NoisyStepsPlanBelowTheBound) {
+  PrefillLatencyBudget b(0.050);
+  for (int i = 0; i < 20; ++i) b.observe(0, 0.010);
+  for (int i = 0; i < 20; ++i) b.observe(400, 0.010 + 400 * 1e-4);
+  for (int i = 0; i < 200; ++i) {
+    const int64_t n = b.prefill_tokens(2048);
+    b.observe(n, (0.010 + double(n) * 1e-4) * (i % 2 ? 1.2 : 0.8));
+  }
+  const int64_t n = b.prefill_tokens(2048);
+  EXPECT_GT(b.headroom(), 1.2);
+  EXPECT_LE((b.base_seconds() + double(n) * b.per_token_seconds()) * 1.2, 0.050);
+  EXPECT_GT(n, PrefillLatencyBudget::kMinChunk);
 }
 
 TEST(Engine, AbortFreesBlocksAtOnce) {
