@@ -34,10 +34,15 @@ inline bool first_on_device(unsigned long long& mask) {
 // Raises fn's dynamic shared-memory limit to all the current device lets a block opt into beside fn's static
 // shared memory (227 KB in all on sm_90/100, 99 KB on sm_120/121) and returns that limit; a kernel never asks for
 // a size another target lacks.
-inline int allow_max_dynamic_smem(const void* fn) {
+// The shared memory a block of the current device may opt into.
+inline int smem_optin() {
   int d = 0, optin = 0;
   DSV4_CUDA_CHECK(cudaGetDevice(&d));
   DSV4_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, d));
+  return optin;
+}
+inline int allow_max_dynamic_smem(const void* fn) {
+  const int optin = smem_optin();
   cudaFuncAttributes fa{};
   DSV4_CUDA_CHECK(cudaFuncGetAttributes(&fa, fn));
   const int limit = optin - int(fa.sharedSizeBytes);

@@ -17,8 +17,8 @@ constexpr int kTM = 128, kTN = 128, kTK = 128, kTLd = kTK + 16;  // +16 B a row:
 constexpr int kStageBytes = 2 * kTM * kTLd + (kTM + kTN) * 4;   // A, B, sa, sw
 constexpr int kThreadsW = 512;                                   // the bf16-activation GEMM's block
 
-// Warps as (8 / MI) (m) x 4 (n), each 16 MI x 32 outputs: MI x 4 mma tiles. MI = 2: 16 warps of 128 registers;
-// MI = 4: 8 warps, twice the fragment reuse per shared-memory read, 255 registers.
+// Warps as (8 / MI) (m) x 4 (n), each 16 MI x 32 outputs: MI x 4 mma tiles. MI = 2 (16 warps of 128 registers) is
+// what runs; MI = 4 (8 warps, twice the fragment reuse, 255 registers) measured the same on an H200 (perf-notes v7).
 template <int MI>
 constexpr int gemm_threads() {
   return (8 / MI) * 4 * 32;
@@ -286,36 +286,25 @@ void launch_w8(const Launch& L, const uint16_t* xb, int64_t M, int groups, const
   DSV4_CUDA_LAUNCHED();
 }
 
-// DSV4_CUDA_GEMM_TC (read once): 0 off, unset or 1 the 16-warp tiles, 4 the 8-warp ones (MI = 4).
-int gemm_fp8_tc_mode() {
-  static const int mode = [] {
-    const char* v = std::getenv("DSV4_CUDA_GEMM_TC");
-    return v && *v ? std::atoi(v) : 1;
-  }();
-  return mode;
-}
-
 }  // namespace
 
-bool gemm_fp8_tc_enabled() { return gemm_fp8_tc_mode() != 0; }
+bool gemm_fp8_tc_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("DSV4_CUDA_GEMM_TC");
+    return !v || !*v || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
 
 bool gemm_fp8_tc_fits(int64_t npg, int groups) { return groups == 1 || npg % kTN == 0; }
 
 void gemm_fp8_tc(const Launch& L, const uint8_t* codes, const float* scales, int64_t M, int groups,
                  const DevWeight& w, int64_t npg, float* y, int64_t ldy, int out_bf16) {
-  static int optin = -1;
-  if (optin < 0) {
-    int d = 0;
-    DSV4_CUDA_CHECK(cudaGetDevice(&d));
-    DSV4_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, d));
-  }
-  const bool wide = gemm_fp8_tc_mode() == 4;
+  const int optin = smem_optin();
   if (optin >= 3 * kStageBytes)
-    wide ? launch<3, 4>(L, codes, scales, M, groups, w, npg, y, ldy, out_bf16)
-         : launch<3, 2>(L, codes, scales, M, groups, w, npg, y, ldy, out_bf16);
+    launch<3, 2>(L, codes, scales, M, groups, w, npg, y, ldy, out_bf16);
   else
-    wide ? launch<2, 4>(L, codes, scales, M, groups, w, npg, y, ldy, out_bf16)
-         : launch<2, 2>(L, codes, scales, M, groups, w, npg, y, ldy, out_bf16);
+    launch<2, 2>(L, codes, scales, M, groups, w, npg, y, ldy, out_bf16);
 }
 
 int64_t gemm_w8_bf16_ws_bytes(int64_t M, int groups, const DevWeight& w) { return M * int64_t(groups) * w.in * 2; }
@@ -331,12 +320,7 @@ void gemm_w8_bf16(const Launch& L, const float* x, int64_t ldx, int64_t M, int g
   const int64_t KK = int64_t(groups) * w.in;
   to_bf16_k<<<grid1d(M * KK, 256), 256, 0, L.stream>>>(x, M, KK, ldx, xb);
   DSV4_CUDA_LAUNCHED();
-  static int optin = -1;
-  if (optin < 0) {
-    int d = 0;
-    DSV4_CUDA_CHECK(cudaGetDevice(&d));
-    DSV4_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, d));
-  }
+  const int optin = smem_optin();
   if (optin >= 3 * kWStage + kWConv)
     launch_w8<3>(L, xb, M, groups, w, npg, y, ldy, out_bf16);
   else

@@ -4,7 +4,7 @@
 
 namespace dsv4::cuda {
 
-// DSV4_CUDA_GEMM_TC=0 (read once) falls back to the unpipelined 64 x 128 kernel, =4 takes 8-warp tiles (A/B runs).
+// DSV4_CUDA_GEMM_TC=0 (read once) falls back to the unpipelined 64 x 128 kernel, for A/B runs on a device.
 bool gemm_fp8_tc_enabled();
 // Grouped weights need each 128-row output tile inside one group.
 bool gemm_fp8_tc_fits(int64_t npg, int groups);

@@ -30,15 +30,6 @@ bool gemv_decode_mma() {
   }();
   return on;
 }
-// DSV4_CUDA_GEMV_MMA_MIN_ROWS (default 2, read once): the fewest rows the tensor-core GEMV takes; 1 sends single-row
-// decode there too (an A/B for device runs: at M = 1 fifteen of its 16 A rows are zero).
-int gemv_mma_min_rows() {
-  static const int n = [] {
-    const char* v = std::getenv("DSV4_CUDA_GEMV_MMA_MIN_ROWS");
-    return v && *v ? std::max(1, std::atoi(v)) : 2;
-  }();
-  return n;
-}
 constexpr int kGemvSmemFloats = 16384;  // 64 KB of staged activations per block
 
 // Split K: every block of a tile (one per split, gridDim.y of them) has written its partial sums of rows
@@ -469,7 +460,7 @@ Plan plan(const LinearCall& c, int num_sms) {
   const int ch = w.fmt == kF32 ? 4 : w.fmt == kBF16 ? 8 : w.fmt == kFP8 ? 16 : 32;
   const bool aligned = reinterpret_cast<uintptr_t>(w.data) % 16 == 0 && w.in % ch == 0 &&
                        (w.fmt != kFP8 || w.block % 16 == 0);
-  if (gemv_decode_mma() && c.M >= gemv_mma_min_rows() && c.M <= 16 && aligned && c.act_fp8 && w.fmt == kFP8 && w.block == kMmaBK &&
+  if (gemv_decode_mma() && c.M >= 2 && c.M <= 16 && aligned && c.act_fp8 && w.fmt == kFP8 && w.block == kMmaBK &&
       w.in % kMmaBK == 0 && p.npg % 8 == 0 && w.row0 % 8 == 0) {
     p.kind = 4;
     const int64_t blocks = cdiv(p.npg, kGemvMmaRows) * c.groups;
