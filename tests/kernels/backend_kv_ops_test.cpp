@@ -420,17 +420,32 @@ TEST_P(BackendOps, RouteScoreFuncsHashAndBias) {
 // DOWN (I); M > 16 with 128-aligned widths and FP8 activations (tensor cores; several 64-row tiles per expert),
 // with FP4 and with FP8 experts; M <= 64 with 128-aligned widths and FP4 experts (the decode tensor-core kernel:
 // one and two halves of its 16-row A tile, and at M = 40 experts with more rows than one pass takes).
+// wide_scales: in every third FP4 weight row the second 32-column group of each 128-column block gets a scale 2^13
+// or more above the others, whose values are zeroed so the sums stay exact (CUDA's prefill GEMM rebases a
+// block's four scales to one when they span at most 11 steps and otherwise promotes per 32 columns: both kinds of
+// row then meet in one tile).
 struct MoeShape {
   int64_t M, D, I;
   WeightFormat fmt = WeightFormat::FP4Group32;
+  bool wide_scales = false;
 };
 TEST_P(BackendOps, MoeWithActFp8AndRounding) {
-  auto run_case = [&](int64_t M, int64_t D, int64_t I, WeightFormat fmt) {
+  auto run_case = [&](int64_t M, int64_t D, int64_t I, WeightFormat fmt, bool wide_scales) {
     const int64_t E = 4, K = 2;
     Rng r(16);
     std::vector<ref::Expert> routed(static_cast<size_t>(E));
     for (auto& e : routed)  // FP4 experts as V4's routed experts (FP8 as Flash-Base's)
       e = {random_weight(r, fmt, I, D), random_weight(r, fmt, D, I), random_weight(r, fmt, I, D)};
+    if (wide_scales)
+      for (auto& e : routed)
+        for (ref::Weight* w : {&e.w1, &e.w2, &e.w3})
+          for (int64_t row = 0; row < w->out; row += 3)
+            for (int64_t c = 0; c < w->scale_cols; ++c) {
+              if (c % 4 == 1)
+                w->scale8[size_t(row * w->scale_cols + c)] = 138;
+              else
+                std::fill_n(w->data.begin() + row * (w->in / 2) + c * 16, 16, uint8_t(0));
+            }
     ref::Expert shared{random_weight(r, WeightFormat::FP8Block, I, D), random_weight(r, WeightFormat::FP8Block, D, I),
                        random_weight(r, WeightFormat::FP8Block, I, D)};
     std::vector<ExpertWeights> rw;
@@ -471,7 +486,7 @@ TEST_P(BackendOps, MoeWithActFp8AndRounding) {
         auto ref = ref::moe(x, M, D, ex, wts, K, routed, shared, I, limit, ma.lin, refnum, refnum);
         expect_close(down<float>(ma.out), ref, tol("moe"),
                      std::string("moe M ") + std::to_string(M) + " D " + std::to_string(D) + " I " + std::to_string(I) +
-                         (fmt == WeightFormat::FP8Block ? " fp8 experts" : "") +
+                         (fmt == WeightFormat::FP8Block ? " fp8 experts" : "") + (wide_scales ? " wide scales" : "") +
                          (refnum ? " reference numerics" : "") + " limit " + std::to_string(limit),
                      refnum ? 0.01 : 1e-3, refnum ? 1e-2 : 1e-4);
       }
@@ -480,8 +495,9 @@ TEST_P(BackendOps, MoeWithActFp8AndRounding) {
                                 MoeShape{1, 64, 2176},
                                 MoeShape{20, 64, 2176}, MoeShape{40, 256, 128}, MoeShape{200, 384, 256},
                                 MoeShape{200, 256, 128, WeightFormat::FP8Block}, MoeShape{1, 256, 128},
-                                MoeShape{5, 384, 256}, MoeShape{16, 256, 384}})
-    run_case(shape.M, shape.D, shape.I, shape.fmt);
+                                MoeShape{5, 384, 256}, MoeShape{16, 256, 384},
+                                MoeShape{200, 384, 256, WeightFormat::FP4Group32, true}})
+    run_case(shape.M, shape.D, shape.I, shape.fmt, shape.wide_scales);
 }
 
 // EPLB row shares: two ranks' MoE outputs with complementary shares add up to the whole MoE (each routed product

@@ -243,8 +243,10 @@ TEST_P(BackendOps, GatherRowsAndEmbed) {
 }
 
 TEST_P(BackendOps, HyperConnections) {
-  // Small rows, and long rows at small M (the CUDA kernel then splits each row's dots unevenly over blocks).
-  for (auto [M, D] : {std::pair<int64_t, int>{3, 48}, {2, 1001}, {1, 4096}}) {
+  // Small rows, and long rows at small M (the CUDA kernel then splits each row's dots unevenly over blocks); from
+  // 4 rows CUDA tiles the dots: one partial 64-row tile with k steps of 32 that do not divide the row (5 x 1001),
+  // two tiles, the second partial (70 x 333), and a full decode-sized batch at the model's width (16 x 4096).
+  for (auto [M, D] : {std::pair<int64_t, int>{3, 48}, {2, 1001}, {1, 4096}, {5, 1001}, {70, 333}, {16, 4096}}) {
     SCOPED_TRACE(fmt::format("M {} D {}", M, D));
     Rng r(8);
     const int hc = 4;

@@ -167,9 +167,12 @@ __device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); 
 // mHC in two kernels. The mixing dots (rows <= 32 weight rows of hc * D floats, ~1.5 MB at V4-Flash sizes)
 // are split over enough blocks to fill the device: one block per row read it at ~7 GB/s (230 us at M = 1).
 // Then one block per row sums the splits in a fixed order (deterministic), does the tiny scalar part in the
-// host's order, and forms y.
+// host's order, and forms y. From kHcTiledRows rows on, the dots run as a small tiled GEMM (hc_dots_tiled_k)
+// that reads each weight tile once for 64 rows: one block per row re-read the whole matrix per row (5.7 ms of
+// L2 traffic for an 8K prefill chunk, 13% of it; docs/perf-notes.md, v7).
 constexpr int kHcMaxRows = 32;
 constexpr int kHcSplitMin = 128;  // elements of the flattened row per split block, at least (one per thread)
+constexpr int kHcTiledRows = 4, kHcTM = 64, kHcTK = 32;  // tiled from 4 rows: 64-row tiles, 32-column k steps
 __global__ void __launch_bounds__(128) hc_dots_k(const float* X, DevHc p, int rows, int splits, int64_t chunk,
                                                  float* part) {
   __shared__ float red[kHcMaxRows + 1][4];
@@ -197,6 +200,79 @@ __global__ void __launch_bounds__(128) hc_dots_k(const float* X, DevHc p, int ro
     float s = 0.f;
     for (int k = 0; k < int(blockDim.x >> 5); ++k) s += red[threadIdx.x][k];
     part[(m * splits + blockIdx.x) * (kHcMaxRows + 1) + threadIdx.x] = s;
+  }
+}
+
+// The dots of 64 rows x (rows <= 32 weight rows) over one K split, fp32 FMAs: per 32-column step the x tile
+// (64 x 32) and the weight tile (32 x 32) go to shared memory k-major, the next step's already in registers;
+// thread (tr, tc) of 128 owns rows tr + 16 i and weight rows tc + 8 j. The sums of squares come from the x
+// loads (each thread loads one column of 16 rows) and are summed over the warp at the end. Writes the same
+// partials as hc_dots_k.
+__global__ void __launch_bounds__(128) hc_dots_tiled_k(const float* X, int64_t M, DevHc p, int rows, int splits,
+                                                       int64_t chunk, float* part) {
+  __shared__ float xs[kHcTK][kHcTM + 1], fs[kHcTK][kHcMaxRows + 1];
+  const int64_t flat = int64_t(p.hc) * p.D, m0 = int64_t(blockIdx.y) * kHcTM;
+  const int64_t i0 = blockIdx.x * chunk, i1 = i0 + chunk < flat ? i0 + chunk : flat;
+  const int t = int(threadIdx.x), kl = t & 31, lr = t >> 5;  // loader: column kl of rows lr + 4 i
+  const int tr = t >> 3, tc = t & 7;                          // compute: rows tr + 16 i, weight rows tc + 8 j
+  float xr[kHcTM / 4], fr[kHcMaxRows / 4], sq[kHcTM / 4], acc[4][4];
+#pragma unroll
+  for (int i = 0; i < kHcTM / 4; ++i) sq[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
+  auto load = [&](int64_t k0) {
+    const int64_t k = k0 + kl;
+#pragma unroll
+    for (int i = 0; i < kHcTM / 4; ++i) {
+      const int64_t m = m0 + lr + 4 * i;
+      xr[i] = k < i1 && m < M ? X[m * flat + k] : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kHcMaxRows / 4; ++j) {
+      const int r = lr + 4 * j;
+      fr[j] = k < i1 && r < rows ? __ldg(p.fn + int64_t(r) * flat + k) : 0.f;
+    }
+  };
+  load(i0);
+  for (int64_t k0 = i0; k0 < i1; k0 += kHcTK) {
+    __syncthreads();  // the previous step's tiles are consumed
+#pragma unroll
+    for (int i = 0; i < kHcTM / 4; ++i) {
+      xs[kl][lr + 4 * i] = xr[i];
+      sq[i] += xr[i] * xr[i];
+    }
+#pragma unroll
+    for (int j = 0; j < kHcMaxRows / 4; ++j) fs[kl][lr + 4 * j] = fr[j];
+    __syncthreads();
+    if (k0 + kHcTK < i1) load(k0 + kHcTK);  // in flight while this step multiplies
+#pragma unroll 8
+    for (int k = 0; k < kHcTK; ++k) {
+      float xv[4], fv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) xv[i] = xs[k][tr + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) fv[j] = fs[k][tc + 8 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += xv[i] * fv[j];
+    }
+  }
+  const int64_t stride = kHcMaxRows + 1;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t m = m0 + tr + 16 * i;
+    if (m >= M) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) part[(m * splits + blockIdx.x) * stride + tc + 8 * j] = acc[i][j];
+  }
+#pragma unroll
+  for (int i = 0; i < kHcTM / 4; ++i) {
+    const float s = warp_sum(sq[i]);
+    const int64_t m = m0 + lr + 4 * i;
+    if (kl == 0 && m < M) part[(m * splits + blockIdx.x) * stride + kHcMaxRows] = s;
   }
 }
 
@@ -319,11 +395,13 @@ __global__ void __launch_bounds__(256) hc_mix_k(const float* X, DevHc p, int spl
   }
 }
 
-// Splits per row: enough blocks for ~2 waves of the device at small M, none below kHcSplitMin elements each.
+// Splits per row: enough blocks for ~2 waves of the device at small M (one block per row and split), none below
+// kHcSplitMin elements each; tiled, ~8 blocks per SM (one per 64-row tile and split, few warps each).
 int hc_splits(int64_t M, const DevHc& p, int num_sms) {
-  const int64_t flat = int64_t(p.hc) * p.D;
-  const int64_t want = cdiv(int64_t(2) * (num_sms > 0 ? num_sms : 132), M);
-  const int64_t most = cdiv(flat, kHcSplitMin);
+  const int64_t flat = int64_t(p.hc) * p.D, sms = num_sms > 0 ? num_sms : 132;
+  const bool tiled = M >= kHcTiledRows;
+  const int64_t want = tiled ? cdiv(8 * sms, cdiv(M, int64_t(kHcTM))) : cdiv(2 * sms, M);
+  const int64_t most = cdiv(flat, int64_t(tiled ? 4 * kHcTK : kHcSplitMin));
   return int(want < 1 ? 1 : want > most ? most : want);
 }
 
@@ -332,7 +410,13 @@ void hc_launch(const Launch& L, const float* X, int64_t M, const DevHc& p, bool 
   DSV4_CUDA_REQUIRE(M < 65536, "hc: too many rows in one call");
   const int rows = head ? p.hc : (2 + p.hc) * p.hc, splits = hc_splits(M, p, L.num_sms);
   const int64_t chunk = cdiv(int64_t(p.hc) * p.D, int64_t(splits));
-  hc_dots_k<<<dim3(unsigned(splits), unsigned(M)), 128, 0, L.stream>>>(X, p, rows, splits, chunk, part);
+  if (M >= kHcTiledRows) {
+    const int64_t tchunk = cdiv(chunk, int64_t(kHcTK)) * kHcTK;  // whole k steps; the last split may be short
+    hc_dots_tiled_k<<<dim3(unsigned(splits), unsigned(cdiv(M, int64_t(kHcTM)))), 128, 0, L.stream>>>(
+        X, M, p, rows, splits, tchunk, part);
+  } else {
+    hc_dots_k<<<dim3(unsigned(splits), unsigned(M)), 128, 0, L.stream>>>(X, p, rows, splits, chunk, part);
+  }
   DSV4_CUDA_LAUNCHED();
   if (head)
     hc_mix_k<true><<<unsigned(M), 256, 0, L.stream>>>(X, p, splits, part, y, nullptr, nullptr);

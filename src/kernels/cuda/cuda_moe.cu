@@ -9,6 +9,7 @@
 
 #include <cub/block/block_scan.cuh>
 
+#include "kernels/cuda/cuda_moe.cuh"
 #include "kernels/cuda/cuda_weights.cuh"
 
 namespace dsv4::cuda {
@@ -92,19 +93,6 @@ __global__ void __launch_bounds__(kRouteWarps * 32) route_k(DevRoute a, int* err
 }
 
 // ---- MoE workspace: ints first, then float areas.
-struct MoeWs {
-  int* offsets;  // [E + 1]
-  int* active;   // [E]
-  int* n_active;  // [1]
-  int* perm;      // [M*K] slot ids (m*K + j) sorted by expert
-  int* tile_off;  // [E + 1] first 64-row tile of each expert (tensor-core path)
-  uint8_t* codes;  // e4m3 codes of the GEMM input (x for UP, then the hidden for DOWN), [M*K, max(D, I)]
-  float* cscale;   // their per-128 scales
-  float* h;       // [M*K, I] hidden per sorted position
-  float* y;       // [M*K, D] down output per slot id
-  float* hs;      // shared expert: [M, I] x 2
-  float* ys;      // [M, D]
-};
 
 MoeWs carve(void* ws, int64_t M, int64_t K, int64_t D, int64_t I, int64_t E) {
   uint8_t* p = static_cast<uint8_t*>(ws);
@@ -173,21 +161,6 @@ __global__ void __launch_bounds__(kSortThreads) moe_sort_k(const int32_t* expert
     if (e < 0 || e >= E) continue;
     w.perm[off[e] + atomicAdd(&fill[e], 1)] = int(s);
   }
-}
-
-// One hidden value from its w1 (g) and w3 (u) outputs, as the reference: each rounded to bf16 where the linears'
-// outputs are, the SwiGLU clamp, SiLU(g) * u times the routing weight, then the hidden's own bf16 rounding.
-__device__ __forceinline__ float moe_hidden(const DevMoe& a, float g, float u, float route_w) {
-  if (a.out_bf16) {
-    g = rbf16(g);
-    u = rbf16(u);
-  }
-  if (a.swiglu_limit > 0) {
-    u = clampf(u, -a.swiglu_limit, a.swiglu_limit);
-    g = fminf(g, a.swiglu_limit);
-  }
-  const float hv = g / (1.f + expf(-g)) * u * route_w;
-  return a.round_hidden ? rbf16(hv) : hv;
 }
 
 constexpr int kMoeMaxRows = 8;  // rows of one expert multiplied per pass over its weights
@@ -313,154 +286,6 @@ __global__ void __launch_bounds__(256) moe_gemv_k(DevMoe a, MoeWs w) {
       }
     }
   }
-}
-
-// ---- Prefill (FP8 activations; M > 16 rows, FP4 experts from M > 64): the grouped GEMM on FP8 tensor cores.
-// Block = one 64-row tile of one expert's sorted rows x 128 weight rows: UP takes 64 columns of w1 and the same 64 of w3 (so the SwiGLU is
-// in registers), DOWN 128 columns of w2. FP4 weights are widened to e4m3 on the way into shared memory (every
-// e2m1 value is an e4m3 value); the products accumulate per 32-column step and are promoted to fp32 with the
-// activation's per-128 scale times the weight's scale (per 32 for FP4, per 128 x 128 for FP8), as the reference
-// de-quantizes.
-__device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4(uint32_t nibbles16) {
-  // e2m1 magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 as e4m3 codes, picked by byte permutes (a table lookup per byte);
-  // the sign (nibble bit 3) becomes byte bit 7 by selecting 0x00 or 0x80.
-  const uint32_t mag = __byte_perm(0x3C383000u, 0x4C484440u, nibbles16 & 0x7777u);
-  const uint32_t sgn = __byte_perm(0u, 0x80808080u, (nibbles16 >> 1) & 0x4444u);
-  return mag | sgn;
-}
-
-template <int FMT, bool UP>
-__global__ void __launch_bounds__(256) moe_mma_k(DevMoe a, MoeWs w) {
-  __shared__ __align__(16) uint8_t As[kMmaBM * kMmaLd];
-  __shared__ __align__(16) uint8_t Bs[kMmaBN * kMmaLd];
-  __shared__ float sa[kMmaBM], sw[kMmaBN][4];
-  __shared__ int src_row[kMmaBM];
-  const int tile = int(blockIdx.y);
-  if (tile >= w.tile_off[a.E]) return;
-  int lo = 0, hi = int(a.E);  // the expert whose tiles hold this one: tile_off[e] <= tile < tile_off[e + 1]
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) / 2;
-    if (w.tile_off[mid] <= tile) lo = mid; else hi = mid;
-  }
-  const int e = lo, rb = w.offsets[e] + (tile - w.tile_off[e]) * kMmaBM, r1 = w.offsets[e + 1];
-  const int64_t K = UP ? a.D : a.inter, N = UP ? a.inter : a.D, nkb = K / kMmaBK;
-  const int64_t n0 = int64_t(blockIdx.x) * (UP ? kMmaBN / 2 : kMmaBN);
-  const DevWeight* tw = a.table + int64_t(e) * 3;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wm = warp >> 2, wn = warp & 3;
-  const int gid = lane >> 2, tig = lane & 3;
-  if (threadIdx.x < kMmaBM) {
-    const int r = rb + int(threadIdx.x);
-    src_row[threadIdx.x] = r < r1 ? (UP ? int(int64_t(w.perm[r]) / a.K) : r) : -1;
-  }
-  // Bs row b -> (weight, row): UP rows 0-63 are w1's n0.., rows 64-127 w3's same rows; DOWN w2's n0 + b.
-  auto brow = [&](int b, const DevWeight*& wt) -> int64_t {
-    wt = UP ? &tw[b < 64 ? 0 : 2] : &tw[1];
-    return n0 + (UP ? (b & 63) : b);
-  };
-  // Warp's n8 fragments: UP 2 of w1 + the same 2 of w3 (j = 0, 1 gate; 2, 3 up), DOWN 4 adjacent ones.
-  auto frag_row = [&](int j) { return UP ? (j < 2 ? wn * 16 + j * 8 : 64 + wn * 16 + (j - 2) * 8) : wn * 32 + j * 8; };
-  float acc[2][4][4] = {};
-  __syncthreads();
-  for (int64_t kb = 0; kb < nkb; ++kb) {
-    const int64_t k0 = kb * kMmaBK;
-    for (int i = threadIdx.x; i < kMmaBM * 8; i += 256) {  // A: 8 x 16 B per row, gathered
-      const int r = i >> 3, c = i & 7, sr = src_row[r];
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (sr >= 0) v = *reinterpret_cast<const uint4*>(w.codes + int64_t(sr) * K + k0 + c * 16);
-      *reinterpret_cast<uint4*>(&As[r * kMmaLd + c * 16]) = v;
-    }
-    if (threadIdx.x < kMmaBM) {
-      const int sr = src_row[threadIdx.x];
-      sa[threadIdx.x] = sr >= 0 ? w.cscale[int64_t(sr) * nkb + kb] : 0.f;
-    }
-    if constexpr (FMT == kFP4) {
-      for (int i = threadIdx.x; i < kMmaBN * 4; i += 256) {  // B: 4 x 16 B of FP4 per row -> 4 x 32 B of e4m3
-        const int b = i >> 2, c = i & 3;
-        const DevWeight* wt;
-        const int64_t n = brow(b, wt);
-        uint4 v = make_uint4(0, 0, 0, 0);
-        float sc = 0.f;
-        if (n < N) {
-          v = __ldcs(reinterpret_cast<const uint4*>(wt->data + n * (K / 2) + (k0 + c * 32) / 2));
-          sc = fp4_scale(*wt, n, k0 + c * 32);
-        }
-        const uint32_t r[4] = {v.x, v.y, v.z, v.w};
-        uint4 lo4, hi4;
-        lo4.x = e2m1x4_to_e4m3x4(r[0] & 0xffff), lo4.y = e2m1x4_to_e4m3x4(r[0] >> 16);
-        lo4.z = e2m1x4_to_e4m3x4(r[1] & 0xffff), lo4.w = e2m1x4_to_e4m3x4(r[1] >> 16);
-        hi4.x = e2m1x4_to_e4m3x4(r[2] & 0xffff), hi4.y = e2m1x4_to_e4m3x4(r[2] >> 16);
-        hi4.z = e2m1x4_to_e4m3x4(r[3] & 0xffff), hi4.w = e2m1x4_to_e4m3x4(r[3] >> 16);
-        *reinterpret_cast<uint4*>(&Bs[b * kMmaLd + c * 32]) = lo4;
-        *reinterpret_cast<uint4*>(&Bs[b * kMmaLd + c * 32 + 16]) = hi4;
-        sw[b][c] = sc;
-      }
-    } else {
-      for (int i = threadIdx.x; i < kMmaBN * 8; i += 256) {
-        const int b = i >> 3, c = i & 7;
-        const DevWeight* wt;
-        const int64_t n = brow(b, wt);
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (n < N) v = __ldcs(reinterpret_cast<const uint4*>(wt->data + n * K + k0 + c * 16));
-        *reinterpret_cast<uint4*>(&Bs[b * kMmaLd + c * 16]) = v;
-        if (c < 4) sw[b][c] = n < N ? fp8_scale(*wt, n, k0) : 0.f;
-      }
-    }
-    __syncthreads();
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks) {
-      uint32_t af[2][4], bf[4][2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const uint8_t* p = &As[(wm * 32 + i * 16 + gid) * kMmaLd + ks * 32 + tig * 4];
-        af[i][0] = *reinterpret_cast<const uint32_t*>(p);
-        af[i][1] = *reinterpret_cast<const uint32_t*>(p + 8 * kMmaLd);
-        af[i][2] = *reinterpret_cast<const uint32_t*>(p + 16);
-        af[i][3] = *reinterpret_cast<const uint32_t*>(p + 8 * kMmaLd + 16);
-      }
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const uint8_t* p = &Bs[(frag_row(j) + gid) * kMmaLd + ks * 32 + tig * 4];
-        bf[j][0] = *reinterpret_cast<const uint32_t*>(p);
-        bf[j][1] = *reinterpret_cast<const uint32_t*>(p + 16);
-      }
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          float blk[4] = {0.f, 0.f, 0.f, 0.f};
-          mma_e4m3(blk, af[i], bf[j]);
-#pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const int r = wm * 32 + i * 16 + gid + (q >> 1) * 8, b = frag_row(j) + tig * 2 + (q & 1);
-            acc[i][j][q] += blk[q] * (sa[r] * sw[b][ks]);
-          }
-        }
-    }
-    __syncthreads();
-  }
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int rl = wm * 32 + i * 16 + gid + (q >> 1) * 8, row = rb + rl;
-      if (row >= r1) continue;
-      if constexpr (UP) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int64_t n = n0 + wn * 16 + j * 8 + tig * 2 + (q & 1);
-          if (n >= N) continue;
-          w.h[int64_t(row) * a.inter + n] = moe_hidden(a, acc[i][j][q], acc[i][j + 2][q], a.weights[w.perm[row]]);
-        }
-      } else {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int64_t n = n0 + wn * 32 + j * 8 + tig * 2 + (q & 1);
-          if (n >= N) continue;
-          const float v = acc[i][j][q];
-          w.y[int64_t(w.perm[row]) * a.D + n] = a.out_bf16 ? rbf16(v) : v;
-        }
-      }
-    }
 }
 
 // ---- Decode (M <= 64 rows, FP8 activations, FP4 experts): FP8 tensor cores with no weight staging. The
@@ -664,23 +489,6 @@ void moe_gemv_mt(const Launch& L, const DevMoe& a, const MoeWs& w, unsigned max_
     launch_moe_gemv<FMT, UP, kMoeMaxRows, Q>(L, a, w, max_active);
 }
 
-// The tensor-core path: FP8 activations, FP4 or 128 x 128 block-scaled FP8 experts, 128-aligned widths.
-bool moe_mma_fits(const DevMoe& a) {
-  const bool fmt = a.w1.fmt == kFP4 || (a.w1.fmt == kFP8 && a.w1.block == kMmaBK && a.w2.block == kMmaBK);
-  return a.act_fp8 && a.M > 16 && fmt && a.D % kMmaBK == 0 && a.inter % kMmaBK == 0;
-}
-
-template <int FMT>
-void launch_grouped_mma(const Launch& L, const DevMoe& a, const MoeWs& w) {
-  const unsigned max_tiles = unsigned(cdiv(a.M * a.K, kMmaBM) + std::min<int64_t>(a.E, a.M * a.K));
-  quantize_fp8_codes(L, a.x, a.M, a.D, a.D, w.codes, w.cscale);
-  moe_mma_k<FMT, true><<<dim3(unsigned(cdiv(a.inter, kMmaBN / 2)), max_tiles), 256, 0, L.stream>>>(a, w);
-  DSV4_CUDA_LAUNCHED();
-  quantize_fp8_codes(L, w.h, a.M * a.K, a.inter, a.inter, w.codes, w.cscale);
-  moe_mma_k<FMT, false><<<dim3(unsigned(cdiv(a.D, kMmaBN)), max_tiles), 256, 0, L.stream>>>(a, w);
-  DSV4_CUDA_LAUNCHED();
-}
-
 // Rows up to which the decode kernel (moe_dmma_k) takes FP4 experts; an A/B switch for device runs, read once:
 // DSV4_CUDA_MOE_DECODE_MMA=N sets it (0: the SIMT GEMV at M <= 16 and the grouped GEMM above, as before it).
 // Up to 64 rows a hit expert mostly has 1-4 of them, which the grouped GEMM's 64-row tiles would mostly waste.
@@ -731,8 +539,8 @@ void launch_grouped(const Launch& L, const DevMoe& a, const MoeWs& w, unsigned m
     }
   }
   if constexpr (FMT == kFP4 || FMT == kFP8) {
-    if (moe_mma_fits(a)) {
-      launch_grouped_mma<FMT>(L, a, w);
+    if (moe_gemm_fits(a)) {
+      moe_grouped_gemm(L, a, w);
       return;
     }
   }

@@ -1,0 +1,53 @@
+// What the MoE kernels share (cuda_moe.cu: routing, sorting, the decode kernels, the combine; cuda_moe_gemm.cu:
+// the prefill grouped GEMM): the workspace carved out of the op's scratch, the hidden's epilogue, FP4 widening.
+#pragma once
+#include "kernels/cuda/cuda_common.cuh"
+
+namespace dsv4::cuda {
+
+struct MoeWs {
+  int* offsets;  // [E + 1]
+  int* active;   // [E]
+  int* n_active;  // [1]
+  int* perm;      // [M*K] slot ids (m*K + j) sorted by expert
+  int* tile_off;  // [E + 1] first 64-row tile of each expert (tensor-core path)
+  uint8_t* codes;  // e4m3 codes of the GEMM input (x for UP, then the hidden for DOWN), [M*K, max(D, I)]
+  float* cscale;   // their per-128 scales
+  float* h;       // [M*K, I] hidden per sorted position
+  float* y;       // [M*K, D] down output per slot id
+  float* hs;      // shared expert: [M, I] x 2
+  float* ys;      // [M, D]
+};
+
+// One hidden value from its w1 (g) and w3 (u) outputs, as the reference: each rounded to bf16 where the linears'
+// outputs are, the SwiGLU clamp, SiLU(g) * u times the routing weight, then the hidden's own bf16 rounding.
+__device__ __forceinline__ float moe_hidden(const DevMoe& a, float g, float u, float route_w) {
+  if (a.out_bf16) {
+    g = rbf16(g);
+    u = rbf16(u);
+  }
+  if (a.swiglu_limit > 0) {
+    u = clampf(u, -a.swiglu_limit, a.swiglu_limit);
+    g = fminf(g, a.swiglu_limit);
+  }
+  const float hv = g / (1.f + expf(-g)) * u * route_w;
+  return a.round_hidden ? rbf16(hv) : hv;
+}
+
+// e2m1 -> e4m3 for FP8 tensor cores (every e2m1 value is an e4m3 value).
+__device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4(uint32_t nibbles16) {
+  // e2m1 magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 as e4m3 codes, picked by byte permutes (a table lookup per byte);
+  // the sign (nibble bit 3) becomes byte bit 7 by selecting 0x00 or 0x80.
+  const uint32_t mag = __byte_perm(0x3C383000u, 0x4C484440u, nibbles16 & 0x7777u);
+  const uint32_t sgn = __byte_perm(0u, 0x80808080u, (nibbles16 >> 1) & 0x4444u);
+  return mag | sgn;
+}
+
+
+// The prefill grouped GEMM (cuda_moe_gemm.cu): FP8 activations, M > 16 rows, FP4 or 128 x 128 block-scaled FP8
+// experts, 128-aligned widths. Quantizes x, runs UP (w1, w3 and the SwiGLU into w.h), quantizes the hidden, runs
+// DOWN (w2 into w.y), after moe_sort_k filled w's offsets, tiles and permutation.
+bool moe_gemm_fits(const DevMoe& a);
+void moe_grouped_gemm(const Launch& L, const DevMoe& a, const MoeWs& w);
+
+}  // namespace dsv4::cuda
