@@ -421,9 +421,8 @@ TEST_P(BackendOps, RouteScoreFuncsHashAndBias) {
 // with FP4 and with FP8 experts; M <= 64 with 128-aligned widths and FP4 experts (the decode tensor-core kernel:
 // one and two halves of its 16-row A tile, and at M = 40 experts with more rows than one pass takes).
 // wide_scales: in every third FP4 weight row the second 32-column group of each 128-column block gets a scale 2^13
-// or more above the others, whose values are zeroed so the sums stay exact (CUDA's prefill GEMM rebases a
-// block's four scales to one when they span at most 11 steps and otherwise promotes per 32 columns: both kinds of
-// row then meet in one tile).
+// or more above the others, whose values are zeroed so the sums stay exact (CUDA's prefill GEMM folds every
+// 32-column scale into its widened weights: a scale applied to the wrong group shows).
 struct MoeShape {
   int64_t M, D, I;
   WeightFormat fmt = WeightFormat::FP4Group32;

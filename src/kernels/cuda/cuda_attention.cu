@@ -184,8 +184,10 @@ __global__ void __launch_bounds__(256) attention_k(DevAttention a, int64_t chunk
 // passes over the keys as there: the probabilities are final (and rounded) before P.V.
 constexpr int kTcHeads = 32, kTcKeys = 32, kTcPLd = kTcKeys + 8;
 
+// cvt.rn.bf16x2.f32: one instruction for two values (every value packed here is exactly a bf16 already).
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  return uint32_t(f2bf(lo)) | (uint32_t(f2bf(hi)) << 16);
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
 }
 // Eight values of a key from d (a multiple of 8) into bf16: a step row (f32), an encoded entry, or zeros.
 __device__ __forceinline__ uint4 key8(const DevCodec& c, const float* f, const uint8_t* r, int d) {
@@ -195,9 +197,16 @@ __device__ __forceinline__ uint4 key8(const DevCodec& c, const float* f, const u
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
   } else if (r && c.dtype == 2 && !c.index_key && d < c.dim - c.rope) {
     const int nope = c.dim - c.rope;
+    // The hardware pair conversion (e4m3x2 -> f16x2) instead of a decode per byte: this ran 4 times per key and
+    // row (two passes, two head blocks) and bounded the kernel.
     const float sc = e8m0_to_f32(r[nope + 2 * c.rope + d / 64]);
+    const uint32_t wd[2] = {*reinterpret_cast<const uint32_t*>(r + d), *reinterpret_cast<const uint32_t*>(r + d + 4)};
 #pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = e4m3_to_f32(r[d + i]) * sc;
+    for (int i = 0; i < 2; ++i) {
+      const float2 f0 = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(wd[i] & 0xffff), __NV_E4M3)));
+      const float2 f1 = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(wd[i] >> 16), __NV_E4M3)));
+      v[4 * i] = f0.x * sc, v[4 * i + 1] = f0.y * sc, v[4 * i + 2] = f1.x * sc, v[4 * i + 3] = f1.y * sc;
+    }
   } else if (r) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) v[i] = codec_decode(c, r, d + i);
@@ -208,6 +217,19 @@ __device__ __forceinline__ uint4 key8(const DevCodec& c, const float* f, const u
   return make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]), pack_bf16(v[6], v[7]));
 }
 
+// The raw entries of a tile's keys are copied by cp.async (words of cw bytes) while the previous tile multiplies:
+// the tile's key sources are found one tile ahead. kTcRawBytes holds 32 FP8 entries (584 bytes each), so with the
+// FP8 cache a tile is one stage; larger entries take several stages per tile, of which the first is prefetched.
+// (Staged synchronously, the copies' latency sat between barriers four times per key: ~6 us per tile.)
+constexpr int kTcRawBytes = kTcKeys * 584;
+
+__device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool pred) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(s), "l"(gmem), "r"(pred ? 8 : 0));
+#endif
+}
+
 __global__ void __launch_bounds__(256) attention_tc_k(DevAttention a, int* err) {
   extern __shared__ __align__(16) uint8_t tsm[];
   const int hd = int(a.hd), ld = hd + 8;  // bf16 row pitch: ldmatrix's 8 rows on distinct banks
@@ -216,23 +238,52 @@ __global__ void __launch_bounds__(256) attention_tc_k(DevAttention a, int* err) 
   float* Ss = reinterpret_cast<float*>(Ks + kTcKeys * ld);  // [32 heads][32 keys]
   uint16_t* Ps = reinterpret_cast<uint16_t*>(Ss + kTcHeads * kTcKeys);  // [32 heads][kTcPLd]
   uint8_t* raw = reinterpret_cast<uint8_t*>(Ps + kTcHeads * kTcPLd);
-  __shared__ bool valid[kTcKeys];
-  __shared__ const uint8_t* ksrc[kTcKeys];
-  __shared__ const float* kf[kTcKeys];
+  __shared__ bool valid_b[2][kTcKeys];  // per tile parity: the key sources, found a tile ahead
+  __shared__ const uint8_t* ksrc_b[2][kTcKeys];
+  __shared__ const float* kf_b[2][kTcKeys];
   const int64_t m = blockIdx.x, h0 = int64_t(blockIdx.y) * kTcHeads;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
   const int lq = lane >> 3, lr = lane & 7;
   const int item = a.meta.row_item[m];
   const Item it = item_of(a.meta, item);
   const int64_t p = a.meta.pos[m], W = a.view.window;
-  const int bytes = int(a.view.main.bytes);
+  const DevView& v = a.view;
+  const int bytes = int(v.main.bytes);  // a multiple of 4 (attention_tc); 8-byte words where every entry is aligned
+  auto al8 = [](int64_t x) { return x < 0 || x % 8 == 0; };
+  const bool wide = bytes % 8 == 0 && al8(v.block_bytes) && al8(v.slots_offset) && al8(v.slot_bytes) &&
+                    al8(v.ring_off) && al8(v.comp_off) && reinterpret_cast<uintptr_t>(v.arena) % 8 == 0;
+  const int cw = wide ? 8 : 4, words = bytes / cw;
   int kps = kTcKeys;
-  while (kps > 1 && kps * bytes > kAttnRawBytes) kps /= 2;
+  while (kps > 1 && kps * bytes > kTcRawBytes) kps /= 2;
   const int64_t first = p - W + 1, t0 = first > 0 ? first : 0, nw = p - t0 + 1;
   int64_t nc = 0;
   if (a.view.ratio == 128) nc = (p + 1) / 128;
   if (a.view.ratio == 4) nc = a.n_sel;
-  const int64_t L = nw + nc;
+  const int64_t L = nw + nc, ntiles = (L + kTcKeys - 1) / kTcKeys, T = 2 * ntiles;  // tiles of both passes
+  auto sources = [&](int64_t q, int b) {  // threads < 32: the keys of tile q (either pass)
+    if (threadIdx.x < kTcKeys) {
+      const int e = int(threadIdx.x);
+      const int64_t k = (q % ntiles) * kTcKeys + e;
+      const float* f = nullptr;
+      const uint8_t* src = nullptr;
+      if (k < L) key_source(a, it, item, m, k, t0, nw, &f, &src, err);
+      kf_b[b][e] = f;
+      ksrc_b[b][e] = src;
+      valid_b[b][e] = f || src;
+    }
+  };
+  auto copy = [&](int b, int s0) {  // every thread: cp.async of keys s0 .. s0 + kps of parity b's tile into raw
+    for (int i = threadIdx.x; i < kps * words; i += blockDim.x) {
+      const int e = i / words, c = i - e * words;
+      const uint8_t* src = ksrc_b[b][s0 + e];
+      uint8_t* dst = raw + e * bytes + c * cw;
+      if (cw == 8)
+        cp_async8(dst, src ? src + c * 8 : v.arena, src != nullptr);
+      else
+        cp_async4(dst, src ? src + c * 4 : v.arena, src != nullptr);
+    }
+    cp_async_commit();
+  };
   for (int i = threadIdx.x; i < kTcHeads * hd / 8; i += blockDim.x) {
     const int hl = i / (hd / 8), d = (i - hl * (hd / 8)) * 8;
     const float* src = h0 + hl < a.H ? a.q + (m * a.H + h0 + hl) * hd : nullptr;
@@ -256,29 +307,27 @@ __global__ void __launch_bounds__(256) attention_tc_k(DevAttention a, int* err) 
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[i][j][e] = 0.f;
   const int smi = warp & 1, snj = warp >> 1;  // this warp's S tile: heads 16 smi.., keys 8 snj..
-  for (int pass = 0; pass < 2; ++pass) {
-    for (int64_t k0 = 0; k0 < L; k0 += kTcKeys) {
-      __syncthreads();
-      if (threadIdx.x < kTcKeys) {
-        const int e = int(threadIdx.x);
-        const float* f = nullptr;
-        const uint8_t* src = nullptr;
-        if (k0 + e < L) key_source(a, it, item, m, k0 + e, t0, nw, &f, &src, err);
-        kf[e] = f;
-        ksrc[e] = src;
-        valid[e] = f || src;
+  sources(0, 0);
+  __syncthreads();
+  if (T > 0) copy(0, 0);
+  for (int64_t q = 0; q < T; ++q) {
+    const int pass = int(q / ntiles), b = int(q & 1);
+    const bool* valid = valid_b[b];
+    for (int s0 = 0; s0 < kTcKeys; s0 += kps) {
+      cp_async_wait<0>();
+      __syncthreads();  // this stage's raw bytes landed; the previous tile is done with Ks, Ps and parity b ^ 1
+      if (s0 == 0 && q + 1 < T) sources(q + 1, b ^ 1);
+      for (int i = threadIdx.x; i < kps * hd / 8; i += blockDim.x) {
+        const int e = s0 + i / (hd / 8), d = (i % (hd / 8)) * 8;
+        const uint8_t* r = ksrc_b[b][e] ? raw + (e - s0) * bytes : nullptr;
+        *reinterpret_cast<uint4*>(Ks + e * ld + d) = key8(a.view.main, kf_b[b][e], r, d);
       }
-      __syncthreads();
-      for (int s0 = 0; s0 < kTcKeys; s0 += kps) {
-        stage_rows(ksrc + s0, kps, bytes, raw);
-        __syncthreads();
-        for (int i = threadIdx.x; i < kps * hd / 8; i += blockDim.x) {
-          const int e = s0 + i / (hd / 8), d = (i % (hd / 8)) * 8;
-          const uint8_t* r = ksrc[e] ? raw + (e - s0) * bytes : nullptr;
-          *reinterpret_cast<uint4*>(Ks + e * ld + d) = key8(a.view.main, kf[e], r, d);
-        }
-        __syncthreads();
-      }
+      __syncthreads();  // raw consumed; the next tile's sources visible
+      if (s0 + kps < kTcKeys)
+        copy(b, s0 + kps);
+      else if (q + 1 < T)
+        copy(b ^ 1, 0);  // in flight while this tile multiplies
+    }
       {  // S tile: 16 heads x 8 keys over head_dim, two k16 steps per B load
         float c[4] = {0.f, 0.f, 0.f, 0.f};
         const uint16_t* qa = Qs + (smi * 16 + (lq & 1) * 8 + lr) * ld + (lq >> 1) * 8;
@@ -310,7 +359,7 @@ __global__ void __launch_bounds__(256) attention_tc_k(DevAttention a, int* err) 
           Ps[hl * kTcPLd + lane] = f2bf(pr);
         }
       }
-      if (pass == 0) continue;
+      if (pass == 1) {
       __syncthreads();
 #pragma unroll
       for (int ks = 0; ks < kTcKeys; ks += 16) {  // O += P V: this warp's hd / 8 columns
@@ -321,21 +370,22 @@ __global__ void __launch_bounds__(256) attention_tc_k(DevAttention a, int* err) 
 #pragma unroll
         for (int j = 0; j < 8; j += 2) {
           if (j >= nt) break;
-          uint32_t b[4];
-          ldmatrix_x4_trans(b, vb + j * 8);
+          uint32_t vf[4];
+          ldmatrix_x4_trans(vf, vb + j * 8);
 #pragma unroll
           for (int i = 0; i < 2; ++i) {
-            mma_bf16(o[i][j], pa[i], b);
-            mma_bf16(o[i][j + 1], pa[i], b + 2);
+            mma_bf16(o[i][j], pa[i], vf);
+            mma_bf16(o[i][j + 1], pa[i], vf + 2);
           }
         }
       }
-    }
-    if (pass == 0) {
+      }
+    if (q == ntiles - 1) {  // end of pass 0
 #pragma unroll
       for (int j = 0; j < 4; ++j) inv[j] = 1.f / den[j];
     }
   }
+  cp_async_wait<0>();
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -392,10 +442,10 @@ bool attention_tc_enabled() {
 // machine with (row, 32 heads) blocks (short decode steps split their keys over blocks on the SIMT kernel).
 bool attention_tc(const Launch& L, const DevAttention& a) {
   if (!attention_tc_enabled() || !a.bf16_operands || !a.probs_bf16 || a.bidirectional || a.hd % 128 || a.hd > 512 ||
-      a.meta.M * cdiv(a.H, kTcHeads) < L.num_sms)
+      a.meta.M * cdiv(a.H, kTcHeads) < L.num_sms || a.view.main.bytes % 4 != 0)
     return false;
   const size_t sm = size_t(2 * kTcHeads * (a.hd + 8)) * 2 + size_t(kTcHeads * kTcKeys) * 4 +
-                    size_t(kTcHeads * kTcPLd) * 2 + size_t(std::max<int64_t>(kAttnRawBytes, a.view.main.bytes));
+                    size_t(kTcHeads * kTcPLd) * 2 + size_t(std::max<int64_t>(kTcRawBytes, a.view.main.bytes));
   static unsigned long long attr = 0;
   static int smem_max = 0;
   if (first_on_device(attr)) smem_max = allow_max_dynamic_smem(reinterpret_cast<const void*>(attention_tc_k));

@@ -78,9 +78,17 @@ __global__ void rope_k(float* x, int64_t M, int64_t H, int64_t hd, const int32_t
   }
 }
 
+// 16-byte accesses where x is 16-byte aligned (the scalar form ran at ~0.8 TB/s on an H200): n4 float4s, then
+// the tail.
 __global__ void round_bf16_k(float* x, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    x[i] = rbf16(x[i]);
+  const int64_t n4 = reinterpret_cast<uintptr_t>(x) % 16 == 0 ? n / 4 : 0, stride = int64_t(gridDim.x) * blockDim.x;
+  float4* x4 = reinterpret_cast<float4*>(x);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n4; i += stride) {
+    float4 v = x4[i];
+    v.x = rbf16(v.x), v.y = rbf16(v.y), v.z = rbf16(v.z), v.w = rbf16(v.w);
+    x4[i] = v;
+  }
+  for (int64_t i = n4 * 4 + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride) x[i] = rbf16(x[i]);
 }
 __global__ void scale_k(float* x, int64_t n, float a) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
@@ -425,15 +433,20 @@ void hc_launch(const Launch& L, const float* X, int64_t M, const DevHc& p, bool 
   DSV4_CUDA_LAUNCHED();
 }
 
+// Grid (column blocks, rows): a thread takes column d of row m for every output stream k (no 64-bit division per
+// element, which bounded the flat form at ~1.3 ms for an 8K chunk), each sum in the host's order.
 __global__ void hc_post_k(const float* y, const float* X, const float* post, const float* comb, int64_t M, int hc,
                           int64_t D, float* Xout) {
-  const int64_t n = M * hc * D;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t d = i % D, k = (i / D) % hc, m = i / (D * hc);
+  for (int64_t m = blockIdx.y; m < M; m += gridDim.y) {
     const float* C = comb + m * hc * hc;
-    float o = post[m * hc + k] * y[m * D + d];
-    for (int j = 0; j < hc; ++j) o += C[j * hc + k] * X[(m * hc + j) * D + d];
-    Xout[i] = o;
+    for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x) {
+      const float yv = y[m * D + d];
+      for (int k = 0; k < hc; ++k) {
+        float o = post[m * hc + k] * yv;
+        for (int j = 0; j < hc; ++j) o += C[j * hc + k] * X[(m * hc + j) * D + d];
+        Xout[(m * hc + k) * D + d] = o;
+      }
+    }
   }
 }
 
@@ -510,7 +523,8 @@ void hc_head(const Launch& L, const float* X, int64_t M, const DevHc& p, float* 
 void hc_post(const Launch& L, const float* y, const float* X, const float* post, const float* comb, int64_t M, int hc,
              int64_t D, float* Xout) {
   if (!M) return;
-  hc_post_k<<<grid1d(M * hc * D, 256), 256, 0, L.stream>>>(y, X, post, comb, M, hc, D, Xout);
+  const dim3 grid(grid1d(D, 256), unsigned(M < 65535 ? M : 65535));
+  hc_post_k<<<grid, 256, 0, L.stream>>>(y, X, post, comb, M, hc, D, Xout);
   DSV4_CUDA_LAUNCHED();
 }
 

@@ -136,6 +136,8 @@ void linear(const Launch& L, const LinearCall& c, void* ws);
 // [M, K], and their power-of-two scales [M, K / 128], for the tensor-core kernels.
 void quantize_fp8_codes(const Launch& L, const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* codes,
                         float* scales);
+// The same round trip's values as bf16 (exact: an e4m3 code times a power of two), dense [M, K].
+void quantize_fp8_bf16(const Launch& L, const float* x, int64_t M, int64_t K, int64_t ldx, uint16_t* values);
 
 // ---- KV cache ops, attention, compressor (cuda_kv.cu)
 void window_store(const Launch& L, const float* kv, int64_t hd, const DevMeta& m, const int32_t* snap_item,
@@ -228,6 +230,8 @@ void moe(const Launch& L, const DevMoe& a, void* ws, void* lin_ws);
 void reduce_sum(const Launch& L, const float* x, int64_t n, float* out);
 // Dense FP8 mma.sync loop: returns FLOPs issued (2 * 16 * 8 * 32 per mma); writes a sink value.
 double fp8_mma_peak(const Launch& L, float* sink, int iters);
+// Dense bf16 mma.sync (m16n8k16) loop: FLOPs issued; the native tensor-core rate of the bf16 kernels.
+double bf16_mma_peak(const Launch& L, float* sink, int iters);
 
 }  // namespace dsv4::cuda
 

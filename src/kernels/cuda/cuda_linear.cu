@@ -324,8 +324,10 @@ __global__ void gemm_naive_k(const float* x, int64_t M, int64_t ldx, DevWeight w
 }
 
 // Per-128 FP8 quantization of the rows of each group slice (quant.cpp fp8_roundtrip). One warp per block.
+// Per-128 FP8 round trip of [M, groups x K] into any of: the values (xq), their bf16 copies (xb: exact, an e4m3
+// code times a power of two), the codes and the scales.
 __global__ void quant_k(const float* x, int64_t M, int groups, int64_t K, int64_t ldx, float* xq, uint8_t* codes,
-                        float* scales) {
+                        float* scales, uint16_t* xb = nullptr) {
   const int64_t nb = (K + 127) / 128, total = M * groups * nb;
   const int lane = threadIdx.x & 31;
   for (int64_t wb = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5; wb < total;
@@ -340,6 +342,7 @@ __global__ void quant_k(const float* x, int64_t M, int groups, int64_t K, int64_
     for (int64_t i = b + lane; i < e; i += 32) {
       const uint8_t c = f32_to_e4m3(clampf(src[i] / s, -448.f, 448.f));
       if (xq) xq[dst + i] = e4m3_to_f32(c) * s;
+      if (xb) xb[dst + i] = f2bf(e4m3_to_f32(c) * s);
       if (codes) codes[dst + i] = c;
     }
     if (scales && lane == 0) scales[row * nb + b / 128] = s;
@@ -435,12 +438,21 @@ __global__ void reduce_sum_k(const float4* x, int64_t n4, float* out) {
   if ((threadIdx.x & 31) == 0) atomicAdd(out, s);
 }
 
+// A dense mma loop (8 independent accumulators). FP8: on sm_90 ptxas emulates the e4m3 mma with f16 tensor-core
+// instructions (the conversions of these loop-invariant fragments are hoisted), so there this measures twice the
+// f16 rate, not the FP8 (wgmma-only) peak; BF16: the native m16n8k16.
+template <bool kBf16>
 __global__ void mma_peak_k(float* sink, int iters) {
   uint32_t a[4] = {0x38383838u ^ threadIdx.x, 0x30303030u, 0x38383838u, 0x34343434u}, b[2] = {0x38383838u, 0x3030u};
   float c[8][4] = {};
   for (int it = 0; it < iters; ++it)
 #pragma unroll
-    for (int j = 0; j < 8; ++j) mma_e4m3(c[j], a, b);
+    for (int j = 0; j < 8; ++j) {
+      if constexpr (kBf16)
+        mma_bf16(c[j], a, b);
+      else
+        mma_e4m3(c[j], a, b);
+    }
   float s = 0.f;
 #pragma unroll
   for (int j = 0; j < 8; ++j) s += c[j][0] + c[j][1] + c[j][2] + c[j][3];
@@ -549,6 +561,13 @@ void quantize_fp8_codes(const Launch& L, const float* x, int64_t M, int64_t K, i
                         float* scales) {
   if (!M || !K) return;
   quant_k<<<grid1d(M * cdiv(K, 128) * 32, 256), 256, 0, L.stream>>>(x, M, 1, K, ldx, nullptr, codes, scales);
+  DSV4_CUDA_LAUNCHED();
+}
+
+void quantize_fp8_bf16(const Launch& L, const float* x, int64_t M, int64_t K, int64_t ldx, uint16_t* values) {
+  if (!M || !K) return;
+  quant_k<<<grid1d(M * cdiv(K, 128) * 32, 256), 256, 0, L.stream>>>(x, M, 1, K, ldx, nullptr, nullptr, nullptr,
+                                                                      values);
   DSV4_CUDA_LAUNCHED();
 }
 
@@ -666,9 +685,15 @@ void reduce_sum(const Launch& L, const float* x, int64_t n, float* out) {
 
 double fp8_mma_peak(const Launch& L, float* sink, int iters) {
   const int blocks = L.num_sms * 8, threads = 256;
-  mma_peak_k<<<blocks, threads, 0, L.stream>>>(sink, iters);
+  mma_peak_k<false><<<blocks, threads, 0, L.stream>>>(sink, iters);
   DSV4_CUDA_LAUNCHED();
   return double(blocks) * (threads / 32) * iters * 8 * (2.0 * 16 * 8 * 32);
+}
+double bf16_mma_peak(const Launch& L, float* sink, int iters) {
+  const int blocks = L.num_sms * 8, threads = 256;
+  mma_peak_k<true><<<blocks, threads, 0, L.stream>>>(sink, iters);
+  DSV4_CUDA_LAUNCHED();
+  return double(blocks) * (threads / 32) * iters * 8 * (2.0 * 16 * 8 * 16);
 }
 
 }  // namespace dsv4::cuda

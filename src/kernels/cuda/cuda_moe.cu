@@ -107,7 +107,7 @@ MoeWs carve(void* ws, int64_t M, int64_t K, int64_t D, int64_t I, int64_t E) {
   w.n_active = reinterpret_cast<int*>(take(4));
   w.perm = reinterpret_cast<int*>(take(M * K * 4));
   w.tile_off = reinterpret_cast<int*>(take((E + 1) * 4));
-  w.codes = take(M * K * std::max(D, I));
+  w.codes = take(M * K * std::max(D, I) * 2);  // e4m3 codes (decode) or their bf16 values (prefill GEMM)
   w.cscale = reinterpret_cast<float*>(take(M * K * cdiv(std::max(D, I), 128) * 4));
   w.h = reinterpret_cast<float*>(take(M * K * I * 4));
   w.y = reinterpret_cast<float*>(take(M * K * D * 4));
@@ -565,7 +565,7 @@ void route(const Launch& L, const DevRoute& a) {
 int64_t moe_ws_bytes(int64_t M, int64_t K, int64_t D, int64_t I, int64_t E, int) {
   auto r = [](int64_t b) { return cdiv(b, 256) * 256; };
   // carve()'s areas in its order: offsets, active, n_active, perm, tile_off, codes, ...
-  return r((E + 1) * 4) + r(E * 4) + r(4) + r(M * K * 4) + r((E + 1) * 4) + r(M * K * std::max(D, I)) +
+  return r((E + 1) * 4) + r(E * 4) + r(4) + r(M * K * 4) + r((E + 1) * 4) + r(M * K * std::max(D, I) * 2) +
          r(M * K * cdiv(std::max(D, I), 128) * 4) + r(M * K * I * 4) + r(M * K * D * 4) + r(2 * M * I * 4) +
          r(M * D * 4) + 256;
 }

@@ -11,7 +11,8 @@ struct MoeWs {
   int* n_active;  // [1]
   int* perm;      // [M*K] slot ids (m*K + j) sorted by expert
   int* tile_off;  // [E + 1] first 64-row tile of each expert (tensor-core path)
-  uint8_t* codes;  // e4m3 codes of the GEMM input (x for UP, then the hidden for DOWN), [M*K, max(D, I)]
+  uint8_t* codes;  // the GEMM input (x for UP, then the hidden for DOWN), [M*K, max(D, I)]: e4m3 codes for the
+                   // decode kernels, their bf16 values (2 bytes each) for the prefill GEMM
   float* cscale;   // their per-128 scales
   float* h;       // [M*K, I] hidden per sorted position
   float* y;       // [M*K, D] down output per slot id

@@ -1,17 +1,16 @@
 // Prefill MoE (FP8 activations, M > 16 rows; FP4 experts from M > 64, where the decode kernel stops): the grouped
-// GEMM over rows sorted by expert on FP8 tensor cores (mma.sync m16n8k32 e4m3, every target from sm_89).
+// GEMM over rows sorted by expert, on bf16 tensor cores (mma.sync m16n8k16, native on every target).
 // Block = one 64-row tile of one expert's sorted rows x 128 weight rows: UP takes 64 columns of w1 and the same 64
-// of w3 (the SwiGLU in registers), DOWN 128 columns of w2. K in 128-column blocks, kStages of (gathered activation
-// codes, their scales, raw weight bytes, weight scales) in flight through cp.async, fragments by ldmatrix.
+// of w3 (the SwiGLU in registers), DOWN 128 columns of w2. K in 128-column blocks, kStages of (activations, raw
+// weight bytes, weight scales) in flight through cp.async, fragments by ldmatrix.
 //
-// FP4 experts: each block widens its raw e2m1 tile to e4m3 in shared memory once per K block. Their scales are
-// per 32 columns, which would force a promotion to fp32 after every mma (a multiply and an add per output per
-// k32 step: more issue slots than the mma itself). Instead the four 32-column scales 2^e_g of a weight row's K
-// block are rebased to one, 2^b with b = max e_g - 6, and each group's codes shifted by e_g - b exponent steps
-// (an exact e4m3 code shift for shifts in [-5, 6]: 6 * 2^6 = 384 <= 448, 0.5 * 2^-5 is still normal), so a K
-// block promotes once, as the FP8 linear does. A row whose scales span more than 11 steps keeps its own scales
-// and the block promotes per 32 columns for that K block (exact either way; only the summation order differs
-// from the CPU, as in every tensor-core kernel).
+// Why bf16 and not FP8 mma: on sm_90 `mma.sync ... e4m3` is not a hardware instruction; ptxas emulates it by
+// converting both fragments to f16 in every warp for every mma (CUTLASS#1986), and the v2 kernel measured
+// ALU-bound at 63% issue (ncu) with the tensor pipe mostly idle. Here every operand is exact in bf16 and carries
+// its scale: the activations are the reference's FP8 round-trip values (an e4m3 code times a power of two;
+// quantize_fp8_bf16 writes them once), the weights e2m1 / e4m3 values times their E8M0 scale, widened once per K
+// block per block in shared memory. Products are exact in fp32, nothing is promoted per block, and only the
+// summation order differs from the CPU.
 #include <algorithm>
 
 #include "kernels/cuda/cuda_moe.cuh"
@@ -20,59 +19,83 @@
 namespace dsv4::cuda {
 namespace {
 
-constexpr int kStages = 3, kThreads = 256;
-constexpr int kRawLd = kMmaBK / 2 + 16;  // raw FP4 row pitch: 64 B (+16: ldmatrix-free, but distinct banks)
+constexpr int kStages = 2, kThreads = 256;
+constexpr int kALd = kMmaBK * 2 + 16;    // bf16 row pitch in bytes (+16: ldmatrix rows on distinct banks)
+constexpr int kRawLd = kMmaBK / 2 + 16;  // raw FP4 row pitch in bytes
 
 template <int FMT>
 struct StageLayout {  // byte offsets inside one stage; every area 16-byte aligned
-  static constexpr int a = 0;                                    // A codes [BM][kMmaLd]
-  static constexpr int sa = a + kMmaBM * kMmaLd;                 // A scales [BM] f32
-  static constexpr int b = sa + kMmaBM * 4;                      // B: raw FP4 [BN][kRawLd] or e4m3 [BN][kMmaLd]
-  static constexpr int sb = b + kMmaBN * (FMT == kFP4 ? kRawLd : kMmaLd);  // B scales: 4 E8M0 bytes / f32 per row
+  static constexpr int a = 0;                                                // A bf16 [BM][kALd]
+  static constexpr int b = a + kMmaBM * kALd;                                // B raw: FP4 [BN][kRawLd], FP8 [BN][kMmaLd]
+  static constexpr int sb = b + kMmaBN * (FMT == kFP4 ? kRawLd : kMmaLd);  // B scales: 4 E8M0 bytes / a float per row
   static constexpr int bytes = sb + kMmaBN * 4;
-  // After the stages, FP4 only: the widened B tile and its per-row, per-32-column scales.
-  static constexpr int conv = FMT == kFP4 ? kMmaBN * kMmaLd + kMmaBN * 4 * 4 : 0;
-  static constexpr int total = kStages * bytes + conv;
+  static constexpr int total = kStages * bytes + kMmaBN * kALd;  // + the widened B tile (bf16)
 };
 
-// 4 e2m1 values -> e4m3 codes scaled by 2^shift (shift in [-5, 6], as up / down byte steps of 8 * |shift|):
-// magnitudes by byte permutes, non-zero bytes moved up or down whole exponent steps, the sign last.
-__device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4_shifted(uint32_t nibbles16, uint32_t up, uint32_t down) {
-  uint32_t mag = __byte_perm(0x3C383000u, 0x4C484440u, nibbles16 & 0x7777u);
-  mag = __vsubus4(mag + (__vcmpne4(mag, 0u) & up), down);
-  return mag | __byte_perm(0u, 0x80808080u, (nibbles16 >> 1) & 0x4444u);
+__device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
+  const __nv_bfloat162 r = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+// 2^(e - 127) as a pair of bf16 (E8M0 e; 0 is 2^-127, a bf16 subnormal; 255 NaN).
+__device__ __forceinline__ uint32_t e8m0_bf16x2(uint32_t e) {
+  const uint32_t b = e == 0 ? 0x0040u : e == 255 ? 0x7fc0u : e << 7;
+  return b | (b << 16);
+}
+// 4 e2m1 values (16 bits of nibbles) -> 4 bf16 in two words: the low and high bytes of each magnitude's bf16 by
+// byte permutes (0, .5, 1, 1.5, 2, 3, 4, 6 = 0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0), the
+// sign into the high byte, interleaved, times the scale (exact: a power of two).
+__device__ __forceinline__ void e2m1x4_to_bf16x4(uint32_t nibbles16, uint32_t scale2, uint32_t& w0, uint32_t& w1) {
+  const uint32_t m = nibbles16 & 0x7777u;
+  const uint32_t lo = __byte_perm(0xc0800000u, 0xc0804000u, m);
+  const uint32_t hi = __byte_perm(0x3f3f3f00u, 0x40404040u, m) | __byte_perm(0u, 0x80808080u, (nibbles16 >> 1) & 0x4444u);
+  w0 = bf16x2_mul(__byte_perm(lo, hi, 0x5140u), scale2);
+  w1 = bf16x2_mul(__byte_perm(lo, hi, 0x7362u), scale2);
 }
 
-// Widens this thread's two (row, 32-column group) pieces of stage's raw FP4 tile into Bc / swc; returns whether
-// one of its rows keeps per-group scales (the block then promotes per 32 columns).
-__device__ __forceinline__ bool widen_fp4(const uint8_t* raw, const uint8_t* rsc, uint8_t* Bc, float* swc) {
-  bool wide = false;
+// Widens stage's raw weight tile into Bw (bf16, [BN][kALd]). FP4: this thread's two (row, 32-column group)
+// pieces, rows tid % 8 + 8 (tid / 32) + 64 i, group (tid / 8) % 4: the 8 threads of a 16-byte store phase take 8
+// rows, so their stores (and raw reads) fall on distinct banks. FP8 (E8M0 block scales): four 16-byte chunks,
+// rows tid / 8 + 32 i.
+template <int FMT>
+__device__ __forceinline__ void widen_b(const uint8_t* raw, const uint8_t* rsc, uint8_t* Bw) {
+  const int tid = int(threadIdx.x);
+  if constexpr (FMT == kFP4) {
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int row = int(threadIdx.x >> 2) + 64 * i, g = int(threadIdx.x & 3);
-    const uint32_t e4 = *reinterpret_cast<const uint32_t*>(rsc + row * 4);
-    const int e0 = int(e4 & 255), e1 = int((e4 >> 8) & 255), e2 = int((e4 >> 16) & 255), e3 = int(e4 >> 24);
-    const int mx = max(max(e0, e1), max(e2, e3)), mn = min(min(e0, e1), min(e2, e3)), eg = int((e4 >> (8 * g)) & 255);
-    // Uniform scales need no shift (also zero-filled rows past N); a span of at most 11 rebases exactly.
-    const bool rebase = mx != mn && mx != 255 && mx - mn <= 11 && mx >= 7;
-    wide |= mx != mn && !rebase;
-    const int shift = rebase ? eg - (mx - 6) : 0;
-    const uint32_t up = shift > 0 ? uint32_t(8 * shift) * 0x01010101u : 0u;
-    const uint32_t down = shift < 0 ? uint32_t(-8 * shift) * 0x01010101u : 0u;
-    swc[row * 4 + g] = rebase ? __uint_as_float(uint32_t(mx - 6) << 23) : e8m0_to_f32(uint8_t(eg));
-    const uint4 v = *reinterpret_cast<const uint4*>(raw + row * kRawLd + g * 16);
-    const uint32_t r[4] = {v.x, v.y, v.z, v.w};
-    uint32_t o[8];
+    for (int i = 0; i < 2; ++i) {
+      const int row = (tid & 7) + 8 * (tid >> 5) + 64 * i, g = (tid >> 3) & 3;
+      const uint32_t s2 = e8m0_bf16x2(rsc[row * 4 + g]);
+      const uint4 v = *reinterpret_cast<const uint4*>(raw + row * kRawLd + g * 16);
+      const uint32_t r[4] = {v.x, v.y, v.z, v.w};
+      uint32_t o[16];
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      o[2 * q] = e2m1x4_to_e4m3x4_shifted(r[q] & 0xffffu, up, down);
-      o[2 * q + 1] = e2m1x4_to_e4m3x4_shifted(r[q] >> 16, up, down);
+      for (int q = 0; q < 4; ++q) {
+        e2m1x4_to_bf16x4(r[q] & 0xffffu, s2, o[4 * q], o[4 * q + 1]);
+        e2m1x4_to_bf16x4(r[q] >> 16, s2, o[4 * q + 2], o[4 * q + 3]);
+      }
+      uint4* dst = reinterpret_cast<uint4*>(Bw + row * kALd + g * 64);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) dst[q] = make_uint4(o[4 * q], o[4 * q + 1], o[4 * q + 2], o[4 * q + 3]);
     }
-    uint8_t* dst = Bc + row * kMmaLd + g * 32;
-    *reinterpret_cast<uint4*>(dst) = make_uint4(o[0], o[1], o[2], o[3]);
-    *reinterpret_cast<uint4*>(dst + 16) = make_uint4(o[4], o[5], o[6], o[7]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = (tid >> 3) + 32 * i, c = tid & 7;
+      const uint32_t s2 = e8m0_bf16x2(rsc[row * 4]);  // the row's E8M0 byte, stored as the low byte of its word
+      const uint4 v = *reinterpret_cast<const uint4*>(raw + row * kMmaLd + c * 16);
+      const uint32_t r[4] = {v.x, v.y, v.z, v.w};
+      uint32_t o[8];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float2 f0 = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(r[q] & 0xffff), __NV_E4M3)));
+        const float2 f1 = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(r[q] >> 16), __NV_E4M3)));
+        o[2 * q] = bf16x2_mul(uint32_t(f2bf(f0.x)) | (uint32_t(f2bf(f0.y)) << 16), s2);
+        o[2 * q + 1] = bf16x2_mul(uint32_t(f2bf(f1.x)) | (uint32_t(f2bf(f1.y)) << 16), s2);
+      }
+      uint4* dst = reinterpret_cast<uint4*>(Bw + row * kALd + c * 32);
+      dst[0] = make_uint4(o[0], o[1], o[2], o[3]);
+      dst[1] = make_uint4(o[4], o[5], o[6], o[7]);
+    }
   }
-  return wide;
 }
 
 template <int FMT, bool UP>
@@ -103,18 +126,19 @@ __global__ void __launch_bounds__(kThreads, 2) moe_gemm_k(DevMoe a, MoeWs w) {
     wt = UP ? &tw[b < 64 ? 0 : 2] : &tw[1];
     return n0 + (UP ? (b & 63) : b);
   };
-  // This thread's copies per K block, as sources at K block 0 (a false predicate zero-fills):
-  // A rows tid / 8 + 32 i, 16 B chunk tid % 8; FP4 B rows tid / 4 + 64 i, chunk tid % 4 (FP8: as A, 4 of them);
-  // threads < 64 the activation scale of row tid, threads < 128 the weight scales of row tid.
-  constexpr int kBCh = FMT == kFP4 ? 2 : 4;
-  const uint8_t* asrc[2];
-  bool aok[2];
+  // This thread's copies per K block, as sources at K block 0 (a false predicate zero-fills): A (bf16, 256 B a
+  // row) rows tid / 16 + 16 i, chunk tid % 16; FP4 B rows tid / 4 + 64 i, chunk tid % 4 (FP8: rows tid / 8 + 32 i,
+  // chunk tid % 8); threads < 128 the weight scales of B row tid.
+  const uint16_t* xa = reinterpret_cast<const uint16_t*>(w.codes);
+  const uint8_t* asrc[4];
+  bool aok[4];
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int sr = src_row[(tid >> 3) + 32 * i];
+  for (int i = 0; i < 4; ++i) {
+    const int sr = src_row[(tid >> 4) + 16 * i];
     aok[i] = sr >= 0;
-    asrc[i] = aok[i] ? w.codes + int64_t(sr) * K + (tid & 7) * 16 : w.codes;
+    asrc[i] = reinterpret_cast<const uint8_t*>(aok[i] ? xa + int64_t(sr) * K : xa) + (tid & 15) * 16;
   }
+  constexpr int kBCh = FMT == kFP4 ? 2 : 4;
   const uint8_t* bsrc[kBCh];
   bool bok[kBCh];
 #pragma unroll
@@ -125,52 +149,51 @@ __global__ void __launch_bounds__(kThreads, 2) moe_gemm_k(DevMoe a, MoeWs w) {
     bok[i] = n < N;
     bsrc[i] = !bok[i] ? wt->data : FMT == kFP4 ? wt->data + n * (K / 2) + (tid & 3) * 16 : wt->data + n * K + (tid & 7) * 16;
   }
-  const float* sasrc = nullptr;
   const DevWeight* swt = nullptr;
   int64_t sn = 0;
-  if (tid < kMmaBM && src_row[tid] >= 0) sasrc = w.cscale + int64_t(src_row[tid]) * nkb;
   if (tid < kMmaBN) sn = brow(tid, swt);
   const bool sok = tid < kMmaBN && sn < N;
-  const uint8_t* ssrc = nullptr;  // FP4: the row's E8M0 scales at K block 0
-  if constexpr (FMT == kFP4)
-    if (tid < kMmaBN) ssrc = static_cast<const uint8_t*>(swt->scale) + (sok ? sn * swt->scale_cols : 0);
+  const uint8_t* ssrc = nullptr;  // the row's E8M0 scales at K block 0 (FP4: 4 per K block; FP8: 1)
+  if (tid < kMmaBN) {
+    ssrc = static_cast<const uint8_t*>(swt->scale);
+    if (sok) ssrc += FMT == kFP4 ? sn * swt->scale_cols : ((swt->row0 + sn) >> 7) * swt->scale_cols;
+  }
   auto stage = [&](int s) { return gsm + size_t(s) * SL::bytes; };
   auto load = [&](int64_t kb, int s) {
     uint8_t* st = stage(s);
-    const int64_t k0 = kb * kMmaBK;
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
-      cp_async16(st + SL::a + ((tid >> 3) + 32 * i) * kMmaLd + (tid & 7) * 16, asrc[i] + (aok[i] ? k0 : 0), aok[i]);
-    if (tid < kMmaBM) cp_async4(st + SL::sa + tid * 4, sasrc ? sasrc + kb : w.cscale, sasrc != nullptr);
+    for (int i = 0; i < 4; ++i)
+      cp_async16(st + SL::a + ((tid >> 4) + 16 * i) * kALd + (tid & 15) * 16, asrc[i] + (aok[i] ? kb * kMmaBK * 2 : 0),
+                 aok[i]);
 #pragma unroll
     for (int i = 0; i < kBCh; ++i) {
       if constexpr (FMT == kFP4)
-        cp_async16(st + SL::b + ((tid >> 2) + 64 * i) * kRawLd + (tid & 3) * 16, bsrc[i] + (bok[i] ? k0 / 2 : 0), bok[i]);
+        cp_async16(st + SL::b + ((tid >> 2) + 64 * i) * kRawLd + (tid & 3) * 16, bsrc[i] + (bok[i] ? kb * kMmaBK / 2 : 0),
+                   bok[i]);
       else
-        cp_async16(st + SL::b + ((tid >> 3) + 32 * i) * kMmaLd + (tid & 7) * 16, bsrc[i] + (bok[i] ? k0 : 0), bok[i]);
+        cp_async16(st + SL::b + ((tid >> 3) + 32 * i) * kMmaLd + (tid & 7) * 16, bsrc[i] + (bok[i] ? kb * kMmaBK : 0),
+                   bok[i]);
     }
     if (tid < kMmaBN) {
-      if constexpr (FMT == kFP4) {  // the row's four E8M0 bytes of this K block
+      if constexpr (FMT == kFP4)
         cp_async4(st + SL::sb + tid * 4, ssrc + (sok ? kb * 4 : 0), sok);
-      } else {  // one scale per 128 x 128 block (read after the same barrier as the tiles)
-        reinterpret_cast<float*>(st + SL::sb)[tid] = sok ? fp8_scale(*swt, sn, kb * kMmaBK) : 0.f;
-      }
+      else  // one E8M0 byte per 128 x 128 block, kept as the low byte of the row's word
+        st[SL::sb + tid * 4] = sok ? ssrc[kb] : 0;
     }
   };
-  uint8_t* Bc = gsm + size_t(kStages) * SL::bytes;                  // FP4: widened B
-  float* swc = reinterpret_cast<float*>(Bc + kMmaBN * kMmaLd);      // FP4: [BN][4] scales of the widened B
+  uint8_t* Bw = gsm + size_t(kStages) * SL::bytes;
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < nkb) load(s, s);
     cp_async_commit();
   }
-  // ldmatrix: A matrix q = lane / 8 covers rows (q & 1) * 8 and bytes (q >> 1) * 16 of a 16 x 32 tile; B matrix q
-  // covers rows (q >> 1) * 8 of two adjacent 8-row fragments and bytes (q & 1) * 16. The warp's four n8 fragments:
-  // UP two of w1 and the same two of w3 (j = 0, 1 gate; 2, 3 up), DOWN four adjacent ones.
+  // ldmatrix: A matrix q = lane / 8 covers rows (q & 1) * 8 and bytes (q >> 1) * 16 of a 16 x 16 bf16 tile; B
+  // matrix q covers rows (q >> 1) * 8 of two adjacent 8-row fragments and bytes (q & 1) * 16. The warp's four n8
+  // fragments: UP two of w1 and the same two of w3 (j = 0, 1 gate; 2, 3 up), DOWN four adjacent ones.
   auto frag_row = [&](int j) { return UP ? (j < 2 ? wn * 16 + j * 8 : 64 + wn * 16 + (j - 2) * 8) : wn * 32 + j * 8; };
-  const int a_off = (wm * 32 + (lq & 1) * 8 + lr) * kMmaLd + (lq >> 1) * 16;
-  const int b_off0 = (frag_row(0) + (lq >> 1) * 8 + lr) * kMmaLd + (lq & 1) * 16;
-  const int b_off1 = (frag_row(2) + (lq >> 1) * 8 + lr) * kMmaLd + (lq & 1) * 16;
+  const int a_off = (wm * 32 + (lq & 1) * 8 + lr) * kALd + (lq >> 1) * 16;
+  const int b_off0 = (frag_row(0) + (lq >> 1) * 8 + lr) * kALd + (lq & 1) * 16;
+  const int b_off1 = (frag_row(2) + (lq >> 1) * 8 + lr) * kALd + (lq & 1) * 16;
   float acc[2][4][4] = {};
   for (int64_t kb = 0; kb < nkb; ++kb) {
     cp_async_wait<kStages - 2>();
@@ -181,36 +204,17 @@ __global__ void __launch_bounds__(kThreads, 2) moe_gemm_k(DevMoe a, MoeWs w) {
       cp_async_commit();
     }
     const uint8_t* st = stage(int(kb % kStages));
-    const float* sa = reinterpret_cast<const float*>(st + SL::sa);
-    const uint8_t* Bt;
-    const float* sw;
-    int sw_stride;
-    bool per_group = false;
-    if constexpr (FMT == kFP4) {
-      per_group = __syncthreads_or(widen_fp4(st + SL::b, st + SL::sb, Bc, swc)) != 0;  // also: Bc complete
-      Bt = Bc;
-      sw = swc;
-      sw_stride = 4;
-    } else {
-      Bt = st + SL::b;
-      sw = reinterpret_cast<const float*>(st + SL::sb);
-      sw_stride = 0;  // one scale per row
-    }
-    float rs[2][2];  // this thread's rows' activation scales
+    widen_b<FMT>(st + SL::b, st + SL::sb, Bw);
+    __syncthreads();  // Bw complete
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) rs[i][h] = sa[wm * 32 + i * 16 + gid + h * 8];
-    float blk[2][4][4] = {};
-#pragma unroll 1  // unrolled, the fragments of all four steps stay live and spill
-    for (int ks = 0; ks < 4; ++ks) {
+    for (int ks = 0; ks < kMmaBK * 2; ks += 32) {  // 16 k (32 bytes) per step
       uint32_t af[2][4], bf[4][2];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) ldmatrix_x4(af[i], st + SL::a + a_off + i * 16 * kMmaLd + ks * 32);
+      for (int i = 0; i < 2; ++i) ldmatrix_x4(af[i], st + SL::a + a_off + i * 16 * kALd + ks);
 #pragma unroll
       for (int p = 0; p < 2; ++p) {
         uint32_t r[4];
-        ldmatrix_x4(r, Bt + (p ? b_off1 : b_off0) + ks * 32);
+        ldmatrix_x4(r, Bw + (p ? b_off1 : b_off0) + ks);
         bf[2 * p][0] = r[0];
         bf[2 * p][1] = r[1];
         bf[2 * p + 1][0] = r[2];
@@ -219,23 +223,7 @@ __global__ void __launch_bounds__(kThreads, 2) moe_gemm_k(DevMoe a, MoeWs w) {
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) mma_e4m3(blk[i][j], af[i], bf[j]);
-      if (per_group || ks == 3) {  // promote: the K block's (or, per group, this 32 columns') products
-        const int g = sw_stride ? ks : 0;
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const float cs = sw[(frag_row(j) + tig * 2 + h) * (sw_stride ? sw_stride : 1) + g];
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-              for (int v = 0; v < 2; ++v) {
-                acc[i][j][v * 2 + h] += blk[i][j][v * 2 + h] * (rs[i][v] * cs);
-                blk[i][j][v * 2 + h] = 0.f;
-              }
-          }
-      }
+        for (int j = 0; j < 4; ++j) mma_bf16(acc[i][j], af[i], bf[j]);
     }
   }
   cp_async_wait<0>();
@@ -281,16 +269,19 @@ template <int FMT>
 void grouped_gemm(const Launch& L, const DevMoe& a, const MoeWs& w) {
   const unsigned max_tiles = unsigned(cdiv(a.M * a.K, kMmaBM) + std::min<int64_t>(a.E, a.M * a.K));
   DSV4_CUDA_REQUIRE(max_tiles < 65536u, "moe on CUDA: too many rows for the grouped GEMM's grid");
-  quantize_fp8_codes(L, a.x, a.M, a.D, a.D, w.codes, w.cscale);
+  uint16_t* xb = reinterpret_cast<uint16_t*>(w.codes);
+  quantize_fp8_bf16(L, a.x, a.M, a.D, a.D, xb);
   launch_half<FMT, true>(L, a, w, max_tiles);
-  quantize_fp8_codes(L, w.h, a.M * a.K, a.inter, a.inter, w.codes, w.cscale);
+  quantize_fp8_bf16(L, w.h, a.M * a.K, a.inter, a.inter, xb);
   launch_half<FMT, false>(L, a, w, max_tiles);
 }
 
 }  // namespace
 
 bool moe_gemm_fits(const DevMoe& a) {
-  const bool fmt = a.w1.fmt == kFP4 || (a.w1.fmt == kFP8 && a.w1.block == kMmaBK && a.w2.block == kMmaBK);
+  // FP8 experts need E8M0 scales (a power of two keeps the widened bf16 weights exact).
+  const bool fmt = a.w1.fmt == kFP4 || (a.w1.fmt == kFP8 && a.w1.block == kMmaBK && a.w2.block == kMmaBK &&
+                                        !a.w1.scale_f32 && !a.w2.scale_f32 && !a.w3.scale_f32);
   auto aligned4 = [](const DevWeight& x) { return reinterpret_cast<uintptr_t>(x.scale) % 4 == 0; };
   return a.act_fp8 && a.M > 16 && fmt && a.D % kMmaBK == 0 && a.inter % kMmaBK == 0 &&
          (a.w1.fmt != kFP4 || (aligned4(a.w1) && aligned4(a.w2) && aligned4(a.w3)));
