@@ -284,18 +284,22 @@ TEST_P(BackendOps, IndexTopkTilesEqualThePlainPath) {
     for (int mode = 0; mode < 3; ++mode) {  // 0: random floats, 1: small integers (many ties), 2: all keys equal
       if (guard && dt != KvDtype::FP8) continue;
       Rng r(29 + mode);
-      ref::Arena a = random_arena(r, 4, 16, 8, main_codec(dt, 32, 16), index_codec(dt, int(ID)), false, 20, 3, mode > 0);
+      ref::Arena a = random_arena(r, 4, 16, 8, main_codec(dt, 32, 16), index_codec(dt, int(ID)), false, 48, 4, mode > 0);
       if (mode == 2) {
         const int64_t eb = a.shape.index.bytes();
-        for (int blk = 0; blk < 20; ++blk)
+        for (int blk = 0; blk < 48; ++blk)
           for (int j = 0; j < 4; ++j) std::copy_n(a.block(0, a.layer.idx_off), eb, a.block(blk, a.layer.idx_off + j * eb));
       }
-      std::vector<int> b3, b19;
+      std::vector<int> b3, b19, b44;
       for (int x = 3; x < 18; ++x) b3.push_back(x);
       for (int x = 0; x < 19; ++x) b19.push_back(x);
-      ref::Batch b;  // a prefill from 0, a chunk at 200 (up to 60 entries), a decode at 300 (75 entries)
-      b.items = {item(0, 48, 0, 0, {0, 1, 2}), item(200, 40, 48, 1, b3), item(300, 1, 88, 2, b19)};
-      const int64_t M = b.M(), n_max = 301 / 4;
+      for (int x = 0; x < 44; ++x) b44.push_back(x);
+      // A prefill from 0, a chunk at 200 (up to 60 entries), decodes at 300 (75 entries) and at 700 (175 entries:
+      // CUDA scores a row's entries in blocks of 128, so this row takes two)
+      ref::Batch b;
+      b.items = {item(0, 48, 0, 0, {0, 1, 2}), item(200, 40, 48, 1, b3), item(300, 1, 88, 2, b19),
+                 item(700, 1, 89, 3, b44)};
+      const int64_t M = b.M(), n_max = 701 / 4;
       std::vector<float> q(size_t(M * IH * ID)), w(size_t(M * IH));
       for (auto& x : q) x = mode ? float(r.below(5) - 2) : r.uni();
       for (auto& x : w) x = mode ? float(r.below(4)) : r.uni(0.f, 1.f);
