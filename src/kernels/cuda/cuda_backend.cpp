@@ -436,7 +436,7 @@ class CudaBackend final : public Backend {
     d.x = p<float>(a.x);
     d.experts = p<int32_t>(a.experts);
     d.weights = p<float>(a.weights);
-    d.table = expert_table(*a.routed, a.inter, d.D, &d.w1, &d.w2, &d.w3);
+    d.table = expert_table(*a.routed, a.inter, d.D, &d.w1, &d.w2, &d.w3, &d.scales4);
     DevWeight sh[3];
     if (a.shared && a.shared->w1.valid()) {
       sh[0] = dw(a.shared->w1);
@@ -621,8 +621,9 @@ class CudaBackend final : public Backend {
 
   // Device table of the routed experts' DevWeights, built once per expert list (re-uploaded if it changes).
   const DevWeight* expert_table(const std::vector<ExpertWeights>& ex, int64_t inter, int64_t D, DevWeight* w1, DevWeight* w2,
-                                DevWeight* w3) {
+                                DevWeight* w3, bool* scales4) {
     std::vector<DevWeight> host(ex.size() * 3);
+    *scales4 = true;  // the tensor-core MoE kernels copy a weight row's scales 4 bytes at a time
     for (size_t e = 0; e < ex.size(); ++e) {
       host[e * 3] = dw(ex[e].w1);
       host[e * 3 + 1] = dw(ex[e].w2);
@@ -635,6 +636,7 @@ class CudaBackend final : public Backend {
         const int ch = a.fmt == kF32 ? 4 : a.fmt == kBF16 ? 8 : a.fmt == kFP8 ? 16 : 32;
         DSV4_CHECK(reinterpret_cast<uintptr_t>(a.data) % 16 == 0 && a.in % ch == 0 && (a.fmt != kFP8 || a.block % 16 == 0),
                    "not implemented on CUDA: moe with expert weights not 16-byte aligned or in % {} != 0", ch);
+        *scales4 = *scales4 && reinterpret_cast<uintptr_t>(a.scale) % 4 == 0 && a.scale_cols % 4 == 0;
       }
       DSV4_CHECK(host[e * 3].out == inter && host[e * 3].in == D && host[e * 3 + 2].out == inter &&
                      host[e * 3 + 2].in == D && host[e * 3 + 1].out == D && host[e * 3 + 1].in == inter,

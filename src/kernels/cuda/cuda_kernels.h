@@ -215,6 +215,7 @@ struct DevMoe {
   const float* weights = nullptr;
   int64_t M = 0, K = 0, D = 0, inter = 0, E = 0;
   const DevWeight* table = nullptr;  // device array [E * 3]: w1, w2, w3 of each routed expert
+  bool scales4 = false;              // every routed expert's scales 4-byte aligned, with scale_cols % 4 == 0
   DevWeight w1, w2, w3;              // expert 0's (format and shapes shared by all experts)
   const DevWeight* shared = nullptr;  // host array [3] or null
   float swiglu_limit = 0;

@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(kScoreThreads) index_score_k(DevIndexTopk a, i
     }
     __syncthreads();
     const int64_t j = j0 + threadIdx.x;
-    if (threadIdx.x < kScoreKeys && j < n) {
+    if (threadIdx.x < kScoreKeys && j < n && j < a.max_entries) {  // (n > max_entries: topk_k reports it)
       const float* w = a.w + m * IH;
       float acc = 0.f;
       for (int64_t h = 0; h < IH; ++h) acc += w[h] * fmaxf(ds[threadIdx.x * ldd + h], 0.f);
