@@ -168,8 +168,8 @@ int main(int argc, char** argv) {
     const double flops = cuda::fp8_mma_peak(L, sink, 20000);
     const double peak = flops / (tm.stop_us() * 1e-6);
     std::printf("FP8 mma.sync m16n8k32 peak (dense loop): %.0f TFLOP/s\n", peak / 1e12);
-    // On sm_90 the line above is the emulated e4m3 mma (twice the f16 rate); the kernels on bf16 tensor cores
-    // (the MoE prefill GEMM, wo_a) are bounded by this one.
+    // On sm_90 the line above is the emulated e4m3 mma (a loop figure, not a reachable rate); the kernels on bf16
+    // tensor cores (the MoE prefill GEMM, wo_a) are bounded by this one.
     cuda::bf16_mma_peak(L, sink, 1000);
     tm.start();
     const double bflops = cuda::bf16_mma_peak(L, sink, 20000);

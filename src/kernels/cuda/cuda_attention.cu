@@ -184,11 +184,6 @@ __global__ void __launch_bounds__(256) attention_k(DevAttention a, int64_t chunk
 // passes over the keys as there: the probabilities are final (and rounded) before P.V.
 constexpr int kTcHeads = 32, kTcKeys = 32, kTcPLd = kTcKeys + 8;
 
-// cvt.rn.bf16x2.f32: one instruction for two values (every value packed here is exactly a bf16 already).
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
 // Eight values of a key from d (a multiple of 8) into bf16: a step row (f32), an encoded entry, or zeros.
 __device__ __forceinline__ uint4 key8(const DevCodec& c, const float* f, const uint8_t* r, int d) {
   float v[8];
@@ -197,16 +192,10 @@ __device__ __forceinline__ uint4 key8(const DevCodec& c, const float* f, const u
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
   } else if (r && c.dtype == 2 && !c.index_key && d < c.dim - c.rope) {
     const int nope = c.dim - c.rope;
-    // The hardware pair conversion (e4m3x2 -> f16x2) instead of a decode per byte: this ran 4 times per key and
-    // row (two passes, two head blocks) and bounded the kernel.
+    // (A decode per byte here ran 4 times per key and row, two passes x two head blocks, and bounded the kernel.)
     const float sc = e8m0_to_f32(r[nope + 2 * c.rope + d / 64]);
-    const uint32_t wd[2] = {*reinterpret_cast<const uint32_t*>(r + d), *reinterpret_cast<const uint32_t*>(r + d + 4)};
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const float2 f0 = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(wd[i] & 0xffff), __NV_E4M3)));
-      const float2 f1 = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(wd[i] >> 16), __NV_E4M3)));
-      v[4 * i] = f0.x * sc, v[4 * i + 1] = f0.y * sc, v[4 * i + 2] = f1.x * sc, v[4 * i + 3] = f1.y * sc;
-    }
+    e4m3x4_to_f32(*reinterpret_cast<const uint32_t*>(r + d), sc, v);
+    e4m3x4_to_f32(*reinterpret_cast<const uint32_t*>(r + d + 4), sc, v + 4);
   } else if (r) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) v[i] = codec_decode(c, r, d + i);
@@ -222,13 +211,6 @@ __device__ __forceinline__ uint4 key8(const DevCodec& c, const float* f, const u
 // FP8 cache a tile is one stage; larger entries take several stages per tile, of which the first is prefetched.
 // (Staged synchronously, the copies' latency sat between barriers four times per key: ~6 us per tile.)
 constexpr int kTcRawBytes = kTcKeys * 584;
-
-__device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool pred) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(s), "l"(gmem), "r"(pred ? 8 : 0));
-#endif
-}
 
 __global__ void __launch_bounds__(256) attention_tc_k(DevAttention a, int* err) {
   extern __shared__ __align__(16) uint8_t tsm[];

@@ -63,6 +63,11 @@ __device__ __forceinline__ uint16_t f2bf(float f) {
 }
 __device__ __forceinline__ float bf2f(uint16_t h) { return __uint_as_float(uint32_t(h) << 16); }
 __device__ __forceinline__ float rbf16(float f) { return bf2f(f2bf(f)); }
+// Two floats that are bf16 values already, as a bf16 pair (cvt.rn.bf16x2.f32: one instruction).
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
 
 // ---- e4m3
 __device__ __forceinline__ float e4m3_to_f32(uint8_t b) {
@@ -74,6 +79,13 @@ __device__ __forceinline__ float e4m3_to_f32(uint8_t b) {
     return s ? -v : v;
   }
   return __uint_as_float(s | (uint32_t(e - 7 + 127) << 23) | (uint32_t(m) << 20));
+}
+// Four e4m3 codes (a word, byte 0 first) as floats scaled by sc, by the hardware pair conversion (e4m3x2 ->
+// f16x2, exact) instead of a decode per byte.
+__device__ __forceinline__ void e4m3x4_to_f32(uint32_t w, float sc, float* v) {
+  const float2 f0 = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(w & 0xffff), __NV_E4M3)));
+  const float2 f1 = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(w >> 16), __NV_E4M3)));
+  v[0] = f0.x * sc, v[1] = f0.y * sc, v[2] = f1.x * sc, v[3] = f1.y * sc;
 }
 __device__ __forceinline__ uint8_t f32_to_e4m3(float f) {
   if (isnan(f)) return 0x7f;
@@ -159,7 +171,13 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pr
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(pred ? 16 : 0));
 #endif
 }
-// 4 bytes through L1 (the .cg form takes 16 only): per-row scales beside a tile.
+// 8 and 4 bytes through L1 (the .cg form takes 16 only): entries not 16-byte aligned, per-row scales beside a tile.
+__device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool pred) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(s), "l"(gmem), "r"(pred ? 8 : 0));
+#endif
+}
 __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool pred) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));

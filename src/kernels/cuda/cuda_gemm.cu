@@ -236,13 +236,12 @@ __global__ void __launch_bounds__(kThreadsW, 1) gemm_w8_bf16_k(const uint16_t* _
       const uint32_t wv[4] = {raw.x, raw.y, raw.z, raw.w};
       uint32_t o[8];
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(wv[i] >> (16 * h)), __NV_E4M3);
-          const float2 f = __half22float2(__half2(hr));
-          o[2 * i + h] = __byte_perm(__float_as_uint(f.x * sc), __float_as_uint(f.y * sc), 0x7632);
-        }
+      for (int i = 0; i < 4; ++i) {
+        float f[4];
+        e4m3x4_to_f32(wv[i], sc, f);
+        o[2 * i] = __byte_perm(__float_as_uint(f[0]), __float_as_uint(f[1]), 0x7632);
+        o[2 * i + 1] = __byte_perm(__float_as_uint(f[2]), __float_as_uint(f[3]), 0x7632);
+      }
       uint4* dst = reinterpret_cast<uint4*>(Bc + br * kWALd + bq * 16);
       dst[0] = make_uint4(o[0], o[1], o[2], o[3]);
       dst[1] = make_uint4(o[4], o[5], o[6], o[7]);

@@ -288,6 +288,15 @@ __global__ void __launch_bounds__(256) moe_gemv_k(DevMoe a, MoeWs w) {
   }
 }
 
+// e2m1 -> e4m3 for the FP8 tensor cores (every e2m1 value is an e4m3 value).
+__device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4(uint32_t nibbles16) {
+  // e2m1 magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 as e4m3 codes, picked by byte permutes (a table lookup per byte);
+  // the sign (nibble bit 3) becomes byte bit 7 by selecting 0x00 or 0x80.
+  const uint32_t mag = __byte_perm(0x3C383000u, 0x4C484440u, nibbles16 & 0x7777u);
+  const uint32_t sgn = __byte_perm(0u, 0x80808080u, (nibbles16 >> 1) & 0x4444u);
+  return mag | sgn;
+}
+
 // ---- Decode (M <= 64 rows, FP8 activations, FP4 experts): FP8 tensor cores with no weight staging. The
 // expert's rows of activation codes (quantize_fp8_codes) are the A tile in shared memory; each warp streams two
 // 8-row weight fragments (UP: the same 8 columns of w1 and w3, so the SwiGLU stays in registers; DOWN: 16

@@ -1,5 +1,5 @@
 // What the MoE kernels share (cuda_moe.cu: routing, sorting, the decode kernels, the combine; cuda_moe_gemm.cu:
-// the prefill grouped GEMM): the workspace carved out of the op's scratch, the hidden's epilogue, FP4 widening.
+// the prefill grouped GEMM): the workspace carved out of the op's scratch and the hidden's epilogue.
 #pragma once
 #include "kernels/cuda/cuda_common.cuh"
 
@@ -34,16 +34,6 @@ __device__ __forceinline__ float moe_hidden(const DevMoe& a, float g, float u, f
   const float hv = g / (1.f + expf(-g)) * u * route_w;
   return a.round_hidden ? rbf16(hv) : hv;
 }
-
-// e2m1 -> e4m3 for FP8 tensor cores (every e2m1 value is an e4m3 value).
-__device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4(uint32_t nibbles16) {
-  // e2m1 magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 as e4m3 codes, picked by byte permutes (a table lookup per byte);
-  // the sign (nibble bit 3) becomes byte bit 7 by selecting 0x00 or 0x80.
-  const uint32_t mag = __byte_perm(0x3C383000u, 0x4C484440u, nibbles16 & 0x7777u);
-  const uint32_t sgn = __byte_perm(0u, 0x80808080u, (nibbles16 >> 1) & 0x4444u);
-  return mag | sgn;
-}
-
 
 // The prefill grouped GEMM (cuda_moe_gemm.cu): FP8 activations, M > 16 rows, FP4 or 128 x 128 block-scaled FP8
 // experts, 128-aligned widths. Quantizes x, runs UP (w1, w3 and the SwiGLU into w.h), quantizes the hidden, runs

@@ -87,10 +87,10 @@ __device__ __forceinline__ void widen_b(const uint8_t* raw, const uint8_t* rsc, 
       uint32_t o[8];
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        const float2 f0 = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(r[q] & 0xffff), __NV_E4M3)));
-        const float2 f1 = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(r[q] >> 16), __NV_E4M3)));
-        o[2 * q] = bf16x2_mul(uint32_t(f2bf(f0.x)) | (uint32_t(f2bf(f0.y)) << 16), s2);
-        o[2 * q + 1] = bf16x2_mul(uint32_t(f2bf(f1.x)) | (uint32_t(f2bf(f1.y)) << 16), s2);
+        float f[4];
+        e4m3x4_to_f32(r[q], 1.f, f);
+        o[2 * q] = bf16x2_mul(pack_bf16(f[0], f[1]), s2);
+        o[2 * q + 1] = bf16x2_mul(pack_bf16(f[2], f[3]), s2);
       }
       uint4* dst = reinterpret_cast<uint4*>(Bw + row * kALd + c * 32);
       dst[0] = make_uint4(o[0], o[1], o[2], o[3]);

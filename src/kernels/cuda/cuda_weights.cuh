@@ -59,14 +59,7 @@ __device__ __forceinline__ void decode4(const uint4& raw, int s, float sc, float
     v[2] = __uint_as_float(b << 16);
     v[3] = __uint_as_float(b & 0xffff0000u);
   } else if constexpr (FMT == kFP8) {
-    const uint32_t a = r[s];
-    const __half2 lo = __half2(__nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(a & 0xffff), __NV_E4M3));
-    const __half2 hi = __half2(__nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(a >> 16), __NV_E4M3));
-    const float2 f0 = __half22float2(lo), f1 = __half22float2(hi);
-    v[0] = f0.x * sc;
-    v[1] = f0.y * sc;
-    v[2] = f1.x * sc;
-    v[3] = f1.y * sc;
+    e4m3x4_to_f32(r[s], sc, v);
   } else {
     // e2m1 nibble -> fp16 bits (sign to bit 15, exponent/mantissa to bits 11..9) is the value * 2^-14.
     const uint32_t a = (r[s >> 1] >> (16 * (s & 1))) & 0xffffu;  // 2 bytes = 4 nibbles
