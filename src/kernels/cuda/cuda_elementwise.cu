@@ -385,8 +385,9 @@ __global__ void __launch_bounds__(256) hc_mix_k(const float* X, DevHc p, int spl
   const float rs = 1.f / sqrtf(mix[kHcMaxRows] / float(flat) + p.norm_eps);
   if (threadIdx.x < hc) pre[threadIdx.x] = sigm(mix[threadIdx.x] * rs * p.scale[0] + p.base[threadIdx.x]) + p.hc_eps;
   __syncthreads();
-  if (warp == 0) {
-    // The tiny scalar part in warp 0 (every sum in the host's order) while the other warps form y.
+  // Block (m, 0): the tiny scalar part in warp 0 (every sum in the host's order) while the other warps form y;
+  // y's columns are split over gridDim.y blocks (one block's seven warps took ~9 us of load latency at M = 1).
+  if (warp == 0 && blockIdx.y == 0) {
     if (!kHead) {
       if (lane < hc) post[m * hc + lane] = 2.f * sigm(mix[hc + lane] * rs * p.scale[1] + p.base[hc + lane]);
       if (hc == 4)
@@ -396,7 +397,24 @@ __global__ void __launch_bounds__(256) hc_mix_k(const float* X, DevHc p, int spl
     }
     return;
   }
-  for (int64_t d = threadIdx.x - 32; d < p.D; d += blockDim.x - 32) {
+  const int64_t ny = gridDim.y, per = (p.D + ny - 1) / ny, d0 = int64_t(blockIdx.y) * per;
+  const int64_t d1 = d0 + per < p.D ? d0 + per : p.D;
+  const int t0 = blockIdx.y == 0 ? 32 : 0, nt = int(blockDim.x) - t0;
+  if (p.D % 4 == 0 && per % 4 == 0) {  // four columns per thread, every stream's load in flight
+    for (int64_t d = d0 + 4 * (int64_t(threadIdx.x) - t0); d < d1; d += 4 * int64_t(nt)) {
+      float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int h = 0; h < hc; ++h) {
+        const float4 v = *reinterpret_cast<const float4*>(xf + h * p.D + d);
+        a.x += pre[h] * v.x;
+        a.y += pre[h] * v.y;
+        a.z += pre[h] * v.z;
+        a.w += pre[h] * v.w;
+      }
+      *reinterpret_cast<float4*>(y + m * p.D + d) = a;
+    }
+    return;
+  }
+  for (int64_t d = d0 + threadIdx.x - t0; d < d1; d += nt) {
     float a = 0;
     for (int h = 0; h < hc; ++h) a += pre[h] * xf[h * p.D + d];
     y[m * p.D + d] = a;
@@ -426,10 +444,13 @@ void hc_launch(const Launch& L, const float* X, int64_t M, const DevHc& p, bool 
     hc_dots_k<<<dim3(unsigned(splits), unsigned(M)), 128, 0, L.stream>>>(X, p, rows, splits, chunk, part);
   }
   DSV4_CUDA_LAUNCHED();
+  // y's column blocks: ~1024 columns each (a float4 per thread), fewer once the rows fill the device.
+  const int64_t ys = std::max<int64_t>(1, std::min<int64_t>(cdiv(p.D, 1024), cdiv(2 * L.num_sms, M)));
+  const dim3 grid{unsigned(M), unsigned(ys)};
   if (head)
-    hc_mix_k<true><<<unsigned(M), 256, 0, L.stream>>>(X, p, splits, part, y, nullptr, nullptr);
+    hc_mix_k<true><<<grid, 256, 0, L.stream>>>(X, p, splits, part, y, nullptr, nullptr);
   else
-    hc_mix_k<false><<<unsigned(M), 256, 0, L.stream>>>(X, p, splits, part, y, post, comb);
+    hc_mix_k<false><<<grid, 256, 0, L.stream>>>(X, p, splits, part, y, post, comb);
   DSV4_CUDA_LAUNCHED();
 }
 

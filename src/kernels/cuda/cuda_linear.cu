@@ -114,23 +114,39 @@ __global__ void __launch_bounds__(256) gemv_k(const float* __restrict__ x, int64
     fetch(ntile, nstep, item + 1 < n_items, nxt, nsc);  // the next step's weights in flight while these multiply
     const int64_t c = lane + step * 32;
     if (c < nch) {
+      // A chunk shares one power-of-two scale (FP8: 128 x 128 blocks, FP4: 32 columns), so at few rows its
+      // products are summed unscaled and scaled once per chunk (exactly the same products; a multiply per
+      // weight was a quarter of the ALU work of a weight-streaming kernel).
+      constexpr bool kChunkScale = (FMT == kFP8 || FMT == kFP4) && MT <= 4;
+      float cs[R][MT];
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int m = 0; m < MT; ++m) cs[r][m] = 0.f;
 #pragma unroll
       for (int s = 0; s < CH / 4; ++s) {
         float wv[R][4];
 #pragma unroll
-        for (int r = 0; r < R; ++r) decode4<FMT>(cur[r], s, csc[r], wv[r]);
+        for (int r = 0; r < R; ++r) decode4<FMT>(cur[r], s, kChunkScale ? 1.f : csc[r], wv[r]);
         const float* xp = &xs[(s * NC + c) * 4];
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
           const float4 xv = *reinterpret_cast<const float4*>(xp + m * KR);
 #pragma unroll
           for (int r = 0; r < R; ++r) {
-            acc[r][m] += wv[r][0] * xv.x;
-            acc[r][m] += wv[r][1] * xv.y;
-            acc[r][m] += wv[r][2] * xv.z;
-            acc[r][m] += wv[r][3] * xv.w;
+            float& t = kChunkScale ? cs[r][m] : acc[r][m];
+            t += wv[r][0] * xv.x;
+            t += wv[r][1] * xv.y;
+            t += wv[r][2] * xv.z;
+            t += wv[r][3] * xv.w;
           }
         }
+      }
+      if constexpr (kChunkScale) {
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+          for (int m = 0; m < MT; ++m) acc[r][m] += csc[r] * cs[r][m];
       }
     }
 #pragma unroll

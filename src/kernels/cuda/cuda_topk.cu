@@ -8,14 +8,14 @@
 namespace dsv4::cuda {
 namespace {
 
-constexpr int kScoreThreads = 256, kScoreKeys = 32, kScoreTiles = 4;
+constexpr int kScoreThreads = 256, kScoreKeys = 32, kScoreTiles = 4;  // tiles per block from 16 rows
 
 // Block = (row m, kScoreTiles tiles of 32 entries): the row's query (heads x dim floats, 32 KB at V4-Flash sizes)
 // is loaded once for the block's tiles (once per tile, its reloads were most of the kernel's time: 17 ms for an 8K
 // chunk). Per tile the 32 keys are staged raw (one batch of loads: they sit in different KV blocks) and decoded in
 // shared memory; then lane = entry and warp = 4 heads at a time, each (entry, head) dot summed over the dims in
 // order, and finally per entry the head sum w_h * relu(dot) in head order: the host's orders.
-__global__ void __launch_bounds__(kScoreThreads) index_score_k(DevIndexTopk a, int* err) {
+__global__ void __launch_bounds__(kScoreThreads) index_score_k(DevIndexTopk a, int tiles, int* err) {
   extern __shared__ __align__(16) float sm[];
   const int64_t IH = a.heads, ID = a.dim, ld = ID + 1, ldd = IH + 1;
   float* qs = sm;                       // [IH][ID]
@@ -23,7 +23,7 @@ __global__ void __launch_bounds__(kScoreThreads) index_score_k(DevIndexTopk a, i
   float* ds = ks + kScoreKeys * ld;     // [32][IH + 1] dots
   uint8_t* raw = reinterpret_cast<uint8_t*>(ds + kScoreKeys * ldd);  // [32][index codec bytes]
   __shared__ const uint8_t* src[kScoreKeys];
-  const int64_t m = blockIdx.y, jb = int64_t(blockIdx.x) * kScoreTiles * kScoreKeys;
+  const int64_t m = blockIdx.y, jb = int64_t(blockIdx.x) * tiles * kScoreKeys;
   const int64_t n = (int64_t(a.meta.pos[m]) + 1) / 4;
   if (jb >= n) return;
   const int item = a.meta.row_item[m];
@@ -31,7 +31,7 @@ __global__ void __launch_bounds__(kScoreThreads) index_score_k(DevIndexTopk a, i
   const int bytes = int(v.index.bytes);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   for (int64_t i = threadIdx.x; i < IH * ID; i += blockDim.x) qs[i] = a.q[m * IH * ID + i];
-  for (int t = 0; t < kScoreTiles; ++t) {
+  for (int t = 0; t < tiles; ++t) {
     const int64_t j0 = jb + int64_t(t) * kScoreKeys;
     if (j0 >= n) break;  // uniform over the block
     __syncthreads();     // the previous tile's src, ks and ds are consumed
@@ -186,8 +186,11 @@ void index_topk(const Launch& L, const DevIndexTopk& a) {
   }
   DSV4_CUDA_REQUIRE(sm <= size_t(smem_max), "index_topk on CUDA: heads * dim too large for shared memory");
   if (a.max_entries > 0) {
-    dim3 grid(unsigned(cdiv(a.max_entries, kScoreTiles * kScoreKeys)), unsigned(a.meta.M));
-    index_score_k<<<grid, kScoreThreads, sm, L.stream>>>(a, L.err);
+    // Few rows (decode): a tile per block, so a 1K context's 256 entries take 8 blocks, not 2 (each block's
+    // dots are a serial chain of 64 heads x dim FMAs per lane: 57 us with 4 tiles per block).
+    const int tiles = a.meta.M >= 16 ? kScoreTiles : 1;
+    dim3 grid(unsigned(cdiv(a.max_entries, int64_t(tiles) * kScoreKeys)), unsigned(a.meta.M));
+    index_score_k<<<grid, kScoreThreads, sm, L.stream>>>(a, tiles, L.err);
     DSV4_CUDA_LAUNCHED();
   }
   topk_k<<<unsigned(a.meta.M), kTopkThreads, 0, L.stream>>>(a, L.err);
