@@ -202,11 +202,15 @@ class Backend {
   virtual void embed(const Tensor& tokens, const Tensor& table, int hc, const Tensor& X) = 0;
   // y[M, w.out] = x[M, w.in] . W^T in the weight's own format.
   virtual void linear(const Tensor& x, const LinearWeight& w, const Tensor& y, LinearOpts o) = 0;
+  // bf16_out (rms_norm, rope, hc_pre's y, hc_post): the output rounded to bf16 in the same pass, exactly
+  // round_bf16 after the op; the reference numerics round there, and a separate pass is a launch per tensor.
+  // Overriders repeat the default (defaults bind to the static type).
   // Per row of D values: y = x / sqrt(mean(x^2) + eps) * w (w may be invalid). x == y allowed.
-  virtual void rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps, const Tensor& y) = 0;
+  virtual void rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps, const Tensor& y,
+                        bool bf16_out = false) = 0;
   // Rotates the last 2 * freqs dims of each of the H vectors (hd each) of row m at position pos[m].
-  virtual void rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos, const Tensor& freqs,
-                    bool inverse) = 0;
+  virtual void rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos, const Tensor& freqs, bool inverse,
+                    bool bf16_out = false) = 0;
   // Rounding simulations of the reference numerics (kernels/quant.h has the scalar definitions).
   virtual void round_bf16(const Tensor& x) = 0;
   // FP8 round trip of the first `prefix` values of every row of `row` values, in blocks of `block`.
@@ -220,11 +224,11 @@ class Backend {
   virtual void gather_rows(const Tensor& x, const Tensor& rows, const Tensor& out) = 0;
 
   // HC_pre: X [M, hc, D] -> y [M, D], post [M, hc], comb [M, hc, hc] (Sinkhorn-normalized).
-  virtual void hc_pre(const Tensor& X, const HcParams& p, const Tensor& y, const Tensor& post,
-                      const Tensor& comb) = 0;
+  virtual void hc_pre(const Tensor& X, const HcParams& p, const Tensor& y, const Tensor& post, const Tensor& comb,
+                      bool bf16_out = false) = 0;
   // HC_post: Xout[m, k] = post[m, k] * y[m] + sum_j comb[m, j, k] * X[m, j]. Xout != X.
   virtual void hc_post(const Tensor& y, const Tensor& X, const Tensor& post, const Tensor& comb, int hc,
-                       const Tensor& Xout) = 0;
+                       const Tensor& Xout, bool bf16_out = false) = 0;
   // HyperHead: y[m] = sum_h (sigmoid(mix_h * scale + base_h) + eps) * X[m, h].
   virtual void hc_head(const Tensor& X, const HcParams& p, const Tensor& y) = 0;
 

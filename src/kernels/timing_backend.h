@@ -50,11 +50,11 @@ class TimingBackend final : public Backend {
     timed(std::string("linear/") + weight_format_name(w.fmt) + (x.rows() <= 16 ? "/M<=16" : "/M>16"),
           [&] { in_->linear(x, w, y, o); });
   }
-  void rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps, const Tensor& y) override {
-    timed("rms_norm", [&] { in_->rms_norm(x, D, w, eps, y); });
+  void rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps, const Tensor& y, bool bf16_out = false) override {
+    timed("rms_norm", [&] { in_->rms_norm(x, D, w, eps, y, bf16_out); });
   }
-  void rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos, const Tensor& f, bool inv) override {
-    timed("rope", [&] { in_->rope(x, H, hd, pos, f, inv); });
+  void rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos, const Tensor& f, bool inv, bool bf16_out = false) override {
+    timed("rope", [&] { in_->rope(x, H, hd, pos, f, inv, bf16_out); });
   }
   void round_bf16(const Tensor& x) override { timed("round_bf16", [&] { in_->round_bf16(x); }); }
   void fp8_roundtrip(const Tensor& x, int64_t row, int64_t prefix, int64_t block) override {
@@ -66,12 +66,13 @@ class TimingBackend final : public Backend {
   void gather_rows(const Tensor& x, const Tensor& r, const Tensor& o) override {
     timed("gather_rows", [&] { in_->gather_rows(x, r, o); });
   }
-  void hc_pre(const Tensor& X, const HcParams& p, const Tensor& y, const Tensor& post, const Tensor& comb) override {
-    timed("hc_pre", [&] { in_->hc_pre(X, p, y, post, comb); });
+  void hc_pre(const Tensor& X, const HcParams& p, const Tensor& y, const Tensor& post, const Tensor& comb,
+              bool bf16_out = false) override {
+    timed("hc_pre", [&] { in_->hc_pre(X, p, y, post, comb, bf16_out); });
   }
   void hc_post(const Tensor& y, const Tensor& X, const Tensor& post, const Tensor& comb, int hc,
-               const Tensor& Xout) override {
-    timed("hc_post", [&] { in_->hc_post(y, X, post, comb, hc, Xout); });
+               const Tensor& Xout, bool bf16_out = false) override {
+    timed("hc_post", [&] { in_->hc_post(y, X, post, comb, hc, Xout, bf16_out); });
   }
   void hc_head(const Tensor& X, const HcParams& p, const Tensor& y) override {
     timed("hc_head", [&] { in_->hc_head(X, p, y); });

@@ -58,8 +58,7 @@ void Dsv4Model::dspark_main_x(const Tensor& means, const Tensor& fidx, const Ten
   // Stream 0 of each target layer's means, side by side: row m = [mean_40(m), mean_41(m), mean_42(m)].
   be_.gather_rows(means.view({means.rows() * cfg_.hc_mult, D}), fidx, feat.view({M * nt, D}));
   be_.linear(feat, w_.dspark.main_proj, x, {ref, ref});
-  be_.rms_norm(x, D, w_.dspark.main_norm, float(cfg_.rms_norm_eps), x);
-  round(x);
+  be_.rms_norm(x, D, w_.dspark.main_norm, float(cfg_.rms_norm_eps), x, ref);
 }
 
 void Dsv4Model::dspark_markov(const Tensor& tokens, const Tensor& e, const Tensor& logits) const {

@@ -400,8 +400,8 @@ Tensor Dsv4Model::forward(const StepBatch& batch, KvStorage& kv, Workspace& ws, 
     if (batch.mtp) be_.gather_rows(s.X, s.head_rows, hidden_.rows(hidden_main_rows_, s.d.R));
     be_.hc_head(Xr, hc_params(batch.mtp ? w_.mtp.hc_head : s.dspark_block ? w_.dspark.hc_head : w_.hc_head), yr);
     round(yr);
-    be_.rms_norm(yr, D, batch.mtp ? w_.mtp.norm : s.dspark_block ? w_.dspark.norm : w_.norm, eps, yr);
-    round(yr);
+    be_.rms_norm(yr, D, batch.mtp ? w_.mtp.norm : s.dspark_block ? w_.dspark.norm : w_.norm, eps, yr,
+                 numerics_ == Numerics::Reference);
     be_.linear(yr, w_.head, logits, {});
     if (comm_) {
       Tensor all = s.logits_all.rows(0, int64_t(tp_) * s.d.R);
@@ -422,15 +422,13 @@ void Dsv4Model::block(int l, Step& s) {
   const LayerWeights& L = w_.layers[size_t(l)];
   const int64_t D = cfg_.dim;
   const float eps = float(cfg_.rms_norm_eps);
+  const bool ref = numerics_ == Numerics::Reference;  // bf16 activations between the ops, as the reference
   // Each sub-layer: hyper-connection pre-mix, norm, the sub-layer, post-mix back into the hc streams.
   auto sublayer = [&](const HcWeights& hc, const Tensor& norm, auto&& body) {
-    be_.hc_pre(s.X, hc_params(hc), s.y, s.post, s.comb);
-    round(s.y);
-    be_.rms_norm(s.y, D, norm, eps, s.y);
-    round(s.y);
+    be_.hc_pre(s.X, hc_params(hc), s.y, s.post, s.comb, ref);
+    be_.rms_norm(s.y, D, norm, eps, s.y, ref);
     body(s.y, s.sub);
-    be_.hc_post(s.sub, s.X, s.post, s.comb, cfg_.hc_mult, s.X2);
-    round(s.X2);
+    be_.hc_post(s.sub, s.X, s.post, s.comb, cfg_.hc_mult, s.X2, ref);
     std::swap(s.X, s.X2);
   };
   sublayer(L.hc_attn, L.attn_norm, [&](const Tensor& x, const Tensor& out) { attention(l, s, x, out); });
@@ -462,8 +460,7 @@ void Dsv4Model::mtp_input(Step& s, const StepBatch& batch) {
   const MtpWeights& m = w_.mtp;
   Tensor e = s.y.rows(0, M);
   be_.embed(s.tokens, w_.embed, 1, e);
-  be_.rms_norm(e, D, m.enorm, eps, e);
-  round(e);
+  be_.rms_norm(e, D, m.enorm, eps, e, ref);
   int64_t row0 = 0;
   for (const StepItem& it : batch.items) {  // vLLM masks the token input at position 0
     if (it.start == 0) be_.scale(e.rows(row0, 1), 0.0f);
@@ -521,10 +518,8 @@ void Dsv4Model::compressor(int l, bool indexer, Step& s, const Tensor& x) {
   if (n == 0) return;
   // Entry j covers tokens [j*r, (j+1)*r): normalized, then rotated at the window's first position.
   round(pooled);
-  be_.rms_norm(pooled, cw.d, cw.norm, float(cfg_.rms_norm_eps), pooled);
-  round(pooled);
-  be_.rope(pooled, 1, cw.d, entries.pos, rope_for(l), false);
-  round(pooled);
+  be_.rms_norm(pooled, cw.d, cw.norm, float(cfg_.rms_norm_eps), pooled, numerics_ == Numerics::Reference);
+  be_.rope(pooled, 1, cw.d, entries.pos, rope_for(l), false, numerics_ == Numerics::Reference);
   if (numerics_ == Numerics::Reference) {
     if (indexer) be_.hadamard_fp4(pooled, cw.d);
     else be_.fp8_roundtrip(pooled, cw.d, cfg_.nope_dim(), 64);
@@ -538,10 +533,8 @@ void Dsv4Model::window_kv(int l, Step& s, const Tensor& x) {
   const int64_t hd = cfg_.head_dim;
   const KvLayerView view = s.kv_storage->view(l);
   be_.linear(x, L.wkv, s.kv, {ref, ref});
-  be_.rms_norm(s.kv, hd, L.kv_norm, float(cfg_.rms_norm_eps), s.kv);
-  round(s.kv);
-  be_.rope(s.kv, 1, hd, s.meta.pos, rope_for(l), false);
-  round(s.kv);
+  be_.rms_norm(s.kv, hd, L.kv_norm, float(cfg_.rms_norm_eps), s.kv, ref);
+  be_.rope(s.kv, 1, hd, s.meta.pos, rope_for(l), false, ref);
   if (ref) be_.fp8_roundtrip(s.kv, hd, cfg_.nope_dim(), 64);
   // This step's keys go through the cache's storage format like everything cached, so a value read back from
   // the cache (a later step, a prefix-cache hit) is the value this step used.
@@ -558,13 +551,10 @@ void Dsv4Model::attention(int l, Step& s, const Tensor& x, const Tensor& out) {
   const KvLayerView view = s.kv_storage->view(l);
 
   be_.linear(x, L.wq_a, s.qr, q8);
-  be_.rms_norm(s.qr, cfg_.q_lora_rank, L.q_norm, eps, s.qr);
-  round(s.qr);
+  be_.rms_norm(s.qr, cfg_.q_lora_rank, L.q_norm, eps, s.qr, ref);
   be_.linear(s.qr, L.wq_b, s.q, q8);
-  be_.rms_norm(s.q, hd, Tensor(), eps, s.q);  // per head, unweighted
-  round(s.q);
-  be_.rope(s.q, H, hd, s.meta.pos, rope, false);
-  round(s.q);
+  be_.rms_norm(s.q, hd, Tensor(), eps, s.q, ref);  // per head, unweighted
+  be_.rope(s.q, H, hd, s.meta.pos, rope, false, ref);
   window_kv(l, s, x);
 
   // Indexer selection (ratio 4) needs its compressor's keys first, as in the reference. The indexer is
@@ -574,8 +564,7 @@ void Dsv4Model::attention(int l, Step& s, const Tensor& x, const Tensor& out) {
     compressor(l, true, s, x);
     const int64_t IH = cfg_.index_n_heads, ID = cfg_.index_head_dim;
     be_.linear(s.qr, L.idx_wq_b, s.iq, q8);
-    be_.rope(s.iq, IH, ID, s.meta.pos, rope, false);
-    round(s.iq);
+    be_.rope(s.iq, IH, ID, s.meta.pos, rope, false, ref);
     if (ref) be_.hadamard_fp4(s.iq, ID);
     be_.linear(x, L.idx_weights_proj, s.iw, {false, ref});
     be_.scale(s.iw, float(1.0 / std::sqrt(double(ID)) / std::sqrt(double(IH))));
@@ -615,8 +604,7 @@ void Dsv4Model::attention(int l, Step& s, const Tensor& x, const Tensor& out) {
   if (!s.dspark_block) be_.window_store(s.kv, s.meta, s.snaps, view);
 
   // Remove the value's absolute rotation, then the grouped low-rank output projection.
-  be_.rope(s.o, H, hd, s.meta.pos, rope, true);
-  round(s.o);
+  be_.rope(s.o, H, hd, s.meta.pos, rope, true, ref);
   // bf16 weights in the reference; s.o was rounded to bf16 above in reference numerics.
   be_.linear(s.o, L.wo_a, s.z, {false, ref, cfg_.o_groups / tp_, ref});
   be_.linear(s.z, L.wo_b, out, {ref, ref && !comm_});  // row-parallel: a partial sum per rank

@@ -295,6 +295,71 @@ TEST_P(BackendOps, HyperConnections) {
   }
 }
 
+// bf16_out is exactly round_bf16 after the op, on every backend: rms_norm (in place and not, weighted and not,
+// the CUDA kernel's register and strided widths), rope (both directions; the unrotated dims are rounded too), and
+// hc_pre's y and hc_post at decode and tiled row counts.
+TEST_P(BackendOps, Bf16OutputIsTheOpThenRoundBf16) {
+  Rng r(21);
+  auto same = [&](const Tensor& fused, const Tensor& plain, const std::string& what) {
+    be->round_bf16(plain);
+    const auto a = down<float>(fused), b = down<float>(plain);
+    size_t bad = 0;
+    while (bad < a.size() && (a[bad] == b[bad] || (std::isnan(a[bad]) && std::isnan(b[bad])))) ++bad;
+    EXPECT_EQ(bad, a.size()) << what << ": first difference at " << bad << " of " << a.size() << ": "
+                             << (bad < a.size() ? fmt::format("{} vs {}", a[bad], b[bad]) : "");
+    EXPECT_EQ(a, bf16_values(a)) << what << ": not bf16 values";
+  };
+  for (int64_t D : {int64_t(96), int64_t(4096), int64_t(4100)}) {
+    auto x = r.vec(size_t(3 * D), -3, 3), w = r.vec(size_t(D), 0.5, 1.5);
+    Tensor wt = up(w, DType::F32, {D});
+    for (bool weighted : {true, false}) {
+      Tensor xt = up(x, DType::F32, {3, D}), yf = zeros(DType::F32, {3, D}), yp = zeros(DType::F32, {3, D});
+      be->rms_norm(xt, D, weighted ? wt : Tensor(), 1e-6f, yf, true);
+      be->rms_norm(xt, D, weighted ? wt : Tensor(), 1e-6f, yp);
+      same(yf, yp, fmt::format("rms_norm D {} weighted {}", D, weighted));
+      Tensor xi = up(x, DType::F32, {3, D});
+      be->rms_norm(xi, D, weighted ? wt : Tensor(), 1e-6f, xi, true);
+      same(xi, yp, fmt::format("rms_norm in place D {} weighted {}", D, weighted));
+    }
+  }
+  {
+    const int64_t H = 5, hd = 40;  // rotates the last 16 dims; 24 stay
+    auto t = RopeTable::make(16, 160000, 65536, 16, 32, 1);
+    std::vector<int32_t> pos{0, 3, 70000};
+    const int64_t M = int64_t(pos.size());
+    auto x = r.vec(size_t(M * H * hd), -3, 3);
+    Tensor pt = up(pos, DType::I32, {M}), ft = up(t.freqs, DType::F64, {int64_t(t.freqs.size())});
+    for (bool inv : {false, true}) {
+      Tensor xf = up(x, DType::F32, {M, H, hd}), xp = up(x, DType::F32, {M, H, hd});
+      be->rope(xf, H, hd, pt, ft, inv, true);
+      be->rope(xp, H, hd, pt, ft, inv);
+      same(xf, xp, inv ? "rope inverse" : "rope");
+    }
+  }
+  for (auto [M, D] : {std::pair<int64_t, int>{1, 4096}, {2, 1001}, {70, 333}}) {
+    const int hc = 4;
+    const int64_t rows = (2 + hc) * hc;
+    const double fn_range = 0.5 * std::sqrt(192.0 / double(hc * D) > 1 ? 1 : 192.0 / double(hc * D));
+    HcParams hp;
+    hp.fn = up(r.vec(size_t(rows * hc * D), -fn_range, fn_range), DType::F32, {rows, hc * D});
+    hp.base = up(r.vec(size_t(rows), -1, 1), DType::F32, {rows});
+    hp.scale = up(std::vector<float>{0.7f, 1.3f, 0.5f}, DType::F32, {3});
+    hp.hc = hc;
+    hp.D = D;
+    Tensor Xt = up(r.vec(size_t(M * hc * D), -2, 2), DType::F32, {M, hc, D});
+    Tensor yf = zeros(DType::F32, {M, D}), yp = zeros(DType::F32, {M, D}), post = zeros(DType::F32, {M, hc}),
+           comb = zeros(DType::F32, {M, hc, hc});
+    be->hc_pre(Xt, hp, yf, post, comb, true);
+    be->hc_pre(Xt, hp, yp, post, comb);
+    const std::string at = fmt::format(" M {} D {}", M, D);
+    Tensor Xf = zeros(DType::F32, {M, hc, D}), Xp = zeros(DType::F32, {M, hc, D});
+    be->hc_post(yp, Xt, post, comb, hc, Xf, true);  // before yp is rounded below
+    be->hc_post(yp, Xt, post, comb, hc, Xp);
+    same(yf, yp, "hc_pre y" + at);
+    same(Xf, Xp, "hc_post" + at);
+  }
+}
+
 TEST_P(BackendOps, CountersCountOpsAndTransfers) {
   const auto c0 = be->counters();
   Tensor t = zeros(DType::F32, {8});  // a fill

@@ -58,11 +58,11 @@ class ShadowBackend final : public Backend {
     both(std::string("linear/") + weight_format_name(w.fmt) + (o.act_fp8 ? "/act_fp8" : "") + (o.out_bf16 ? "/out_bf16" : ""),
          [&](Backend& b, bool s) { b.linear(T(x, s), W(w, s), T(y, s), o); }, {y});
   }
-  void rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps, const Tensor& y) override {
-    both("rms_norm", [&](Backend& b, bool s) { b.rms_norm(T(x, s), D, T(w, s), eps, T(y, s)); }, {y});
+  void rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps, const Tensor& y, bool bf16_out = false) override {
+    both("rms_norm", [&](Backend& b, bool s) { b.rms_norm(T(x, s), D, T(w, s), eps, T(y, s), bf16_out); }, {y});
   }
-  void rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos, const Tensor& f, bool inv) override {
-    both("rope", [&](Backend& b, bool s) { b.rope(T(x, s), H, hd, T(pos, s), T(f, s), inv); }, {x});
+  void rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos, const Tensor& f, bool inv, bool bf16_out = false) override {
+    both("rope", [&](Backend& b, bool s) { b.rope(T(x, s), H, hd, T(pos, s), T(f, s), inv, bf16_out); }, {x});
   }
   void round_bf16(const Tensor& x) override { both("round_bf16", [&](Backend& b, bool s) { b.round_bf16(T(x, s)); }, {x}); }
   void fp8_roundtrip(const Tensor& x, int64_t row, int64_t prefix, int64_t block) override {
@@ -78,11 +78,13 @@ class ShadowBackend final : public Backend {
   void gather_rows(const Tensor& x, const Tensor& r, const Tensor& o) override {
     both("gather_rows", [&](Backend& b, bool s) { b.gather_rows(T(x, s), T(r, s), T(o, s)); }, {o});
   }
-  void hc_pre(const Tensor& X, const HcParams& p, const Tensor& y, const Tensor& post, const Tensor& comb) override {
-    both("hc_pre", [&](Backend& b, bool s) { b.hc_pre(T(X, s), H(p, s), T(y, s), T(post, s), T(comb, s)); }, {y, post, comb});
+  void hc_pre(const Tensor& X, const HcParams& p, const Tensor& y, const Tensor& post, const Tensor& comb,
+              bool bf16_out = false) override {
+    both("hc_pre", [&](Backend& b, bool s) { b.hc_pre(T(X, s), H(p, s), T(y, s), T(post, s), T(comb, s), bf16_out); }, {y, post, comb});
   }
-  void hc_post(const Tensor& y, const Tensor& X, const Tensor& post, const Tensor& comb, int hc, const Tensor& Xo) override {
-    both("hc_post", [&](Backend& b, bool s) { b.hc_post(T(y, s), T(X, s), T(post, s), T(comb, s), hc, T(Xo, s)); }, {Xo});
+  void hc_post(const Tensor& y, const Tensor& X, const Tensor& post, const Tensor& comb, int hc, const Tensor& Xo,
+               bool bf16_out = false) override {
+    both("hc_post", [&](Backend& b, bool s) { b.hc_post(T(y, s), T(X, s), T(post, s), T(comb, s), hc, T(Xo, s), bf16_out); }, {Xo});
   }
   void hc_head(const Tensor& X, const HcParams& p, const Tensor& y) override {
     both("hc_head", [&](Backend& b, bool s) { b.hc_head(T(X, s), H(p, s), T(y, s)); }, {y});

@@ -31,11 +31,11 @@ class RouteRecorder final : public Backend {
   void linear(const Tensor& x, const LinearWeight& w, const Tensor& y, LinearOpts o) override {
     fwd([&] { in_->linear(x, w, y, o); });
   }
-  void rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps, const Tensor& y) override {
-    fwd([&] { in_->rms_norm(x, D, w, eps, y); });
+  void rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps, const Tensor& y, bool bf16_out = false) override {
+    fwd([&] { in_->rms_norm(x, D, w, eps, y, bf16_out); });
   }
-  void rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos, const Tensor& f, bool inv) override {
-    fwd([&] { in_->rope(x, H, hd, pos, f, inv); });
+  void rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos, const Tensor& f, bool inv, bool bf16_out = false) override {
+    fwd([&] { in_->rope(x, H, hd, pos, f, inv, bf16_out); });
   }
   void round_bf16(const Tensor& x) override { fwd([&] { in_->round_bf16(x); }); }
   void fp8_roundtrip(const Tensor& x, int64_t r, int64_t p, int64_t b) override {
@@ -45,12 +45,13 @@ class RouteRecorder final : public Backend {
   void kv_roundtrip(const Tensor& x, const KvCodec& c) override { fwd([&] { in_->kv_roundtrip(x, c); }); }
   void scale(const Tensor& x, float a) override { fwd([&] { in_->scale(x, a); }); }
   void gather_rows(const Tensor& x, const Tensor& r, const Tensor& o) override { fwd([&] { in_->gather_rows(x, r, o); }); }
-  void hc_pre(const Tensor& X, const HcParams& p, const Tensor& y, const Tensor& post, const Tensor& comb) override {
-    fwd([&] { in_->hc_pre(X, p, y, post, comb); });
+  void hc_pre(const Tensor& X, const HcParams& p, const Tensor& y, const Tensor& post, const Tensor& comb,
+              bool bf16_out = false) override {
+    fwd([&] { in_->hc_pre(X, p, y, post, comb, bf16_out); });
   }
   void hc_post(const Tensor& y, const Tensor& X, const Tensor& post, const Tensor& comb, int hc,
-               const Tensor& Xo) override {
-    fwd([&] { in_->hc_post(y, X, post, comb, hc, Xo); });
+               const Tensor& Xo, bool bf16_out = false) override {
+    fwd([&] { in_->hc_post(y, X, post, comb, hc, Xo, bf16_out); });
   }
   void hc_head(const Tensor& X, const HcParams& p, const Tensor& y) override { fwd([&] { in_->hc_head(X, p, y); }); }
   void window_store(const Tensor& kv, const BatchMeta& m, const SnapshotList& s, const KvLayerView& v) override {

@@ -218,7 +218,7 @@ void CpuBackend::embed(const Tensor& tokens, const Tensor& table, int hc, const 
   });
 }
 
-void CpuBackend::rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps, const Tensor& y) {
+void CpuBackend::rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps, const Tensor& y, bool bf16_out) {
   auto s = op();
   check_dtype(x, DType::F32, "rms_norm x");
   check_dtype(y, DType::F32, "rms_norm y");
@@ -241,10 +241,11 @@ void CpuBackend::rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps
         for (int64_t i = 0; i < D; ++i) ym[i] = xm[i] * r;
     }
   });
+  if (bf16_out) round_bf16_pass(yp, M * D);
 }
 
-void CpuBackend::rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos, const Tensor& freqs,
-                      bool inverse) {
+void CpuBackend::rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos, const Tensor& freqs, bool inverse,
+                      bool bf16_out) {
   auto s = op();
   check_dtype(x, DType::F32, "rope x");
   check_dtype(pos, DType::I32, "rope pos");
@@ -276,13 +277,14 @@ void CpuBackend::rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos,
       }
     }
   });
+  if (bf16_out) round_bf16_pass(xp, M * H * hd);  // every value, as round_bf16 after rope
 }
 
 void CpuBackend::round_bf16(const Tensor& x) {
   auto s = op();
   check_dtype(x, DType::F32, "round_bf16");
   float* p = ptr<float>(x);
-  parallel_for(x.numel(), 1 << 14, [&](int64_t b, int64_t e) { dsv4::round_bf16(p + b, e - b); });
+  round_bf16_pass(p, x.numel());
 }
 
 void CpuBackend::fp8_roundtrip(const Tensor& x, int64_t row, int64_t prefix, int64_t block) {

@@ -22,7 +22,7 @@ void check_params(const HcParams& p, int rows, int n_scale, const char* what) {
 }  // namespace
 
 void CpuBackend::hc_pre(const Tensor& X, const HcParams& p, const Tensor& y, const Tensor& post,
-                        const Tensor& comb) {
+                        const Tensor& comb, bool bf16_out) {
   auto s = op();
   const int hc = p.hc;
   const int64_t flat = int64_t(hc) * p.D;
@@ -82,10 +82,11 @@ void CpuBackend::hc_pre(const Tensor& X, const HcParams& p, const Tensor& y, con
       }
     }
   });
+  if (bf16_out) round_bf16_pass(yp, M * p.D);
 }
 
 void CpuBackend::hc_post(const Tensor& y, const Tensor& X, const Tensor& post, const Tensor& comb, int hc,
-                         const Tensor& Xout) {
+                         const Tensor& Xout, bool bf16_out) {
   auto s = op();
   check_dtype(y, DType::F32, "hc_post y");
   const int64_t M = post.numel() / hc, D = y.numel() / std::max<int64_t>(M, 1);
@@ -113,6 +114,7 @@ void CpuBackend::hc_post(const Tensor& y, const Tensor& X, const Tensor& post, c
       }
     }
   });
+  if (bf16_out) round_bf16_pass(op_, M * hc * D);
 }
 
 void CpuBackend::hc_head(const Tensor& X, const HcParams& p, const Tensor& y) {

@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "kernels/backend.h"
+#include "kernels/quant.h"
 
 namespace dsv4 {
 namespace cpu {
@@ -20,6 +22,12 @@ inline float dot(const float* a, const float* b, int64_t n) {
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
   return s;
+}
+
+// An op's bf16_out: a pass after the op's own loops, which so stay exactly the code of the unrounded op (with the
+// rounding inside rms_norm's row loop, its outputs differed from rms_norm + round_bf16 by an ulp on x86-64-v3).
+inline void round_bf16_pass(float* p, int64_t n) {
+  parallel_for(n, 1 << 14, [&](int64_t b, int64_t e) { dsv4::round_bf16(p + b, e - b); });
 }
 
 inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
@@ -65,17 +73,20 @@ class CpuBackend final : public Backend {
 
   void embed(const Tensor& tokens, const Tensor& table, int hc, const Tensor& X) override;
   void linear(const Tensor& x, const LinearWeight& w, const Tensor& y, LinearOpts o) override;
-  void rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps, const Tensor& y) override;
-  void rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos, const Tensor& freqs, bool inverse) override;
+  void rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps, const Tensor& y,
+                bool bf16_out = false) override;
+  void rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos, const Tensor& freqs, bool inverse,
+            bool bf16_out = false) override;
   void round_bf16(const Tensor& x) override;
   void fp8_roundtrip(const Tensor& x, int64_t row, int64_t prefix, int64_t block) override;
   void hadamard_fp4(const Tensor& x, int64_t dim) override;
   void kv_roundtrip(const Tensor& x, const KvCodec& codec) override;
   void scale(const Tensor& x, float alpha) override;
   void gather_rows(const Tensor& x, const Tensor& rows, const Tensor& out) override;
-  void hc_pre(const Tensor& X, const HcParams& p, const Tensor& y, const Tensor& post, const Tensor& comb) override;
-  void hc_post(const Tensor& y, const Tensor& X, const Tensor& post, const Tensor& comb, int hc,
-               const Tensor& Xout) override;
+  void hc_pre(const Tensor& X, const HcParams& p, const Tensor& y, const Tensor& post, const Tensor& comb,
+              bool bf16_out = false) override;
+  void hc_post(const Tensor& y, const Tensor& X, const Tensor& post, const Tensor& comb, int hc, const Tensor& Xout,
+               bool bf16_out = false) override;
   void hc_head(const Tensor& X, const HcParams& p, const Tensor& y) override;
   void window_store(const Tensor& kv, const BatchMeta& meta, const SnapshotList& snaps,
                     const KvLayerView& view) override;

@@ -191,16 +191,18 @@ class CudaBackend final : public Backend {
     cuda::linear(L_, c, ws(size_t(linear_ws_bytes(c, L_.num_sms))));
   }
 
-  void rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps, const Tensor& y) override {
+  void rms_norm(const Tensor& x, int64_t D, const Tensor& w, float eps, const Tensor& y,
+                bool bf16_out = false) override {
     op();
     f32(x, "rms_norm x");
     f32(y, "rms_norm y");
     DSV4_CHECK(D > 0 && x.numel() % D == 0 && y.numel() == x.numel(), "rms_norm: {} values in rows of {}", x.numel(), D);
     if (w.valid()) DSV4_CHECK(w.dtype == DType::F32 && w.numel() == D, "rms_norm: weight of {} values, want {}", w.numel(), D);
-    cuda::rms_norm(L_, p<float>(x), x.numel() / D, D, w.valid() ? p<float>(w) : nullptr, eps, p<float>(y));
+    cuda::rms_norm(L_, p<float>(x), x.numel() / D, D, w.valid() ? p<float>(w) : nullptr, eps, p<float>(y), bf16_out);
   }
 
-  void rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos, const Tensor& freqs, bool inverse) override {
+  void rope(const Tensor& x, int64_t H, int64_t hd, const Tensor& pos, const Tensor& freqs, bool inverse,
+            bool bf16_out = false) override {
     op();
     f32(x, "rope x");
     const int64_t M = pos.numel(), half = freqs.numel();
@@ -208,7 +210,8 @@ class CudaBackend final : public Backend {
     DSV4_CHECK(freqs.dtype == DType::F64 || freqs.dtype == DType::F32, "rope: freqs must be F64 or F32");
     DSV4_CHECK(x.numel() == M * H * hd && 2 * half <= hd, "rope: x has {} values, want {} x {} x {} (freqs {})", x.numel(), M,
                H, hd, half);
-    cuda::rope(L_, p<float>(x), M, H, hd, p<int32_t>(pos), p<void>(freqs), freqs.dtype == DType::F64, half, inverse);
+    cuda::rope(L_, p<float>(x), M, H, hd, p<int32_t>(pos), p<void>(freqs), freqs.dtype == DType::F64, half, inverse,
+               bf16_out);
   }
   void round_bf16(const Tensor& x) override {
     op();
@@ -247,24 +250,25 @@ class CudaBackend final : public Backend {
     cuda::gather_rows(L_, p<uint8_t>(x), x.rows(), rb, p<int32_t>(rows), rows.numel(), p<uint8_t>(out));
   }
 
-  void hc_pre(const Tensor& X, const HcParams& hp, const Tensor& y, const Tensor& post, const Tensor& comb) override {
+  void hc_pre(const Tensor& X, const HcParams& hp, const Tensor& y, const Tensor& post, const Tensor& comb,
+              bool bf16_out = false) override {
     op();
     const int64_t M = hc_check(X, hp, 2 + hp.hc, 3);
     DSV4_CHECK(y.numel() == M * hp.D && post.numel() == M * hp.hc && comb.numel() == M * hp.hc * hp.hc,
                "hc_pre: output shapes");
     const cuda::DevHc d = hcp(hp);
     float* part = static_cast<float*>(ws(cuda::hc_ws_bytes(M, d, L_.num_sms)));
-    cuda::hc_pre(L_, p<float>(X), M, d, part, p<float>(y), p<float>(post), p<float>(comb));
+    cuda::hc_pre(L_, p<float>(X), M, d, part, p<float>(y), p<float>(post), p<float>(comb), bf16_out);
   }
-  void hc_post(const Tensor& y, const Tensor& X, const Tensor& post, const Tensor& comb, int hc,
-               const Tensor& Xout) override {
+  void hc_post(const Tensor& y, const Tensor& X, const Tensor& post, const Tensor& comb, int hc, const Tensor& Xout,
+               bool bf16_out = false) override {
     op();
     const int64_t D = y.row_elems(), M = y.rows();
     DSV4_CHECK(X.numel() == M * hc * D && Xout.numel() == X.numel() && post.numel() == M * hc &&
                    comb.numel() == M * hc * hc,
                "hc_post: shapes");
     DSV4_CHECK(X.buf != Xout.buf || X.offset != Xout.offset, "hc_post: Xout must not alias X");
-    cuda::hc_post(L_, p<float>(y), p<float>(X), p<float>(post), p<float>(comb), M, hc, D, p<float>(Xout));
+    cuda::hc_post(L_, p<float>(y), p<float>(X), p<float>(post), p<float>(comb), M, hc, D, p<float>(Xout), bf16_out);
   }
   void hc_head(const Tensor& X, const HcParams& hp, const Tensor& y) override {
     op();

@@ -27,7 +27,7 @@ __global__ void embed_k(const int32_t* tok, int64_t M, const void* table, int bf
 // before the reduction: at decode a norm is one block, so its time is the latency of its dependent load rounds
 // (a strided loop took ~9 us for 4,096 values). Per-thread sums in index order, then block_sum, as before.
 constexpr int kNormPT = 8;
-__global__ void rms_norm_k(const float* x, int64_t D, const float* w, float eps, float* y) {
+__global__ void rms_norm_k(const float* x, int64_t D, const float* w, float eps, float* y, int bf16) {
   __shared__ float sh[32];
   const float* xr = x + blockIdx.x * D;
   float* yr = y + blockIdx.x * D;
@@ -48,7 +48,10 @@ __global__ void rms_norm_k(const float* x, int64_t D, const float* w, float eps,
 #pragma unroll
     for (int j = 0; j < kNormPT; ++j) {
       const int64_t i = threadIdx.x + j * nt;
-      if (i < D) yr[i] = w ? v[j] * r * wv[j] : v[j] * r;
+      if (i < D) {
+        const float o = w ? v[j] * r * wv[j] : v[j] * r;
+        yr[i] = bf16 ? rbf16(o) : o;
+      }
     }
     return;
   }
@@ -56,13 +59,17 @@ __global__ void rms_norm_k(const float* x, int64_t D, const float* w, float eps,
   ss = block_sum(ss, sh);
   const float r = 1.f / sqrtf(ss / float(D) + eps);
   __syncthreads();  // x == y: every read of the sum above is done
-  for (int64_t i = threadIdx.x; i < D; i += nt) yr[i] = w ? xr[i] * r * w[i] : xr[i] * r;
+  for (int64_t i = threadIdx.x; i < D; i += nt) {
+    const float o = w ? xr[i] * r * w[i] : xr[i] * r;
+    yr[i] = bf16 ? rbf16(o) : o;
+  }
 }
 
 // One thread per (row, pair, head lane): the angle in double as the host, then heads hb, hb + hs, ... of the row.
-// hs > 1 spreads a short batch's heads over more threads (one row of 64 heads was one block).
+// hs > 1 spreads a short batch's heads over more threads (one row of 64 heads was one block). bf16: every value of
+// the row rounded (thread i also rounds the unrotated dims i, i + half, ... of its heads).
 __global__ void rope_k(float* x, int64_t M, int64_t H, int64_t hd, const int32_t* pos, const void* freqs, int f64,
-                       int64_t half, int inverse, int64_t hs) {
+                       int64_t half, int inverse, int64_t hs, int bf16) {
   const int64_t mh = M * half, n = mh * hs;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n; t += int64_t(gridDim.x) * blockDim.x) {
     const int64_t hb = t / mh, m = (t % mh) / half, i = t % half;
@@ -72,8 +79,12 @@ __global__ void rope_k(float* x, int64_t M, int64_t H, int64_t hd, const int32_t
     for (int64_t h = hb; h < H; h += hs) {
       float* v = x + (m * H + h) * hd + (hd - 2 * half) + 2 * i;
       const float re = v[0], im = v[1];
-      v[0] = re * c - im * s;
-      v[1] = re * s + im * c;
+      v[0] = bf16 ? rbf16(re * c - im * s) : re * c - im * s;
+      v[1] = bf16 ? rbf16(re * s + im * c) : re * s + im * c;
+      if (bf16) {
+        float* row = x + (m * H + h) * hd;
+        for (int64_t j = i; j < hd - 2 * half; j += half) row[j] = rbf16(row[j]);
+      }
     }
   }
 }
@@ -362,7 +373,7 @@ __device__ __forceinline__ void hc_sinkhorn_warp4(const float* mix, float rs, co
 
 template <bool kHead>
 __global__ void __launch_bounds__(256) hc_mix_k(const float* X, DevHc p, int splits, const float* part, float* y,
-                                                float* post, float* comb) {
+                                                float* post, float* comb, int bf16) {
   __shared__ float mix[kHcMaxRows + 1];
   __shared__ float pre[16];
   const int hc = p.hc;
@@ -410,6 +421,7 @@ __global__ void __launch_bounds__(256) hc_mix_k(const float* X, DevHc p, int spl
         a.z += pre[h] * v.z;
         a.w += pre[h] * v.w;
       }
+      if (bf16) a = make_float4(rbf16(a.x), rbf16(a.y), rbf16(a.z), rbf16(a.w));
       *reinterpret_cast<float4*>(y + m * p.D + d) = a;
     }
     return;
@@ -417,7 +429,7 @@ __global__ void __launch_bounds__(256) hc_mix_k(const float* X, DevHc p, int spl
   for (int64_t d = d0 + threadIdx.x - t0; d < d1; d += nt) {
     float a = 0;
     for (int h = 0; h < hc; ++h) a += pre[h] * xf[h * p.D + d];
-    y[m * p.D + d] = a;
+    y[m * p.D + d] = bf16 ? rbf16(a) : a;
   }
 }
 
@@ -432,7 +444,7 @@ int hc_splits(int64_t M, const DevHc& p, int num_sms) {
 }
 
 void hc_launch(const Launch& L, const float* X, int64_t M, const DevHc& p, bool head, float* part, float* y,
-               float* post, float* comb) {
+               float* post, float* comb, bool bf16_out) {
   DSV4_CUDA_REQUIRE(M < 65536, "hc: too many rows in one call");
   const int rows = head ? p.hc : (2 + p.hc) * p.hc, splits = hc_splits(M, p, L.num_sms);
   const int64_t chunk = cdiv(int64_t(p.hc) * p.D, int64_t(splits));
@@ -448,16 +460,16 @@ void hc_launch(const Launch& L, const float* X, int64_t M, const DevHc& p, bool 
   const int64_t ys = std::max<int64_t>(1, std::min<int64_t>(cdiv(p.D, 1024), cdiv(2 * L.num_sms, M)));
   const dim3 grid{unsigned(M), unsigned(ys)};
   if (head)
-    hc_mix_k<true><<<grid, 256, 0, L.stream>>>(X, p, splits, part, y, nullptr, nullptr);
+    hc_mix_k<true><<<grid, 256, 0, L.stream>>>(X, p, splits, part, y, nullptr, nullptr, bf16_out);
   else
-    hc_mix_k<false><<<grid, 256, 0, L.stream>>>(X, p, splits, part, y, post, comb);
+    hc_mix_k<false><<<grid, 256, 0, L.stream>>>(X, p, splits, part, y, post, comb, bf16_out);
   DSV4_CUDA_LAUNCHED();
 }
 
 // Grid (column blocks, rows): a thread takes column d of row m for every output stream k (no 64-bit division per
 // element, which bounded the flat form at ~1.3 ms for an 8K chunk), each sum in the host's order.
 __global__ void hc_post_k(const float* y, const float* X, const float* post, const float* comb, int64_t M, int hc,
-                          int64_t D, float* Xout) {
+                          int64_t D, float* Xout, int bf16) {
   for (int64_t m = blockIdx.y; m < M; m += gridDim.y) {
     const float* C = comb + m * hc * hc;
     for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x) {
@@ -465,7 +477,7 @@ __global__ void hc_post_k(const float* y, const float* X, const float* post, con
       for (int k = 0; k < hc; ++k) {
         float o = post[m * hc + k] * yv;
         for (int j = 0; j < hc; ++j) o += C[j * hc + k] * X[(m * hc + j) * D + d];
-        Xout[(m * hc + k) * D + d] = o;
+        Xout[(m * hc + k) * D + d] = bf16 ? rbf16(o) : o;
       }
     }
   }
@@ -479,17 +491,21 @@ void embed(const Launch& L, const int32_t* tokens, int64_t M, const void* table,
   embed_k<<<grid1d(M * D, 256), 256, 0, L.stream>>>(tokens, M, table, table_bf16, V, D, hc, X, L.err);
   DSV4_CUDA_LAUNCHED();
 }
-void rms_norm(const Launch& L, const float* x, int64_t rows, int64_t D, const float* w, float eps, float* y) {
+void rms_norm(const Launch& L, const float* x, int64_t rows, int64_t D, const float* w, float eps, float* y,
+              bool bf16_out) {
   if (rows == 0) return;
   DSV4_CUDA_REQUIRE(rows < (1LL << 31), "rms_norm: too many rows");
-  rms_norm_k<<<unsigned(rows), D >= 1024 ? 512 : 128, 0, L.stream>>>(x, D, w, eps, y);
+  rms_norm_k<<<unsigned(rows), D >= 1024 ? 512 : 128, 0, L.stream>>>(x, D, w, eps, y, bf16_out);
   DSV4_CUDA_LAUNCHED();
 }
 void rope(const Launch& L, float* x, int64_t M, int64_t H, int64_t hd, const int32_t* pos, const void* freqs,
-          bool f64, int64_t half, bool inverse) {
-  if (M * half == 0) return;
+          bool f64, int64_t half, bool inverse, bool bf16_out) {
+  if (M * half == 0) {
+    if (bf16_out) round_bf16(L, x, M * H * hd);  // nothing rotates; the values are still rounded
+    return;
+  }
   const int64_t hs = std::min<int64_t>(H, std::max<int64_t>(1, cdiv(8192, M * half)));
-  rope_k<<<grid1d(M * half * hs, 256), 256, 0, L.stream>>>(x, M, H, hd, pos, freqs, f64, half, inverse, hs);
+  rope_k<<<grid1d(M * half * hs, 256), 256, 0, L.stream>>>(x, M, H, hd, pos, freqs, f64, half, inverse, hs, bf16_out);
   DSV4_CUDA_LAUNCHED();
 }
 void round_bf16(const Launch& L, float* x, int64_t n) {
@@ -531,21 +547,22 @@ void gather_rows(const Launch& L, const uint8_t* x, int64_t x_rows, int64_t row_
 size_t hc_ws_bytes(int64_t M, const DevHc& p, int num_sms) {
   return size_t(M) * size_t(hc_splits(M, p, num_sms)) * (kHcMaxRows + 1) * sizeof(float);
 }
-void hc_pre(const Launch& L, const float* X, int64_t M, const DevHc& p, float* ws, float* y, float* post, float* comb) {
+void hc_pre(const Launch& L, const float* X, int64_t M, const DevHc& p, float* ws, float* y, float* post, float* comb,
+            bool bf16_out) {
   if (!M) return;
   DSV4_CUDA_REQUIRE((2 + p.hc) * p.hc <= kHcMaxRows && p.hc <= 16, "hc_pre: hc too large");
-  hc_launch(L, X, M, p, false, ws, y, post, comb);
+  hc_launch(L, X, M, p, false, ws, y, post, comb, bf16_out);
 }
 void hc_head(const Launch& L, const float* X, int64_t M, const DevHc& p, float* ws, float* y) {
   if (!M) return;
   DSV4_CUDA_REQUIRE(p.hc <= 16, "hc_head: hc too large");
-  hc_launch(L, X, M, p, true, ws, y, nullptr, nullptr);
+  hc_launch(L, X, M, p, true, ws, y, nullptr, nullptr, false);
 }
 void hc_post(const Launch& L, const float* y, const float* X, const float* post, const float* comb, int64_t M, int hc,
-             int64_t D, float* Xout) {
+             int64_t D, float* Xout, bool bf16_out) {
   if (!M) return;
   const dim3 grid(grid1d(D, 256), unsigned(M < 65535 ? M : 65535));
-  hc_post_k<<<grid, 256, 0, L.stream>>>(y, X, post, comb, M, hc, D, Xout);
+  hc_post_k<<<grid, 256, 0, L.stream>>>(y, X, post, comb, M, hc, D, Xout, bf16_out);
   DSV4_CUDA_LAUNCHED();
 }
 

@@ -94,9 +94,11 @@ struct Launch {
 // ---- elementwise and row ops (cuda_elementwise.cu)
 void embed(const Launch& L, const int32_t* tokens, int64_t M, const void* table, bool table_bf16, int64_t V,
            int64_t D, int hc, float* X);
-void rms_norm(const Launch& L, const float* x, int64_t rows, int64_t D, const float* w, float eps, float* y);
+// bf16_out: the output rounded to bf16 in the same pass (Backend's bf16_out).
+void rms_norm(const Launch& L, const float* x, int64_t rows, int64_t D, const float* w, float eps, float* y,
+              bool bf16_out);
 void rope(const Launch& L, float* x, int64_t M, int64_t H, int64_t hd, const int32_t* pos, const void* freqs,
-          bool freqs_f64, int64_t half, bool inverse);
+          bool freqs_f64, int64_t half, bool inverse, bool bf16_out);
 void round_bf16(const Launch& L, float* x, int64_t n);
 void scale(const Launch& L, float* x, int64_t n, float alpha);
 void fp8_roundtrip(const Launch& L, float* x, int64_t rows, int64_t row, int64_t prefix, int64_t block);
@@ -113,9 +115,10 @@ struct DevHc {
 };
 // `ws`: hc_ws_bytes(M, p, num_sms) bytes of device scratch for the split mixing dots.
 size_t hc_ws_bytes(int64_t M, const DevHc& p, int num_sms);
-void hc_pre(const Launch& L, const float* X, int64_t M, const DevHc& p, float* ws, float* y, float* post, float* comb);
+void hc_pre(const Launch& L, const float* X, int64_t M, const DevHc& p, float* ws, float* y, float* post, float* comb,
+            bool bf16_out);
 void hc_post(const Launch& L, const float* y, const float* X, const float* post, const float* comb, int64_t M,
-             int hc, int64_t D, float* Xout);
+             int hc, int64_t D, float* Xout, bool bf16_out);
 void hc_head(const Launch& L, const float* X, int64_t M, const DevHc& p, float* ws, float* y);
 
 // ---- linear (cuda_linear.cu). x [M, groups * in] -> y [M, out]. `ws` is device scratch of
