@@ -50,7 +50,8 @@ constexpr int kAttnRawBytes = 12 * 1024;
 // of `chunk` keys: MODE 1 writes each split's (max, denominator) per head; MODE 2 combines them (with the sink) into
 // the final max and denominator, then writes each split's partial P.V; attention_sum_k adds the splits in order.
 template <int MODE>
-__global__ void __launch_bounds__(256) attention_k(DevAttention a, int64_t chunk, float* stats, float* part, int* err) {
+// Two blocks per SM at most (the shared memory), so up to 128 registers (at the default 64, MODE 0 spilled).
+__global__ void __launch_bounds__(256, 2) attention_k(DevAttention a, int64_t chunk, float* stats, float* part, int* err) {
   extern __shared__ __align__(16) float sm[];
   // Row stride hd + 4: lane-per-key float4 reads land on distinct banks per quarter warp (hd % 32 == 0).
   const int64_t hd = a.hd, ld = hd + 4;
@@ -79,10 +80,16 @@ __global__ void __launch_bounds__(256) attention_k(DevAttention a, int64_t chunk
   if (a.view.ratio == 4) nc = a.n_sel;
   const int64_t L = nw + nc;
   const int64_t kb = MODE == 0 ? 0 : sp * chunk, ke = MODE == 0 ? L : min(L, kb + chunk);
-  for (int64_t i = threadIdx.x; i < kAttnHeads * hd; i += blockDim.x) {
-    const int64_t hh = h0 + i / hd;
-    Qs[i] = hh < a.H ? a.q[(m * a.H + hh) * hd + i % hd] : 0.f;
+  // 32-bit index math: 64-bit division is ~70 instructions, and this loop and the key decode below ran one per
+  // element (at decode they were most of the kernel's instructions).
+  const int hdi = int(hd), qpk = hdi / 4;  // hd <= 512: quads of a key
+  for (int i = int(threadIdx.x); i < kAttnHeads * hdi; i += int(blockDim.x)) {
+    const int64_t hh = h0 + i / hdi;
+    Qs[i] = hh < a.H ? a.q[(m * a.H + hh) * hd + i % hdi] : 0.f;
   }
+  const DevCodec& cd = a.view.main;
+  const int nope = cd.dim - cd.rope;
+  const bool fp8 = cd.dtype == 2 && !cd.index_key && bytes % 4 == 0 && nope % 4 == 0;  // word-aligned parts
   const float sink = head_ok ? a.sink[h] : 0.f;
   float mx = MODE == 0 ? sink : -INFINITY, den = MODE == 0 ? 1.f : 0.f;  // MODE 0: the sink's exp(sink - mx)
   float inv = 0.f;
@@ -114,11 +121,28 @@ __global__ void __launch_bounds__(256) attention_k(DevAttention a, int64_t chunk
       for (int s0 = 0; s0 < kAttnTile; s0 += kps) {
         stage_rows(ksrc + s0, kps, bytes, raw);
         __syncthreads();
-        for (int e = s0; e < s0 + kps; ++e) {
+        // Four dims of a key per thread and step: the FP8 entry's e4m3 words by the hardware pair conversion and
+        // its bf16 rope tail two per word (the same values as codec_decode, which the other codecs keep).
+        for (int u = int(threadIdx.x); u < kps * qpk; u += int(blockDim.x)) {
+          const int e = s0 + u / qpk, d = 4 * (u - (e - s0) * qpk);
           const float* f = kf[e];
           const uint8_t* r = ksrc[e] ? raw + (e - s0) * bytes : nullptr;
-          for (int d = int(threadIdx.x); d < int(hd); d += int(blockDim.x))
-            Ks[e * ld + d] = f ? f[d] : r ? codec_decode(a.view.main, r, d) : 0.f;
+          float v[4] = {0.f, 0.f, 0.f, 0.f};
+          if (f) {
+            const float4 x4 = *reinterpret_cast<const float4*>(f + d);
+            v[0] = x4.x, v[1] = x4.y, v[2] = x4.z, v[3] = x4.w;
+          } else if (r && fp8 && d < nope) {  // d % 4 == 0: one 64-wide scale block
+            e4m3x4_to_f32(*reinterpret_cast<const uint32_t*>(r + d), e8m0_to_f32(r[nope + 2 * cd.rope + d / 64]), v);
+          } else if (r && fp8 && d >= nope) {
+            const uint32_t lo = *reinterpret_cast<const uint32_t*>(r + nope + 2 * (d - nope));
+            const uint32_t hi = *reinterpret_cast<const uint32_t*>(r + nope + 2 * (d - nope) + 4);
+            v[0] = bf2f(uint16_t(lo & 0xffff)), v[1] = bf2f(uint16_t(lo >> 16));
+            v[2] = bf2f(uint16_t(hi & 0xffff)), v[3] = bf2f(uint16_t(hi >> 16));
+          } else if (r) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) v[j] = codec_decode(cd, r, d + j);
+          }
+          *reinterpret_cast<float4*>(Ks + e * ld + d) = make_float4(v[0], v[1], v[2], v[3]);
         }
         __syncthreads();
       }
