@@ -494,6 +494,7 @@ void Dsv4Model::compressor(int l, bool indexer, Step& s, const Tensor& x) {
   const CompressorWeights& cw = indexer ? L.idx_compressor : L.compressor;
   const int64_t M = s.d.M, w = int64_t(cw.coff) * cw.d;
   const EntryList& entries = cw.ratio == 4 ? s.e4 : s.e128;
+  const bool ref = numerics_ == Numerics::Reference;
   // The step's u/g tensors are sized for the widest compressor; this one uses the first M * w values.
   Tensor u = leading(indexer ? s.iu : s.u, M, w), g = leading(indexer ? s.ig : s.g, M, w);
   be_.linear(x, cw.wkv, u, {});  // fp32 weights and math, as the reference
@@ -518,9 +519,9 @@ void Dsv4Model::compressor(int l, bool indexer, Step& s, const Tensor& x) {
   if (n == 0) return;
   // Entry j covers tokens [j*r, (j+1)*r): normalized, then rotated at the window's first position.
   round(pooled);
-  be_.rms_norm(pooled, cw.d, cw.norm, float(cfg_.rms_norm_eps), pooled, numerics_ == Numerics::Reference);
-  be_.rope(pooled, 1, cw.d, entries.pos, rope_for(l), false, numerics_ == Numerics::Reference);
-  if (numerics_ == Numerics::Reference) {
+  be_.rms_norm(pooled, cw.d, cw.norm, float(cfg_.rms_norm_eps), pooled, ref);
+  be_.rope(pooled, 1, cw.d, entries.pos, rope_for(l), false, ref);
+  if (ref) {
     if (indexer) be_.hadamard_fp4(pooled, cw.d);
     else be_.fp8_roundtrip(pooled, cw.d, cfg_.nope_dim(), 64);
   }

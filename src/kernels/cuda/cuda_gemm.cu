@@ -209,8 +209,7 @@ __global__ void __launch_bounds__(kThreadsW, 1) gemm_w8_bf16_k(const uint16_t* _
     cp_async16(As + (ar + 64) * kWALd + aq * 8, a1 + (aok1 ? k0 : 0), aok1);
     cp_async16(Bs + br * kWBLd + bq * 16, b0 + (bok ? k0 : 0), bok);
     if (tid < kTN)
-      sw[tid] = !sok ? 0.f : w.scale_f32 ? static_cast<const float*>(w.scale)[sidx + (k0 >> 7)]
-                                         : e8m0_to_f32(static_cast<const uint8_t*>(w.scale)[sidx + (k0 >> 7)]);
+      sw[tid] = !sok ? 0.f : e8m0_to_f32(static_cast<const uint8_t*>(w.scale)[sidx + (k0 >> 7)]);  // fits: E8M0
   };
   float acc[2][4][4] = {};
 #pragma unroll
@@ -307,8 +306,11 @@ void gemm_fp8_tc(const Launch& L, const uint8_t* codes, const float* scales, int
 
 int64_t gemm_w8_bf16_ws_bytes(int64_t M, int groups, const DevWeight& w) { return M * int64_t(groups) * w.in * 2; }
 
+// E8M0 scales only: the kernel widens weight x scale to bf16, exact for a power-of-two scale; an f32 block scale
+// (a requantized checkpoint) would round there, so those weights take the fp32 path.
 bool gemm_w8_bf16_fits(const DevWeight& w, int64_t npg, int groups) {
-  return gemm_fp8_tc_enabled() && w.fmt == kFP8 && w.block == 128 && w.block_shift == 7 && w.in % kWK == 0 &&
+  return gemm_fp8_tc_enabled() && w.fmt == kFP8 && !w.scale_f32 && w.block == 128 && w.block_shift == 7 &&
+         w.in % kWK == 0 &&
          reinterpret_cast<uintptr_t>(w.data) % 16 == 0 && (groups == 1 || npg % kTN == 0);
 }
 
