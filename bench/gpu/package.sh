@@ -6,11 +6,20 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=${BUILD_DIR:-build-gpu}
 [ -f "$B/CMakeCache.txt" ] || cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a
-ninja -C "$B" test_kernels test_model dsv4 cuda_ops_bench forward_bench itl_bench
+# PKG_BINS: which binaries (the carry limit is 64 MiB: xz -9 packs the four largest in about 20 MB, since their
+# kernels are the same bytes). BASELINE_DIR: a build folder of an earlier commit; its forward_bench and
+# cuda_ops_bench come along as *_base, for before/after timings in one device call (bench/gpu/ab_base.sh).
+BINS=${PKG_BINS:-test_kernels test_model dsv4 cuda_ops_bench forward_bench itl_bench}
+read -r -a BINS <<<"$BINS"
+ninja -C "$B" "${BINS[@]}"
 rm -rf gpu-pkg && mkdir -p gpu-pkg/bin gpu-pkg/lib gpu-pkg/shared/fixtures
-for b in test_kernels test_model dsv4 cuda_ops_bench forward_bench itl_bench; do
+for b in "${BINS[@]}"; do
   strip -o "gpu-pkg/bin/$b" "$B/$b"
 done
+if [ -n "${BASELINE_DIR:-}" ]; then
+  for b in forward_bench cuda_ops_bench; do strip -o "gpu-pkg/bin/${b}_base" "$BASELINE_DIR/$b"; done
+  git -C "$BASELINE_DIR/.." rev-parse --short HEAD > gpu-pkg/baseline_commit 2>/dev/null || true
+fi
 # Libraries outside glibc/libstdc++/the driver, which the device image may lack. NCCL (218 MB, over the
 # device tool's 64 MiB carry) is not packed: run.sh finds the device image's own (its nvidia-nccl-cu13 wheel).
 ldd gpu-pkg/bin/* | awk '/=> \// {print $3}' | sort -u |
