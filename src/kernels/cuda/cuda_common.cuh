@@ -192,7 +192,7 @@ __device__ __forceinline__ void cp_async_commit() {
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");  // no shared load hoisted above the wait
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 #endif
 }
 // Four 8 x 16-byte matrices; thread t addresses row t % 8 of matrix t / 8 and gets 4 bytes of each (row t / 4,

@@ -67,35 +67,24 @@ __global__ void rms_norm_k(const float* x, int64_t D, const float* w, float eps,
 
 // One thread per (row, pair, head lane): the angle in double as the host, then heads hb, hb + hs, ... of the row.
 // hs > 1 spreads a short batch's heads over more threads (one row of 64 heads was one block). bf16: every value of
-// the row rounded; the unrotated dims by threads of their own after the rotating ones (a float4 each where rows
-// are 16-byte aligned): rounding them in the rotating threads' loop was 14 dependent round trips per thread
-// (rope_k 3.0 -> 5.6 us per launch on an H200).
+// the row rounded (thread i also rounds the unrotated dims i, i + half, ... of its heads).
 __global__ void rope_k(float* x, int64_t M, int64_t H, int64_t hd, const int32_t* pos, const void* freqs, int f64,
-                       int64_t half, int inverse, int64_t hs, int bf16, int vec) {
-  const int64_t mh = M * half, n = mh * hs, nope = hd - 2 * half, per_row = nope / vec;
-  const int64_t total = n + (bf16 ? M * H * per_row : 0);
-  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total; t += int64_t(gridDim.x) * blockDim.x) {
-    if (t >= n) {
-      const int64_t u = t - n, row = u / per_row, q = u - row * per_row;
-      float* p = x + row * hd + q * vec;
-      if (vec == 4) {
-        float4 v = *reinterpret_cast<float4*>(p);
-        v.x = rbf16(v.x), v.y = rbf16(v.y), v.z = rbf16(v.z), v.w = rbf16(v.w);
-        *reinterpret_cast<float4*>(p) = v;
-      } else {
-        *p = rbf16(*p);
-      }
-      continue;
-    }
+                       int64_t half, int inverse, int64_t hs, int bf16) {
+  const int64_t mh = M * half, n = mh * hs;
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n; t += int64_t(gridDim.x) * blockDim.x) {
     const int64_t hb = t / mh, m = (t % mh) / half, i = t % half;
     const double f = f64 ? static_cast<const double*>(freqs)[i] : double(static_cast<const float*>(freqs)[i]);
     const double ang = double(pos[m]) * f;
     const float c = float(cos(ang)), s0 = float(sin(ang)), s = inverse ? -s0 : s0;
     for (int64_t h = hb; h < H; h += hs) {
-      float* v = x + (m * H + h) * hd + nope + 2 * i;
+      float* v = x + (m * H + h) * hd + (hd - 2 * half) + 2 * i;
       const float re = v[0], im = v[1];
       v[0] = bf16 ? rbf16(re * c - im * s) : re * c - im * s;
       v[1] = bf16 ? rbf16(re * s + im * c) : re * s + im * c;
+      if (bf16) {
+        float* row = x + (m * H + h) * hd;
+        for (int64_t j = i; j < hd - 2 * half; j += half) row[j] = rbf16(row[j]);
+      }
     }
   }
 }
@@ -516,11 +505,7 @@ void rope(const Launch& L, float* x, int64_t M, int64_t H, int64_t hd, const int
     return;
   }
   const int64_t hs = std::min<int64_t>(H, std::max<int64_t>(1, cdiv(8192, M * half)));
-  const int64_t nope = hd - 2 * half;
-  const int vec = reinterpret_cast<uintptr_t>(x) % 16 == 0 && hd % 4 == 0 && nope % 4 == 0 ? 4 : 1;
-  const int64_t threads = M * half * hs + (bf16_out ? M * H * (nope / vec) : 0);
-  rope_k<<<grid1d(threads, 256), 256, 0, L.stream>>>(x, M, H, hd, pos, freqs, f64, half, inverse, hs, bf16_out,
-                                                     vec);
+  rope_k<<<grid1d(M * half * hs, 256), 256, 0, L.stream>>>(x, M, H, hd, pos, freqs, f64, half, inverse, hs, bf16_out);
   DSV4_CUDA_LAUNCHED();
 }
 void round_bf16(const Launch& L, float* x, int64_t n) {

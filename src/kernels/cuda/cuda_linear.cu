@@ -30,7 +30,7 @@ bool gemv_decode_mma() {
   }();
   return on;
 }
-constexpr int kGemvSmemFloats = 16384;  // at most 64 KB of staged activations per block
+constexpr int kGemvSmemFloats = 16384;  // 64 KB of staged activations per block
 
 // Split K: every block of a tile (one per split, gridDim.y of them) has written its partial sums of rows
 // [r0, r0 + rows); the block arriving last sums them in split order (as splitk_reduce_k does) and resets the
@@ -57,152 +57,78 @@ __device__ __forceinline__ void splitk_finish(const float* part, unsigned* arriv
   if (threadIdx.x == 0) *arrival = 0;
 }
 
-// Weight chunks in flight: each warp copies its rows' next chunks into a ring of S stages (R rows x 32 lanes x 16
-// bytes each) in shared memory with cp.async, S - 1 stages ahead of the multiply, so the bytes in flight cost no
-// registers (with them held in registers one step ahead, the GEMV streamed at ~0.9-1.4 TB/s on an H200).
-constexpr int gemv_stages(int mt) { return mt <= 2 ? 4 : 3; }
-constexpr int64_t gemv_ring_bytes(int mt) {
-  return int64_t(kGemvWarps) * gemv_stages(mt) * gemv_rows_per_warp(mt) * 32 * 16;
-}
-
-// This device's shared memory: what one block may opt into and what an SM holds (read once per device).
-struct GemvSmem {
-  int optin = 0, per_sm = 0;
-};
-const GemvSmem& gemv_smem() {
-  static GemvSmem cache[64];
-  int d = 0;
-  DSV4_CUDA_CHECK(cudaGetDevice(&d));
-  GemvSmem& s = cache[d & 63];
-  if (!s.optin) {
-    DSV4_CUDA_CHECK(cudaDeviceGetAttribute(&s.per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, d));
-    DSV4_CUDA_CHECK(cudaDeviceGetAttribute(&s.optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, d));
-  }
-  return s;
-}
-// Columns of x a GEMV block stages beside its weight ring (a multiple of 128): two blocks per SM where the ring and
-// 1K columns fit half an SM (H100/H200/B200: 228 KB per SM), else one block (GB10: 100 KB).
-int64_t gemv_x_cols(int mt) {
-  const GemvSmem& s = gemv_smem();
-  const int64_t ring = gemv_ring_bytes(mt), half = s.per_sm / 2 - 2048;
-  const int64_t budget = half - ring >= int64_t(1024) * 4 * mt ? half : s.optin - 1024;
-  const int64_t cols = (budget - ring) / (4 * mt) / 128 * 128;
-  return std::max<int64_t>(128, std::min<int64_t>(cols, kGemvSmemFloats / mt));
-}
-
-// A chunk's scale as fp8_scale / fp4_scale compute it, split in a part per row (once per row tile) and one per
-// column.
-template <int FMT>
-__device__ __forceinline__ int64_t scale_row(const DevWeight& w, int64_t n) {
-  if constexpr (FMT == kFP8)
-    return (w.block_shift >= 0 ? (w.row0 + n) >> w.block_shift : (w.row0 + n) / w.block) * w.scale_cols;
-  else if constexpr (FMT == kFP4)
-    return n * w.scale_cols;
-  else
-    return 0;
-}
-template <int FMT>
-__device__ __forceinline__ float chunk_scale(const DevWeight& w, int64_t srow, int64_t k) {
-  if constexpr (FMT == kFP8) {
-    const int64_t i = srow + (w.block_shift >= 0 ? k >> w.block_shift : k / w.block);
-    return w.scale_f32 ? static_cast<const float*>(w.scale)[i] : e8m0_to_f32(static_cast<const uint8_t*>(w.scale)[i]);
-  } else if constexpr (FMT == kFP4) {
-    return e8m0_to_f32(static_cast<const uint8_t*>(w.scale)[srow + (k >> 5)]);
-  } else {
-    return 1.f;
-  }
-}
-
 // Persistent decode GEMV. grid (blocks per group, splits, groups): a block stages its group's slice of x (one K
 // range of <= KR columns, a multiple of 128; MT >= M rows) in shared memory once (stage_x), then streams row tiles
-// of output rows (R per warp, the warp's lanes over consecutive 16-byte chunks of each row). Items are (tile,
-// chunk step) pairs walked in order by two cursors, the copying one S - 1 items ahead; each keeps its tile's row
-// pointers, so an item costs no 64-bit multiply. Rows past the end read the last row (their sums are not written).
-// QUANT: the staging quantizes each 128-column block (the reference's FP8 activation round trip) on the way in.
+// of output rows (R per warp), the next (tile, chunk) step's weights always in flight. QUANT: the staging
+// quantizes each 128-column block (the reference's FP8 activation round trip) on the way in.
 template <int FMT, int MT, bool QUANT>
 __global__ void __launch_bounds__(256) gemv_k(const float* __restrict__ x, int64_t M, int64_t ldx, DevWeight w,
                                               int64_t npg, int64_t KR, float* __restrict__ y, int64_t ldy,
                                               float* __restrict__ part, unsigned* __restrict__ arrivals,
                                               int out_bf16) {
-  extern __shared__ __align__(16) float xs[];  // [MT][KR], permuted; then the warps' weight rings
+  extern __shared__ float xs[];  // [MT][KR], permuted
   __shared__ bool last_split;
-  constexpr int CH = Chunk<FMT>::n, R = gemv_rows_per_warp(MT), TR = kGemvWarps * R, S = gemv_stages(MT);
+  constexpr int CH = Chunk<FMT>::n, R = gemv_rows_per_warp(MT), TR = kGemvWarps * R;  // TR rows per tile
   const int64_t K = w.in, N = w.out, g = blockIdx.z;
   const int64_t k0 = int64_t(blockIdx.y) * KR, kl = min(K, k0 + KR) - k0, NC = KR / CH;
   const float* xg = x + g * K + k0;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int nch = int(kl / CH), steps = (nch + 31) / 32;  // chunk steps per row tile
-  const int64_t tiles = (npg + TR - 1) / TR, nend = min(N, (g + 1) * npg), rstride = int64_t(gridDim.x) * TR;
-  const int64_t n_items = (blockIdx.x < tiles ? (tiles - 1 - blockIdx.x) / gridDim.x + 1 : 0) * steps;
-  const int64_t rowb = K / CH * 16, first = g * npg + int64_t(blockIdx.x) * TR + warp * R;
-  const uint8_t* wbase = w.data + k0 / CH * 16 + lane * 16;
-  uint4* ring = reinterpret_cast<uint4*>(xs + MT * KR) + warp * (S * R * 32) + lane;  // [stage][row][lane]
-
-  int64_t ln0 = first;  // copying cursor: its tile's first row, its step, its rows' pointers
-  int lstep = 0;
-  const uint8_t* lrow[R];
-  auto copy_rows = [&] {
-#pragma unroll
-    for (int r = 0; r < R; ++r) lrow[r] = wbase + min(ln0 + r, nend - 1) * rowb;
-  };
-  auto issue = [&](int64_t item, int slot) {  // one commit group per item, empty past the end
-    if (item < n_items && lane + lstep * 32 < nch) {
-#pragma unroll
-      for (int r = 0; r < R; ++r) cp_async16(ring + (slot * R + r) * 32, lrow[r] + lstep * 512, true);
-    }
-    cp_async_commit();
-    if (++lstep == steps) {
-      lstep = 0;
-      ln0 += rstride;
-      copy_rows();
+  const int64_t nch = kl / CH, steps = (nch + 31) / 32;          // chunk steps per row tile
+  const int64_t tiles = (npg + TR - 1) / TR, n_items = ((tiles - blockIdx.x + gridDim.x - 1) / gridDim.x) * steps;
+  // Items are (tile, step) pairs walked in order, counted without division (64-bit division is ~70 instructions
+  // and ran in every iteration).
+  auto row_of = [&](int64_t tile) { return g * npg + (blockIdx.x + tile * gridDim.x) * TR + warp * R; };
+  auto advance = [&](int64_t& tile, int64_t& step) {
+    if (++step == steps) {
+      step = 0;
+      ++tile;
     }
   };
-  int64_t cn0 = first, ctile = 0;  // computing cursor
-  int cstep = 0;
-  int64_t srow[R];
-  auto scale_rows = [&] {
+  auto fetch = [&](int64_t tile, int64_t step, bool live, uint4* raw, float* sc) {
+    const int64_t n0 = row_of(tile), c = lane + step * 32, nend = min(N, (g + 1) * npg);
 #pragma unroll
-    for (int r = 0; r < R; ++r) srow[r] = scale_row<FMT>(w, min(cn0 + r, nend - 1));
+    for (int r = 0; r < R; ++r) {
+      if (live && n0 + r < nend && c < nch) {
+        load_chunk<FMT>(w, n0 + r, k0 + c * CH, raw[r], sc[r]);
+      } else {
+        raw[r] = make_uint4(0, 0, 0, 0);
+        sc[r] = 0.f;
+      }
+    }
   };
-  copy_rows();
-  scale_rows();
-#pragma unroll
-  for (int i = 0; i < S - 1; ++i) issue(i, i);  // the first weights in flight while x is staged
-  stage_x<CH, QUANT>(xs, MT, KR, kl, [&](int m) { return m < M ? xg + m * ldx : nullptr; });
-  __syncthreads();
   float acc[R][MT];
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int m = 0; m < MT; ++m) acc[r][m] = 0.f;
-  int slot = 0;  // item % S
+  uint4 cur[R];
+  float csc[R];
+  int64_t tile = 0, step = 0, ntile = 0, nstep = 0;
+  fetch(0, 0, n_items > 0, cur, csc);  // the first weights in flight while x is staged
+  advance(ntile, nstep);
+  stage_x<CH, QUANT>(xs, MT, KR, kl, [&](int m) { return m < M ? xg + m * ldx : nullptr; });
+  __syncthreads();
   for (int64_t item = 0; item < n_items; ++item) {
-    cp_async_wait<S - 2>();  // this item's group has landed (this thread's own copies: no barrier)
-    uint4 cur[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) cur[r] = ring[(slot * R + r) * 32];
-    asm volatile("" ::: "memory");  // the previous item's reads of that stage stay before the copy into it
-    issue(item + S - 1, slot == 0 ? S - 1 : slot - 1);  // into the stage the previous item was read from
-    const int c = lane + cstep * 32;
+    uint4 nxt[R];
+    float nsc[R];
+    fetch(ntile, nstep, item + 1 < n_items, nxt, nsc);  // the next step's weights in flight while these multiply
+    const int64_t c = lane + step * 32;
     if (c < nch) {
-      // A chunk shares one power-of-two scale (FP8: 128 x 128 blocks, FP4: 32 columns): at few rows its products
-      // are summed unscaled and scaled once (the same products; a multiply per weight was a quarter of the ALU work,
-      // and the scale's load is waited for only at the end). At MT >= 8 the second set of sums costs occupancy.
+      // A chunk shares one power-of-two scale (FP8: 128 x 128 blocks, FP4: 32 columns), so at few rows its
+      // products are summed unscaled and scaled once per chunk (exactly the same products; a multiply per
+      // weight was a quarter of the ALU work of a weight-streaming kernel).
       constexpr bool kChunkScale = (FMT == kFP8 || FMT == kFP4) && MT <= 4;
-      float sc[R], cs[R][MT];
+      float cs[R][MT];
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        sc[r] = chunk_scale<FMT>(w, srow[r], k0 + int64_t(c) * CH);
+      for (int r = 0; r < R; ++r)
 #pragma unroll
         for (int m = 0; m < MT; ++m) cs[r][m] = 0.f;
-      }
-      const float* xc = xs + c * 4;
 #pragma unroll
       for (int s = 0; s < CH / 4; ++s) {
         float wv[R][4];
 #pragma unroll
-        for (int r = 0; r < R; ++r) decode4<FMT>(cur[r], s, kChunkScale ? 1.f : sc[r], wv[r]);
-        const float* xp = xc + s * NC * 4;
+        for (int r = 0; r < R; ++r) decode4<FMT>(cur[r], s, kChunkScale ? 1.f : csc[r], wv[r]);
+        const float* xp = &xs[(s * NC + c) * 4];
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
           const float4 xv = *reinterpret_cast<const float4*>(xp + m * KR);
@@ -220,17 +146,23 @@ __global__ void __launch_bounds__(256) gemv_k(const float* __restrict__ x, int64
 #pragma unroll
         for (int r = 0; r < R; ++r)
 #pragma unroll
-          for (int m = 0; m < MT; ++m) acc[r][m] += sc[r] * cs[r][m];
+          for (int m = 0; m < MT; ++m) acc[r][m] += csc[r] * cs[r][m];
       }
     }
-    if (cstep == steps - 1) {  // end of a row tile: reduce across lanes, write, restart
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      cur[r] = nxt[r];
+      csc[r] = nsc[r];
+    }
+    if (step == steps - 1) {  // end of a row tile: reduce across lanes, write, restart
+      const int64_t n0 = row_of(tile), nend = min(N, (g + 1) * npg);
 #pragma unroll
       for (int r = 0; r < R; ++r)
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
           const float v = warp_sum(acc[r][m]);
           acc[r][m] = 0.f;
-          const int64_t n = cn0 + r;
+          const int64_t n = n0 + r;
           if (lane == 0 && n < nend && m < M) {
             if (part)
               part[(int64_t(blockIdx.y) * M + m) * N + n] = v;
@@ -239,19 +171,14 @@ __global__ void __launch_bounds__(256) gemv_k(const float* __restrict__ x, int64
           }
         }
       if (part && arrivals) {
-        const int64_t t = blockIdx.x + ctile * gridDim.x;
+        const int64_t t = blockIdx.x + tile * gridDim.x;
         splitk_finish(part, arrivals + g * tiles + t, M, N, g * npg + t * TR, TR, nend, y, ldy, out_bf16, last_split);
       }
-      cstep = 0;
-      cn0 += rstride;
-      ++ctile;
-      scale_rows();
-    } else {
-      ++cstep;
     }
-    slot = slot == S - 1 ? 0 : slot + 1;
+    tile = ntile;
+    step = nstep;
+    advance(ntile, nstep);
   }
-  cp_async_wait<0>();  // no copy outlives the block
 }
 
 __global__ void splitk_reduce_k(const float* part, int splits, int64_t M, int64_t N, float* y, int64_t ldy,
@@ -575,7 +502,8 @@ Plan plan(const LinearCall& c, int num_sms) {
   if (c.M <= 16 && aligned) {
     p.kind = 1;
     p.mt = c.M <= 1 ? 1 : c.M <= 2 ? 2 : c.M <= 4 ? 4 : c.M <= 8 ? 8 : 16;
-    int64_t splits = cdiv(w.in, gemv_x_cols(p.mt));
+    const int64_t cap = kGemvSmemFloats / p.mt;  // columns of x that fit the staging buffer (a multiple of 128)
+    int64_t splits = cdiv(w.in, cap);
     const int64_t blocks = cdiv(p.npg, kGemvWarps * gemv_rows_per_warp(p.mt)) * c.groups;
     // Narrow outputs: more K splits until the grid covers the machine twice (each split >= 256 columns).
     while (blocks * splits < 2 * num_sms && w.in / (splits * 2) >= 256) splits *= 2;
@@ -602,23 +530,18 @@ Plan plan(const LinearCall& c, int num_sms) {
 
 template <int FMT, int MT, bool Q>
 void launch_gemv(const Launch& L, const LinearCall& c, const Plan& p, float* part, unsigned* arrivals) {
-  const GemvSmem& lim = gemv_smem();
-  const size_t sm = size_t(MT) * size_t(p.KR) * 4 + size_t(gemv_ring_bytes(MT));
+  const size_t sm = size_t(MT) * size_t(p.KR) * 4;
   static unsigned long long attr_set = 0;  // per instantiation and device
-  static int static_smem = 0;
   if (first_on_device(attr_set)) {
-    const int limit = allow_max_dynamic_smem(reinterpret_cast<const void*>(gemv_k<FMT, MT, Q>));
-    static_smem = lim.optin - limit;
+    DSV4_CUDA_CHECK(cudaFuncSetAttribute(gemv_k<FMT, MT, Q>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         kGemvSmemFloats * 4));
   }
-  DSV4_CUDA_REQUIRE(sm + size_t(static_smem) <= size_t(lim.optin), "linear on CUDA: the GEMV's staging does not fit");
-  static int per_sm_regs = 0;  // resident blocks per SM as the registers allow, for this instantiation
-  if (!per_sm_regs) {
-    DSV4_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_regs, gemv_k<FMT, MT, Q>, 256, 0));
-    if (per_sm_regs < 1) per_sm_regs = 1;
+  static int per_sm = 0;  // resident blocks per SM for this instantiation
+  if (!per_sm) {
+    DSV4_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_k<FMT, MT, Q>, 256, sm));
+    if (per_sm < 1) per_sm = 1;
   }
-  const int64_t per_sm = std::max<int64_t>(1, std::min<int64_t>(per_sm_regs, lim.per_sm / int64_t(sm + size_t(static_smem) + 1024)));
-  const int64_t tiles = cdiv(p.npg, kGemvWarps * gemv_rows_per_warp(MT));
-  const int64_t want = per_sm * L.num_sms / (int64_t(p.splits) * c.groups);
+  const int64_t tiles = cdiv(p.npg, kGemvWarps * gemv_rows_per_warp(MT)), want = int64_t(per_sm) * L.num_sms / (int64_t(p.splits) * c.groups);
   dim3 grid(unsigned(std::max<int64_t>(1, std::min(tiles, want))), unsigned(p.splits), unsigned(c.groups));
   gemv_k<FMT, MT, Q><<<grid, 256, sm, L.stream>>>(c.x, c.M, c.ldx, c.w, p.npg, p.KR, c.y, c.ldy,
                                                     p.splits > 1 ? part : nullptr, arrivals, c.out_bf16);
