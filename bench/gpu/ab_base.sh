@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Before/after on one device call: the package's *_base binaries (package.sh BASELINE_DIR=...) against the
-# current ones on the same machine: cuda_ops_bench's decode linears, then
-# forward_bench decode and prefill.
+# current ones on the same machine: cuda_ops_bench's decode linears, then forward_bench decode and prefill.
 #   bench/gpu/ab_base.sh OUT_DIR [LAYERS] [BATCHES] [CONTEXT] [PREFILL]
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -14,8 +13,8 @@ mkdir -p "$OUT"
 echo "baseline: $(cat gpu-pkg/baseline_commit 2>/dev/null || echo '?')"
 for v in base new; do
   s=""; [ "$v" = base ] && s=_base
-  "$BIN/cuda_ops_bench$s" --quick >"$OUT/ops_$v.$$.log" 2>&1
-  echo "== cuda_ops_bench $v"; grep -E "^(read bandwidth|wq_|wkv|wo_|expert)" "$OUT/ops_$v.$$.log" | grep -E " 1 | 16 |bandwidth"
+  "$BIN/cuda_ops_bench$s" --quick >"$OUT/ops_$v.log" 2>&1
+  echo "== cuda_ops_bench $v"; grep -E "^(read bandwidth|wq_|wkv|wo_|expert)" "$OUT/ops_$v.log" | grep -E " 1 | 16 |bandwidth"
 done
 for v in base new; do
   s=""; [ "$v" = base ] && s=_base

@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=${BUILD_DIR:-build-gpu}
 [ -f "$B/CMakeCache.txt" ] || cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a
-# PKG_BINS: which binaries (the carry limit is 64 MiB: xz -9 packs the four largest in about 20 MB, since their
-# kernels are the same bytes). BASELINE_DIR: a build folder of an earlier commit; its forward_bench and
+# PKG_BINS: which binaries (the carry limit is 64 MiB; `xz -9 -T1` packed seven, the *_base two included, in 31 MB:
+# their kernels are the same bytes, which xz -6's smaller window did not share). BASELINE_DIR: a build folder of an earlier commit; its forward_bench and
 # cuda_ops_bench come along as *_base, for before/after timings in one device call (bench/gpu/ab_base.sh).
 BINS=${PKG_BINS:-test_kernels test_model dsv4 cuda_ops_bench forward_bench itl_bench}
 read -r -a BINS <<<"$BINS"

@@ -310,8 +310,7 @@ int64_t gemm_w8_bf16_ws_bytes(int64_t M, int groups, const DevWeight& w) { retur
 // (a requantized checkpoint) would round there, so those weights take the fp32 path.
 bool gemm_w8_bf16_fits(const DevWeight& w, int64_t npg, int groups) {
   return gemm_fp8_tc_enabled() && w.fmt == kFP8 && !w.scale_f32 && w.block == 128 && w.block_shift == 7 &&
-         w.in % kWK == 0 &&
-         reinterpret_cast<uintptr_t>(w.data) % 16 == 0 && (groups == 1 || npg % kTN == 0);
+         w.in % kWK == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0 && (groups == 1 || npg % kTN == 0);
 }
 
 void gemm_w8_bf16(const Launch& L, const float* x, int64_t ldx, int64_t M, int groups, const DevWeight& w, int64_t npg,
